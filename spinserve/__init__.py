@@ -1,0 +1,11 @@
+"""spinserve: LLM serving with heterogeneous speculative drafters.
+
+The package is layered; each subpackage may import only those below it:
+
+    types <- config <- ops <- models <- loading
+                               models <- runtime <- engine <- cli
+
+``tests/test_architecture.py`` walks the imports and enforces this order.
+"""
+
+__version__ = "0.1.0"

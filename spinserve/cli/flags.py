@@ -1,0 +1,72 @@
+"""Command-line flags derived from the config dataclasses.
+
+Each field of a config dataclass becomes ``--field-name`` with the field's type and default,
+so the CLI and the configs cannot drift apart. Help texts live here, beside the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+HELP = {
+    "max_tokens": "most tokens to generate",
+    "temperature": "sampling temperature; 0 is greedy",
+    "top_p": "nucleus sampling: keep the smallest set of tokens with this much mass",
+    "top_k": "keep only the k most likely tokens (0: off)",
+    "seed": "random seed of a sampled request (same output alone or in a batch)",
+    "stop": "stop before this string (repeatable)",
+    "ignore_eos": "keep generating past end-of-sequence tokens",
+    "stop_token_ids": "also stop at this token id (repeatable)",
+    "max_num_seqs": "most requests running at once",
+    "max_num_batched_tokens": "most tokens in one forward (long prompts are prefilled in chunks)",
+    "max_model_len": "context length cap (default: the model's)",
+    "block_size": "tokens per KV cache block",
+    "kv_cache_gib": "KV cache pool size in GiB",
+    "dtype": "compute dtype of the model",
+    "num_threads": "CPU threads for torch (0: torch's default)",
+}
+
+
+def _flag_type(annotation: Any) -> tuple[type, bool]:
+    """(element type, repeatable) of a field annotation such as ``int | None``."""
+    hint = annotation
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        kind, repeatable = _flag_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = HELP.get(f.name, "")
+        if kind is bool:
+            group.add_argument(flag, action="store_true", default=f.default, help=help_text)
+        elif repeatable:
+            group.add_argument(flag, action="append", type=kind, default=None, help=help_text)
+        else:
+            default = f.default
+            shown = f" (default: {default})" if default is not None else ""
+            group.add_argument(flag, type=kind, default=default, help=help_text + shown)
+
+
+def from_flags(cls: type[T], args: argparse.Namespace) -> T:
+    """Build ``cls`` from the parsed flags; config validation raises ValueError."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:  # None keeps the dataclass default
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)

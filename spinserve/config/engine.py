@@ -1,0 +1,71 @@
+"""Engine, scheduler and KV cache limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The KV cache: a pool of fixed-size blocks shared by all running requests.
+
+    The pool is reserved (not touched) up front; memory is committed as blocks fill.
+    """
+
+    block_size: int = 16
+    kv_cache_gib: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.kv_cache_gib <= 0:
+            raise ValueError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
+
+    def num_blocks(self, bytes_per_token: int) -> int:
+        return int(self.kv_cache_gib * 2**30) // (bytes_per_token * self.block_size)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """How much work one step may do.
+
+    ``max_num_batched_tokens`` bounds the tokens of one forward: long prompts are prefilled in
+    chunks of at most this size, interleaved with the decodes of running requests.
+    """
+
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 256
+    max_model_len: int | None = None  # None: the model's own context length
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(
+                f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"
+            )
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the model runs: compute dtype and CPU threads (0 = torch's default)."""
+
+    dtype: str = "float32"
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything an engine needs besides its model."""
+
+    scheduler: SchedulerConfig = SchedulerConfig()
+    cache: CacheConfig = CacheConfig()
+    runtime: RuntimeConfig = RuntimeConfig()

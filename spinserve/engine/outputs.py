@@ -1,0 +1,25 @@
+"""What the engine reports about a request after each step. No torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """A request's progress: the delta of this step and the totals so far.
+
+    ``token_ids`` and ``text`` are the whole output so far; ``new_*`` only this step's part.
+    Times are ``time.monotonic()`` seconds.
+    """
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    token_ids: list[int]
+    text: str
+    num_prompt_tokens: int
+    finished: bool
+    finish_reason: str | None
+    arrival_time: float
+    first_token_time: float | None

@@ -1,0 +1,184 @@
+"""GGUF files: metadata -> Hugging Face config, quantized tensors -> Hugging Face tensors.
+
+We convert into the Hugging Face layout rather than teach the model llama.cpp's, so one
+model class serves every source. llama.cpp's converter changes two things we undo:
+
+- llama: q/k rows are permuted for its interleaved rotary layout (``_unpermute``);
+- gemma3: every RMSNorm weight is stored as ``1 + w`` (we subtract 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize
+
+from spinserve.config.model import SUPPORTED_ARCHITECTURES
+from spinserve.types.errors import ModelLoadError
+
+# Tokens that end generation, by their text: llama.cpp detects end-of-generation tokens the
+# same way, since GGUF metadata names only one eos id.
+END_OF_GENERATION_TEXTS = frozenset(
+    {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>"}
+)
+_CONTROL_TOKEN = 3  # llama.cpp token_type for control tokens
+
+# gguf names (after "blk.N.") -> Hugging Face names (after "model.layers.N.")
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+# The norm before the MLP: gemma3 names it differently from llama/qwen2.
+_FFN_NORM = {"gemma3": "pre_feedforward_layernorm"}
+_GEMMA3_SLIDING_PATTERN = 6  # llama.cpp's default for gemma3 when the file does not say
+_GEMMA3_SLIDING_THETA = 10000.0
+
+
+def open_gguf(path: Path) -> GGUFReader:
+    """Open a GGUF file, turning every kind of damage into a clear `ModelLoadError`."""
+    if not path.is_file():
+        raise ModelLoadError(f"no such GGUF file: {path}")
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # the reader raises ValueError, struct.error, IndexError...
+        raise ModelLoadError(
+            f"{path} is not a readable GGUF file (corrupt or truncated?): {exc}"
+        ) from exc
+    arch = _field(reader, "general.architecture", None)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelLoadError(
+            f"{path}: architecture {arch!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    return reader
+
+
+def _field(reader: GGUFReader, key: str, default: Any = KeyError) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        if default is KeyError:
+            raise ModelLoadError(f"GGUF metadata lacks {key!r}")
+        return default
+    return field.contents()
+
+
+def hf_config(reader: GGUFReader) -> dict[str, Any]:
+    """A Hugging Face config.json dict equivalent to the GGUF's metadata."""
+    arch = _field(reader, "general.architecture")
+    get = lambda key, default=KeyError: _field(reader, f"{arch}.{key}", default)  # noqa: E731
+    names = {t.name for t in reader.tensors}
+    num_heads = get("attention.head_count")
+    hidden = get("embedding_length")
+    tokens = _field(reader, "tokenizer.ggml.tokens", None)
+    hf: dict[str, Any] = {
+        "model_type": "gemma3_text" if arch == "gemma3" else arch,
+        "vocab_size": get("vocab_size", None) or (len(tokens) if tokens else None),
+        "hidden_size": hidden,
+        "intermediate_size": get("feed_forward_length"),
+        "num_hidden_layers": get("block_count"),
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": get("attention.head_count_kv", num_heads),
+        "head_dim": get("attention.key_length", hidden // num_heads),
+        "max_position_embeddings": get("context_length", 2048),
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6),
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id", None),
+        "eos_token_id": end_of_generation_ids(reader) or None,
+        "rope_scaling": _rope_scaling(get),
+        "rope_theta": get("rope.freq_base", 10000.0),
+    }
+    if arch == "qwen2":
+        hf["attention_bias"] = "blk.0.attn_q.bias" in names
+    if arch == "gemma3":
+        pattern = get("attention.sliding_window_pattern", _GEMMA3_SLIDING_PATTERN)
+        hf["sliding_window"] = get("attention.sliding_window")
+        hf["sliding_window_pattern"] = pattern
+        hf["rope_local_base_freq"] = get("rope.freq_base_swa", _GEMMA3_SLIDING_THETA)
+        hf["query_pre_attn_scalar"] = hf["head_dim"]
+        hf["final_logit_softcapping"] = get("final_logit_softcapping", None)
+    if hf["vocab_size"] is None:
+        raise ModelLoadError("GGUF metadata gives no vocabulary size")
+    return hf
+
+
+def _rope_scaling(get: Any) -> dict[str, Any] | None:
+    kind = get("rope.scaling.type", None)
+    if kind in (None, "none"):
+        return None
+    return {"rope_type": kind, "factor": get("rope.scaling.factor", 1.0)}
+
+
+def end_of_generation_ids(reader: GGUFReader) -> list[int]:
+    """The eos id, the eot id, and every control token whose text marks an end of turn."""
+    ids = [
+        _field(reader, f"tokenizer.ggml.{key}", None)
+        for key in ("eos_token_id", "eot_token_id", "eom_token_id")
+    ]
+    tokens = _field(reader, "tokenizer.ggml.tokens", None) or []
+    types = _field(reader, "tokenizer.ggml.token_type", None) or []
+    for i, text in enumerate(tokens):
+        if text in END_OF_GENERATION_TEXTS and (not types or types[i] == _CONTROL_TOKEN):
+            ids.append(i)
+    return sorted({i for i in ids if i is not None})
+
+
+def hf_tensor_name(gguf_name: str, arch: str) -> str:
+    """``blk.3.attn_q.bias`` -> ``model.layers.3.self_attn.q_proj.bias``."""
+    stem, _, kind = gguf_name.rpartition(".")
+    if stem.startswith("blk."):
+        _, layer, part = stem.split(".", 2)
+        mapped = _FFN_NORM.get(arch, "post_attention_layernorm") if part == "ffn_norm" else (
+            _LAYER_NAMES.get(part)
+        )
+        if mapped is None:
+            raise ModelLoadError(f"unexpected GGUF tensor {gguf_name!r} for {arch}")
+        return f"model.layers.{layer}.{mapped}.{kind}"
+    if stem not in _GLOBAL_NAMES:
+        raise ModelLoadError(f"unexpected GGUF tensor {gguf_name!r} for {arch}")
+    return f"{_GLOBAL_NAMES[stem]}.{kind}"
+
+
+def _unpermute(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's rotary permutation of q/k rows (its ``permute`` in convert_hf_to_gguf)."""
+    rows = w.shape[0]
+    return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(
+        w.shape
+    )
+
+
+def iter_tensors(reader: GGUFReader, hf: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor dequantized to fp32, with its Hugging Face name and layout."""
+    arch = _field(reader, "general.architecture")
+    for t in reader.tensors:
+        name = hf_tensor_name(t.name, arch)
+        try:
+            data = np.asarray(dequantize(t.data, GGMLQuantizationType(t.tensor_type)), np.float32)
+        except (NotImplementedError, ValueError) as exc:
+            raise ModelLoadError(f"cannot dequantize {t.name} ({t.tensor_type.name}): {exc}") from exc
+        data = data.reshape(tuple(reversed([int(d) for d in t.shape])))
+        if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
+            heads = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
+            data = _unpermute(data, heads)
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            data = data - 1.0
+        yield name, torch.from_numpy(np.require(data, np.float32, ["C", "W"]))

@@ -1,0 +1,35 @@
+"""The model runner: one `StepBatch` in, logits for the requested rows out."""
+
+from __future__ import annotations
+
+import torch
+
+from spinserve.models.decoder import Decoder
+from spinserve.models.kv_cache import KVCache
+from spinserve.runtime.inputs import build_step_inputs
+from spinserve.types.batch import StepBatch
+
+
+class ModelRunner:
+    """Owns a model and its KV cache pool; runs whatever the scheduler hands it."""
+
+    def __init__(self, model: Decoder, num_blocks: int, block_size: int) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.kv_cache = KVCache(model.config, num_blocks, block_size, model.dtype)
+        cfg = model.config
+        self._window = cfg.sliding_window if any(map(cfg.is_sliding, range(cfg.num_layers))) else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    @torch.inference_mode()
+    def execute(self, batch: StepBatch) -> torch.Tensor:
+        """[batch.num_logits, vocab] fp32 logits, rows in chunk order."""
+        if not batch:
+            return torch.empty(0, self.vocab_size)
+        inputs = build_step_inputs(batch, self.block_size, self._window)
+        return self.model(
+            inputs.input_ids, inputs.positions, inputs.attn, self.kv_cache, inputs.logits_indices
+        )

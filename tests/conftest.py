@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random models of each architecture, written once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from spinserve.loading.loader import LoadedModel, load
+from tiny_models import ARCHITECTURES, hf_model, write_hf_folder
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """arch -> a Hugging Face folder with a tiny random model and a byte-level tokenizer."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: write_hf_folder(arch, root / arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def tiny_refs() -> dict[str, torch.nn.Module]:
+    """arch -> the transformers model the folders were written from (the reference)."""
+    return {arch: hf_model(arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_folders: dict[str, Path]) -> dict[str, LoadedModel]:
+    return {arch: load(str(folder)) for arch, folder in tiny_folders.items()}
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def arch(request: pytest.FixtureRequest) -> str:
+    return request.param

@@ -1,0 +1,178 @@
+"""Tiny random models for tests: Hugging Face folders and GGUF files of each architecture.
+
+Every parameter (biases and norms included) is random, so a wrong layout or a missed term
+shows up in the logits. The folders carry a real byte-level BPE tokenizer and a chat
+template, so the whole engine and CLI run on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFWriter
+from gguf.quants import quantize
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+ARCHITECTURES = ("llama", "qwen2", "gemma3")
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+VOCAB_SIZE = 264  # 256 bytes + 3 specials, rounded up
+EOS_ID = 258  # <|im_end|>
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SLIDING_WINDOW = 8
+
+_COMMON = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    bos_token_id=256,
+    eos_token_id=EOS_ID,
+)
+
+
+def hf_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A transformers model of ``arch`` with every parameter random."""
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**_COMMON, rope_theta=10000.0))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**_COMMON, rope_theta=50000.0))
+    else:
+        config = Gemma3TextConfig(
+            **_COMMON,
+            head_dim=16,
+            sliding_window=SLIDING_WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            query_pre_attn_scalar=16,
+        )
+        model = Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(torch.randn_like(p) * 0.1 + (0.0 if arch == "gemma3" else 1.0))
+            else:
+                p.copy_(torch.randn_like(p) * 0.15)
+    return model.eval()
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A real byte-level BPE tokenizer: one token per byte, plus chat specials."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    for i, tok in enumerate(SPECIAL_TOKENS):
+        vocab[tok] = 256 + i
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def write_hf_folder(arch: str, folder: Path, seed: int = 0) -> Path:
+    hf_model(arch, seed).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+_GGUF_NAMES = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "post_feedforward_layernorm": "post_ffw_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+}
+
+
+def _gguf_name(hf_name: str, arch: str) -> str:
+    if hf_name == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf_name == "model.norm.weight":
+        return "output_norm.weight"
+    if hf_name == "lm_head.weight":
+        return "output.weight"
+    _, _, layer, rest = hf_name.split(".", 3)
+    stem, kind = rest.rsplit(".", 1)
+    if stem == "post_attention_layernorm":
+        part = "post_attention_norm" if arch == "gemma3" else "ffn_norm"
+    else:
+        part = _GGUF_NAMES[stem]
+    return f"blk.{layer}.{part}.{kind}"
+
+
+def _permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's converter permutation of llama q/k rows."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
+        w.shape
+    )
+
+
+def write_gguf(arch: str, path: Path, quant: GGMLQuantizationType, seed: int = 0) -> Path:
+    """The tiny model as llama.cpp's converter would write it, matrices in ``quant``."""
+    model = hf_model(arch, seed)
+    cfg = model.config
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_bos_token_id(256)
+    w.add_eos_token_id(EOS_ID)
+    if arch == "gemma3":
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_sliding_window(SLIDING_WINDOW)
+        w.add_uint32("gemma3.attention.sliding_window_pattern", 2)
+        w.add_rope_freq_base(cfg.rope_parameters["full_attention"]["rope_theta"])
+    else:
+        w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    for name, tensor in model.state_dict().items():
+        if cfg.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        data = tensor.float().numpy()
+        if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = cfg.num_attention_heads if "q_proj" in name else cfg.num_key_value_heads
+            data = _permute(data, heads)
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            data = data + 1.0
+        if data.ndim == 2 and quant != GGMLQuantizationType.F32:
+            w.add_tensor(_gguf_name(name, arch), quantize(data, quant), raw_dtype=quant)
+        else:
+            w.add_tensor(_gguf_name(name, arch), np.ascontiguousarray(data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
