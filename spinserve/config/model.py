@@ -215,9 +215,8 @@ class ModelConfig:
             }
             hf["layer_types"] = list(self.layer_types)
             hf["sliding_window"] = self.sliding_window
-            hf["query_pre_attn_scalar"] = (
-                self.attention_scale**-2 if self.attention_scale else self.head_dim
-            )
+            scalar = self.attention_scale**-2 if self.attention_scale else self.head_dim
+            hf["query_pre_attn_scalar"] = round(scalar) if abs(scalar - round(scalar)) < 1e-6 else scalar
             hf["final_logit_softcapping"] = self.final_logit_softcapping
             hf["attn_logit_softcapping"] = None
             hf["hidden_activation"] = "gelu_pytorch_tanh"

@@ -66,6 +66,8 @@ class BlockManager:
 
     def release(self, blocks: list[int]) -> None:
         for block in blocks:
+            if not 0 <= block < self.num_blocks:
+                raise RuntimeError(f"block {block} is not in this pool")
             if block in self._free:
                 raise RuntimeError(f"block {block} freed twice")
             self._free.add(block)

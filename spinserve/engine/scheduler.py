@@ -43,6 +43,7 @@ class Scheduler:
     def schedule(self) -> StepBatch:
         budget = self.config.max_num_batched_tokens
         chunks: list[SeqChunk] = []
+        num_waiting = len(self.waiting)
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
@@ -52,7 +53,14 @@ class Scheduler:
             chunks.append(self._chunk(request, num_new))
             budget -= num_new
             i += 1
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        # A step that had to preempt admits nobody: the blocks it freed are for the running.
+        preempted = len(self.waiting) != num_waiting
+        while (
+            not preempted
+            and self.waiting
+            and budget > 0
+            and len(self.running) < self.config.max_num_seqs
+        ):
             request = self.waiting[0]
             num_new = min(request.num_uncomputed_tokens, budget)
             if not self.blocks.can_hold(request.block_ids, request.num_computed_tokens + num_new):

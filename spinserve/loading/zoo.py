@@ -44,6 +44,9 @@ CACHE_ENV_VAR = "SPINSERVE_CACHE"
 MARKER_FILE = "spinserve.json"
 DEFAULT_TARGET = "qwen2.5-coder-1.5b-instruct"
 CHUNK_BYTES = 8 << 20
+# Bump when the converted folder's contents change: older folders are then re-converted from
+# the kept GGUF on the next fetch or load, instead of being loaded as if current.
+CACHE_FORMAT = 2
 PIP_TAIL_LINES = 15
 _PARTIAL_SUFFIX = ".partial"
 
@@ -204,8 +207,12 @@ def gguf_path(name: str, cache_dir: Path, zoo: Mapping[str, ModelSource] = ZOO) 
 
 
 def is_fetched(name: str, cache_dir: Path) -> bool:
-    """True only for a converted folder that carries its completion marker."""
-    return (model_dir(name, cache_dir) / MARKER_FILE).is_file()
+    """True only for a converted folder whose completion marker has the current format."""
+    marker = model_dir(name, cache_dir) / MARKER_FILE
+    try:
+        return json.loads(marker.read_text()).get("format") == CACHE_FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 def list_models(cache_dir: Path, zoo: Mapping[str, ModelSource] = ZOO) -> list[ModelStatus]:
@@ -416,6 +423,7 @@ def _default_convert(gguf: Path, out_dir: Path, progress: Say | None) -> None:
 def _write_marker(folder: Path, source: ModelSource, seconds: float) -> None:
     marker = {
         "name": source.name,
+        "format": CACHE_FORMAT,
         "gguf_file": source.gguf_filename,
         "gguf_sha256": source.sha256,
         "packages": [part.requirement for part in source.packages],

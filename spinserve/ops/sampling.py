@@ -36,7 +36,7 @@ def _filter_top_k_top_p(
     sorted_logits = sorted_logits.masked_fill(rank >= k, float("-inf"))
     sorted_probs = torch.softmax(sorted_logits, dim=-1)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    drop = (mass_before >= top_p[:, None]) & (rank > 0)
+    drop = (mass_before >= top_p[:, None]) & (rank > 0) & (top_p[:, None] < 1)
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 

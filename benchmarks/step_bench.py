@@ -1,0 +1,509 @@
+"""Model-step benchmark: our `ModelRunner` against transformers' own model, side by side.
+
+Reproduce (from the repository root, ~10 minutes on the 2-core dev machine)::
+
+    .venv/bin/python benchmarks/step_bench.py \\
+        --models smollm2-135m-instruct qwen2.5-coder-1.5b-instruct \\
+        --context 128 --warmup 3 --repeats 10 --threads 2 --out results/step_bench.json
+
+Each model is a zoo name; its converted folder in the spinserve cache is loaded by us
+(`spinserve.loading.loader.load`) and, separately, by transformers
+(`AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)`). Only one copy of one
+model is in memory at a time. Every request starts with ``--context`` random prompt tokens
+(``torch.manual_seed(0)``) already in the KV cache (prefilled once, untimed). The cases:
+
+- ``decode_1x1``: one request appends 1 token at position ``context``; logits for 1 row.
+- ``verify_1x8``: one request appends 8 tokens (the forward that verifies 7 draft tokens);
+  logits for all 8 rows.
+- ``batch_8x1``: 8 requests, each with its own context, append 1 token each; 1 logit row each.
+
+Every timed step appends at position ``context`` again (ours overwrites the same KV slots;
+transformers' DynamicCache is cropped back to ``context`` after each step, outside the timer).
+
+What the numbers mean:
+
+- ``median_ms`` / ``p90_ms``: wall time of one step over ``--repeats`` runs after ``--warmup``
+  untimed ones. Ours includes building the step's input tensors from the `StepBatch`.
+- ``tokens_per_s``: tokens fed through the model per second (1, 8, 8 tokens per step).
+- ``gb_per_s``: weight bytes / median step time. Weight bytes are the parameters each step
+  must read: all parameters, with the lm_head matrix counted and the embedding table not
+  (a lookup reads a few rows), a tied embedding counted once as the lm_head.
+- ``x_floor``: median step time / (weight bytes / measured read bandwidth): how many times
+  slower than streaming the weights once from memory. 1.0 is the decode roofline.
+- ``ratio_to_decode``: this case's median over the same implementation's ``decode_1x1``.
+- ``max_abs_logit_diff``: on transformers' rows, the largest difference from our logits for
+  the same step (a check that both sides do the same work).
+- ``other_busy_before`` / ``loadavg_1min``: the share of the CPU other processes used just
+  before the case, and the 1-minute load average right after it. The machine is shared: when
+  another process holds a core, 2-thread OpenMP kernels stall on each other and steps read
+  2-10x slow. Before each case the script waits (``--quiet-timeout``) until others use under
+  ``--max-busy`` of the CPU; a load above ``--threads`` still flags an inflated number.
+- Bandwidth: ``copy_gb_per_s`` is (read + write bytes) / time of ``dst.copy_(src)`` on a
+  1 GiB fp32 tensor; ``read_gb_per_s`` is bytes / time of ``src.sum()``; median of 5.
+
+With ``--profile-steps N`` (default 3) the script also profiles N decode steps of each
+implementation and writes the top ops by self CPU time to the JSON and to
+``<out stem>_profile_<model>_<impl>.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from torch.profiler import ProfilerActivity, profile
+from transformers import AutoModelForCausalLM
+
+from spinserve.loading import loader, zoo
+from spinserve.runtime.runner import ModelRunner
+from spinserve.types.batch import SeqChunk, StepBatch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct")
+NUM_REQUESTS = 8  # batch size of batch_8x1, and the number of prompts prepared
+VERIFY_TOKENS = 8  # tokens of verify_1x8: 7 draft tokens + the bonus position
+BLOCK_SIZE = 16
+CASES = ("decode_1x1", "verify_1x8", "batch_8x1")
+CASE_TOKENS = {"decode_1x1": 1, "verify_1x8": VERIFY_TOKENS, "batch_8x1": NUM_REQUESTS}
+PROFILE_ROWS = 15
+GIB = 1 << 30
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- timing and machine facts
+
+
+def time_calls(
+    step: Callable[[], object], warmup: int, repeats: int, reset: Callable[[], None] | None = None
+) -> list[float]:
+    """Milliseconds of ``repeats`` calls of ``step`` after ``warmup`` untimed ones.
+
+    ``reset`` runs after every call, outside the timer.
+    """
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        step()
+        elapsed = time.perf_counter() - start
+        if reset is not None:
+            reset()
+        if i >= warmup:
+            times.append(elapsed * 1e3)
+    return times
+
+
+def measure_bandwidth(repeats: int = 5) -> dict:
+    """Copy (read + write) and pure-read bandwidth of a 1 GiB fp32 tensor, in GB/s."""
+    src = torch.empty(GIB // 4, dtype=torch.float32).fill_(1.0)  # fill: fault the pages in
+    dst = torch.empty_like(src).fill_(0.0)
+    copy_ms = np.median(time_calls(lambda: dst.copy_(src), 1, repeats))
+    read_ms = np.median(time_calls(src.sum, 1, repeats))
+    return {
+        "tensor_bytes": GIB,
+        "repeats": repeats,
+        "copy_ms": float(copy_ms),
+        "copy_gb_per_s": 2 * GIB / (copy_ms * 1e-3) / 1e9,
+        "read_ms": float(read_ms),
+        "read_gb_per_s": GIB / (read_ms * 1e-3) / 1e9,
+    }
+
+
+def machine_info(threads: int) -> dict:
+    cpu_model, flags = "unknown", set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu_model == "unknown":
+                cpu_model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    return {
+        "cpu_model": cpu_model,
+        "cpu_flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def busy_share(interval_s: float = 2.0) -> float:
+    """Share of all cores busy over ``interval_s`` while this process sleeps: other load."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        return sum(ticks) - idle, sum(ticks)
+
+    busy0, total0 = sample()
+    time.sleep(interval_s)
+    busy1, total1 = sample()
+    return (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def wait_for_quiet(max_busy: float, timeout_s: float) -> float:
+    """Wait (up to ``timeout_s``) until other processes use under ``max_busy`` of the CPU.
+
+    The machine is shared; 2-thread kernels timed while another process holds a core stall
+    on each other and read 2-10x slow. Returns the last measured busy share.
+    """
+    deadline = time.monotonic() + timeout_s
+    busy = busy_share()
+    while busy > max_busy and time.monotonic() < deadline:
+        log(f"other processes use {busy:.0%} of the CPU; waiting for a quiet machine")
+        time.sleep(5)
+        busy = busy_share()
+    if busy > max_busy:
+        log(f"WARNING: timing with {busy:.0%} of the CPU busy elsewhere: times are inflated")
+    return busy
+
+
+def weight_bytes(model: torch.nn.Module, embed: torch.Tensor, lm_head: torch.Tensor) -> int:
+    """Bytes one step reads: every parameter once, minus the embedding table unless it is
+    also the lm_head (tied)."""
+    seen: dict[int, int] = {}
+    for p in model.parameters():
+        seen[p.data_ptr()] = p.numel() * p.element_size()
+    total = sum(seen.values())
+    if embed.data_ptr() != lm_head.data_ptr():
+        total -= embed.numel() * embed.element_size()
+    return total
+
+
+def wait_for_model(name: str, cache: Path, timeout_s: float) -> Path:
+    """The converted folder of ``name``, once its completion marker exists."""
+    marker = zoo.model_dir(name, cache) / zoo.MARKER_FILE
+    deadline = time.monotonic() + timeout_s
+    if not marker.is_file():
+        log(f"{name}: waiting for {marker}")
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name}: {marker} did not appear within {timeout_s:.0f} s")
+        time.sleep(5)
+    return marker.parent
+
+
+# ---------------------------------------------------------------- the workload
+
+
+@dataclass(frozen=True)
+class Workload:
+    context: int
+    prompts: torch.Tensor  # [NUM_REQUESTS, context] int64
+    new_ids: torch.Tensor  # [NUM_REQUESTS, VERIFY_TOKENS] int64: tokens the timed steps append
+
+    @classmethod
+    def make(cls, vocab_size: int, context: int) -> Workload:
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, vocab_size, (NUM_REQUESTS, context + VERIFY_TOKENS), generator=gen)
+        return cls(context, ids[:, :context].contiguous(), ids[:, context:].contiguous())
+
+
+@dataclass
+class CaseResult:
+    times_ms: list[float]
+    logits: torch.Tensor  # [rows, vocab] of the last timed run, to compare across implementations
+    # 1-minute load average right after timing: above --threads, other processes competed for
+    # the cores and the times are inflated (OpenMP threads wait for each other).
+    loadavg: float = 0.0
+    other_busy: float = 0.0  # share of the CPU other processes used just before timing
+
+
+# ---------------------------------------------------------------- ours
+
+
+def run_ours(
+    name: str, work: Workload, args: argparse.Namespace
+) -> tuple[dict[str, CaseResult], int, list[dict]]:
+    loaded = loader.load(name, cache_dir=args.cache_dir, fetch_missing=False)
+    model = loaded.model
+    log(f"{name}/ours: loaded in {loaded.load_seconds:.1f} s")
+    wbytes = weight_bytes(model, model.model.embed_tokens.weight, model.lm_head.weight)
+    per_req = math.ceil((work.context + VERIFY_TOKENS) / BLOCK_SIZE)
+    runner = ModelRunner(model, NUM_REQUESTS * per_req, BLOCK_SIZE)
+
+    def chunk(req: int, ids: torch.Tensor, start: int, num_logits: int) -> SeqChunk:
+        blocks = list(range(req * per_req, (req + 1) * per_req))
+        return SeqChunk(f"r{req}", ids.tolist(), start, blocks, num_logits)
+
+    start = time.perf_counter()
+    runner.execute(StepBatch([chunk(r, work.prompts[r], 0, 1) for r in range(NUM_REQUESTS)]))
+    elapsed = time.perf_counter() - start
+    log(f"{name}/ours: prefilled {NUM_REQUESTS}x{work.context} in {elapsed:.1f} s")
+    c = work.context
+    batches = {
+        "decode_1x1": StepBatch([chunk(0, work.new_ids[0, :1], c, 1)]),
+        "verify_1x8": StepBatch([chunk(0, work.new_ids[0], c, VERIFY_TOKENS)]),
+        "batch_8x1": StepBatch([chunk(r, work.new_ids[r, :1], c, 1) for r in range(NUM_REQUESTS)]),
+    }
+    results = {}
+    for case, batch in batches.items():
+        busy = wait_for_quiet(args.max_busy, args.quiet_timeout)
+        out: list[torch.Tensor] = []
+        times = time_calls(
+            lambda b=batch, o=out: o.append(runner.execute(b)), args.warmup, args.repeats
+        )
+        results[case] = CaseResult(times, out[-1], os.getloadavg()[0], busy)
+        log(f"{name}/ours/{case}: median {np.median(times):.1f} ms")
+    if args.profile_steps > 0:
+        wait_for_quiet(args.max_busy, args.quiet_timeout)
+    prof = profile_steps(lambda: runner.execute(batches["decode_1x1"]), args.profile_steps)
+    return results, wbytes, prof  # the model is freed when this frame goes: see bench_model
+
+
+# ---------------------------------------------------------------- transformers
+
+
+def run_hf(
+    folder: Path, work: Workload, args: argparse.Namespace
+) -> tuple[dict[str, CaseResult], int, list[dict], str]:
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    log(f"{folder.name}/hf: loaded in {time.perf_counter() - start:.1f} s")
+    wbytes = weight_bytes(
+        model, model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    )
+    results = {}
+    with torch.inference_mode():
+        one = prefill_hf(model, work.prompts[:1])
+        one_tok, eight_tok = work.new_ids[:1, :1], work.new_ids[:1]
+        results["decode_1x1"] = time_hf(
+            model, one, one_tok, work.context, args, lambda lg: lg[:, -1]
+        )
+        results["verify_1x8"] = time_hf(model, one, eight_tok, work.context, args, lambda lg: lg[0])
+        if args.profile_steps > 0:
+            wait_for_quiet(args.max_busy, args.quiet_timeout)
+        prof = profile_steps(lambda: step_hf(model, one, one_tok, work.context), args.profile_steps)
+        many = prefill_hf(model, work.prompts)
+        results["batch_8x1"] = time_hf(
+            model, many, work.new_ids[:, :1], work.context, args, lambda lg: lg[:, -1]
+        )
+    for case, r in results.items():
+        log(f"{folder.name}/hf/{case}: median {np.median(r.times_ms):.1f} ms")
+    attn_impl = str(getattr(model.config, "_attn_implementation", "unknown"))
+    return results, wbytes, prof, attn_impl
+
+
+def prefill_hf(model: torch.nn.Module, prompts: torch.Tensor) -> object:
+    """A DynamicCache holding ``prompts`` [batch, context] (equal lengths: no padding)."""
+    start = time.perf_counter()
+    cache = model(input_ids=prompts, use_cache=True, logits_to_keep=1).cache
+    log(f"hf: prefilled {tuple(prompts.shape)} in {time.perf_counter() - start:.1f} s")
+    return cache
+
+
+def step_hf(model: torch.nn.Module, cache: object, ids: torch.Tensor, context: int) -> torch.Tensor:
+    """One timed-shape forward, then the cache cropped back to ``context`` tokens."""
+    logits = model(input_ids=ids, cache=cache, use_cache=True).logits
+    roll_back(cache, context)
+    return logits
+
+
+def roll_back(cache: object, context: int) -> None:
+    # transformers 5 takes the number of tokens to drop as a negative count.
+    cache.crop(context - cache.get_seq_length())
+
+
+def time_hf(
+    model: torch.nn.Module,
+    cache: object,
+    ids: torch.Tensor,  # [batch, new_tokens]
+    context: int,
+    args: argparse.Namespace,
+    rows: Callable[[torch.Tensor], torch.Tensor],  # [batch, new, vocab] -> [rows, vocab]
+) -> CaseResult:
+    if cache.get_seq_length() != context:
+        raise RuntimeError(f"cache holds {cache.get_seq_length()} tokens, expected {context}")
+    busy = wait_for_quiet(args.max_busy, args.quiet_timeout)
+    out: list[torch.Tensor] = []
+
+    def step() -> None:
+        out.append(model(input_ids=ids, cache=cache, use_cache=True).logits)
+
+    times = time_calls(step, args.warmup, args.repeats, reset=lambda: roll_back(cache, context))
+    return CaseResult(times, rows(out[-1]).float(), os.getloadavg()[0], busy)
+
+
+# ---------------------------------------------------------------- profile and report
+
+
+def profile_steps(step: Callable[[], object], num_steps: int) -> list[dict]:
+    """Top ops by self CPU time over ``num_steps`` calls, per step."""
+    if num_steps <= 0:
+        return []
+    step()
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(num_steps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [
+        {
+            "op": e.key,
+            "self_ms_per_step": e.self_cpu_time_total / 1e3 / num_steps,
+            "calls_per_step": e.count / num_steps,
+            "self_share": e.self_cpu_time_total / total,
+        }
+        for e in events[:PROFILE_ROWS]
+    ]
+
+
+def summarize(case: str, r: CaseResult, wbytes: int, read_bw: float, decode_ms: float) -> dict:
+    median = float(np.median(r.times_ms))
+    floor_ms = wbytes / (read_bw * 1e9) * 1e3
+    return {
+        "median_ms": median,
+        "p90_ms": float(np.percentile(r.times_ms, 90)),
+        "times_ms": r.times_ms,
+        "tokens": CASE_TOKENS[case],
+        "tokens_per_s": CASE_TOKENS[case] / (median * 1e-3),
+        "gb_per_s": wbytes / (median * 1e-3) / 1e9,
+        "x_floor": median / floor_ms,
+        "ratio_to_decode": median / decode_ms,
+        "loadavg_1min": r.loadavg,
+        "other_busy_before": r.other_busy,
+    }
+
+
+def summarize_impl(results: dict[str, CaseResult], wbytes: int, read_bw: float) -> dict:
+    decode_ms = float(np.median(results["decode_1x1"].times_ms))
+    return {case: summarize(case, results[case], wbytes, read_bw, decode_ms) for case in CASES}
+
+
+def markdown_table(report: dict) -> str:
+    head = (
+        "| model | impl | case | median ms | p90 ms | tok/s | GB/s | x floor | / decode_1x1 "
+        "| ours / hf | others busy, load |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for name, m in report["models"].items():
+        for impl in ("ours", "hf"):
+            for case in CASES:
+                s = m[impl]["cases"][case]
+                vs = (
+                    s["median_ms"] / m["hf"]["cases"][case]["median_ms"] if impl == "ours" else None
+                )
+                lines.append(
+                    f"| {name} | {impl} | {case} | {s['median_ms']:.1f} | {s['p90_ms']:.1f} "
+                    f"| {s['tokens_per_s']:.1f} | {s['gb_per_s']:.2f} | {s['x_floor']:.2f} "
+                    f"| {s['ratio_to_decode']:.2f} | {'' if vs is None else f'{vs:.2f}'} "
+                    f"| {s['other_busy_before']:.0%}, {s['loadavg_1min']:.1f} |"
+                )
+    return "\n".join(lines)
+
+
+def bench_model(name: str, args: argparse.Namespace, read_bw: float) -> dict:
+    folder = wait_for_model(name, args.cache_dir, args.wait_timeout)
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    work = Workload.make(vocab, args.context)
+    ours, ours_bytes, ours_prof = run_ours(name, work, args)
+    gc.collect()  # never hold our copy and transformers' copy of a model at once
+    hf, hf_bytes, hf_prof, attn_impl = run_hf(folder, work, args)
+    gc.collect()
+    hf_summary = summarize_impl(hf, hf_bytes, read_bw)
+    for case in CASES:
+        diff = (hf[case].logits - ours[case].logits).abs().max().item()
+        hf_summary[case]["max_abs_logit_diff"] = diff
+    write_profiles(args.out, name, {"ours": ours_prof, "hf": hf_prof})
+    return {
+        "folder": str(folder),
+        "vocab_size": vocab,
+        "ours": {
+            "weight_bytes": ours_bytes,
+            "cases": summarize_impl(ours, ours_bytes, read_bw),
+            "profile_decode_1x1": ours_prof,
+        },
+        "hf": {
+            "weight_bytes": hf_bytes,
+            "attn_implementation": attn_impl,
+            "cases": hf_summary,
+            "profile_decode_1x1": hf_prof,
+        },
+    }
+
+
+def write_profiles(out: Path, name: str, profiles: dict[str, list[dict]]) -> None:
+    for impl, rows in profiles.items():
+        if not rows:
+            continue
+        lines = [f"{'op':<48} {'self ms/step':>12} {'calls/step':>10} {'share':>6}"]
+        lines += [
+            f"{r['op']:<48} {r['self_ms_per_step']:>12.2f} {r['calls_per_step']:>10.0f} "
+            f"{r['self_share']:>6.1%}"
+            for r in rows
+        ]
+        path = out.with_name(f"{out.stem}_profile_{name}_{impl}.txt")
+        path.write_text("\n".join(lines) + "\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--context", type=int, default=128, help="prompt tokens in the KV cache")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs per case")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per case")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--profile-steps", type=int, default=3, help="decode steps to profile (0: off)")
+    p.add_argument(
+        "--max-busy", type=float, default=0.2, help="wait while others use more of the CPU"
+    )
+    p.add_argument(
+        "--quiet-timeout", type=float, default=120.0, help="seconds to wait for that per case"
+    )
+    p.add_argument("--cache-dir", type=Path, default=None, help="spinserve cache (default: zoo's)")
+    p.add_argument("--wait-timeout", type=float, default=1800.0, help="seconds to wait per model")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "step_bench.json")
+    args = p.parse_args(argv)
+    if args.context < 1 or args.warmup < 0 or args.repeats < 1 or args.threads < 1:
+        p.error("--context, --repeats and --threads must be >= 1, --warmup >= 0")
+    args.cache_dir = zoo.resolve_cache_dir(str(args.cache_dir) if args.cache_dir else None)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"machine": machine_info(args.threads), "settings": {}, "models": {}}
+    report["settings"] = {k: v for k, v in vars(args).items() if k not in ("cache_dir", "out")} | {
+        "block_size": BLOCK_SIZE,
+        "cache_dir": str(args.cache_dir),
+    }
+    log("measuring memory bandwidth (1 GiB fp32)")
+    busy = wait_for_quiet(args.max_busy, args.quiet_timeout)
+    report["bandwidth"] = measure_bandwidth() | {"other_busy_before": busy}
+    bw = report["bandwidth"]
+    log(f"copy {bw['copy_gb_per_s']:.2f} GB/s (read+write), read {bw['read_gb_per_s']:.2f} GB/s")
+    for name in args.models:
+        report["models"][name] = bench_model(name, args, bw["read_gb_per_s"])
+        args.out.write_text(json.dumps(report, indent=2) + "\n")  # partial results survive
+    log(f"wrote {args.out}")
+    print(
+        f"Memory bandwidth: copy {bw['copy_gb_per_s']:.2f} GB/s (read+write), "
+        f"read {bw['read_gb_per_s']:.2f} GB/s; threads {args.threads}, context {args.context}\n"
+    )
+    print(markdown_table(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Ragged paged attention against an explicit softmax(QK^T * scale + mask) V per sequence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spinserve.ops.attention import SeqSpan, causal_mask, ragged_attention, write_kv
+
+
+@pytest.mark.parametrize(
+    ("start_pos", "num_queries", "first_key_pos", "window", "expected"),
+    [
+        pytest.param(0, 1, 0, None, None, id="first-token"),
+        pytest.param(9, 1, 0, None, None, id="decode"),
+        pytest.param(0, 3, 0, None, [[1, 0, 0], [1, 1, 0], [1, 1, 1]], id="prefill-lower-triangle"),
+        pytest.param(2, 2, 0, None, [[1, 1, 1, 0], [1, 1, 1, 1]], id="chunk-after-cache"),
+        pytest.param(0, 3, 0, 10, [[1, 0, 0], [1, 1, 0], [1, 1, 1]], id="window-wider-than-ctx"),
+        pytest.param(0, 2, 0, 1, [[1, 0], [0, 1]], id="window-1-sees-itself"),
+        pytest.param(5, 1, 0, 3, [[0, 0, 0, 1, 1, 1]], id="decode-window-from-0"),
+        pytest.param(5, 1, 3, 3, None, id="decode-window-trimmed-keys"),
+        pytest.param(
+            4,
+            3,
+            2,
+            3,
+            [[1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1]],
+            id="chunk-window-band",
+        ),
+        pytest.param(3, 2, 3, None, [[1, 0], [1, 1]], id="keys-from-later-start"),
+    ],
+)
+def test_causal_mask(start_pos, num_queries, first_key_pos, window, expected):
+    mask = causal_mask(start_pos, num_queries, first_key_pos, window)
+    if expected is None:
+        assert mask is None
+    else:
+        assert mask.dtype == torch.bool
+        assert mask.int().tolist() == expected
+
+
+def reference_attention(
+    q: torch.Tensor,  # [num_queries, num_heads, head_dim]
+    keys: torch.Tensor,  # [num_keys, num_kv_heads, head_dim], positions 0..num_keys-1
+    values: torch.Tensor,  # [num_keys, num_kv_heads, head_dim]
+    start_pos: int,
+    scale: float,
+    window: int | None,
+) -> torch.Tensor:
+    """[num_queries, num_heads, head_dim], one sequence, written out by hand."""
+    group = q.shape[1] // keys.shape[1]
+    keys = keys.repeat_interleave(group, dim=1)  # [num_keys, num_heads, head_dim]
+    values = values.repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, keys) * scale
+    q_pos = torch.arange(start_pos, start_pos + q.shape[0])[:, None]
+    k_pos = torch.arange(keys.shape[0])[None, :]
+    visible = k_pos <= q_pos
+    if window is not None:
+        visible &= q_pos - k_pos < window
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), values)
+
+
+def build_case(
+    seqs: list[tuple[int, int]],  # (start_pos, num_queries) per sequence
+    layout: str,  # "slice": each sequence in one run of slots; "index": scattered slots
+    window: int | None,
+    num_heads: int,
+    num_kv_heads: int,
+    seed: int = 0,
+    head_dim: int = 8,
+):
+    """Random q and caches, the spans `ragged_attention` takes, and the reference output."""
+    gen = torch.Generator().manual_seed(seed)
+    num_tokens = sum(n for _, n in seqs)
+    num_slots = 4 * sum(s + n for s, n in seqs) + 8
+    q = torch.randn(num_tokens, num_heads, head_dim, generator=gen)
+    k_cache = torch.randn(num_slots, num_kv_heads, head_dim, generator=gen)
+    v_cache = torch.randn(num_slots, num_kv_heads, head_dim, generator=gen)
+    scale = head_dim**-0.5
+    perm = torch.randperm(num_slots, generator=gen)
+    spans, expected = [], []
+    q_start, next_slot = 0, 0
+    for start_pos, n in seqs:
+        end = start_pos + n
+        if layout == "slice":
+            slots = torch.arange(next_slot + 3, next_slot + 3 + end)  # [end]
+            next_slot += end + 5
+        else:
+            slots, perm = perm[:end], perm[end:]
+        lo = 0 if window is None else max(0, start_pos - window + 1)
+        kv_slots = slice(int(slots[lo]), int(slots[-1]) + 1) if layout == "slice" else slots[lo:]
+        spans.append(SeqSpan(q_start, q_start + n, kv_slots, causal_mask(start_pos, n, lo, window)))
+        q_rows = q[q_start : q_start + n]
+        expected.append(
+            reference_attention(q_rows, k_cache[slots], v_cache[slots], start_pos, scale, window)
+        )
+        q_start += n
+    return q, k_cache, v_cache, spans, scale, torch.cat(expected)
+
+
+SEQS = {
+    "one-prefill": [(0, 6)],
+    "one-decode": [(11, 1)],
+    "mixed": [(0, 5), (9, 1), (3, 4), (0, 1), (20, 3)],
+}
+
+
+@pytest.mark.parametrize("seqs", list(SEQS), ids=list(SEQS))
+@pytest.mark.parametrize("layout", ["slice", "index"])
+@pytest.mark.parametrize("window", [None, 4])
+@pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(4, 4), (4, 2), (6, 1)])
+def test_ragged_attention_matches_reference(seqs, layout, window, num_heads, num_kv_heads):
+    q, k_cache, v_cache, spans, scale, expected = build_case(
+        SEQS[seqs], layout, window, num_heads, num_kv_heads
+    )
+    out = ragged_attention(q, k_cache, v_cache, spans, scale)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_spans_only_see_their_own_keys():
+    """Changing another sequence's cache slots leaves a sequence's output untouched."""
+    q, k_cache, v_cache, spans, scale, _ = build_case(SEQS["mixed"], "index", None, 4, 2)
+    before = ragged_attention(q, k_cache, v_cache, spans, scale)
+    seen = torch.cat([spans[0].kv_slots])
+    others = torch.ones(k_cache.shape[0], dtype=torch.bool)
+    others[seen] = False
+    k_cache[others] += 1.0
+    v_cache[others] -= 1.0
+    after = ragged_attention(q, k_cache, v_cache, spans, scale)
+    torch.testing.assert_close(after[: spans[0].q_end], before[: spans[0].q_end])
+    assert not torch.allclose(after[spans[0].q_end :], before[spans[0].q_end :])
+
+
+def test_write_kv_puts_each_token_in_its_slot():
+    k_cache = torch.zeros(6, 1, 2)
+    v_cache = torch.zeros(6, 1, 2)
+    k = torch.arange(6.0).reshape(3, 1, 2)
+    write_kv(k_cache, v_cache, k, -k, torch.tensor([4, 0, 5]))
+    assert k_cache[:, 0].tolist() == [[2, 3], [0, 0], [0, 0], [0, 0], [0, 1], [4, 5]]
+    torch.testing.assert_close(v_cache, -k_cache)
