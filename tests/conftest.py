@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import ARCHITECTURES, hf_model, write_hf_folder
 
 from spinserve.loading.loader import LoadedModel, load
-from tiny_models import ARCHITECTURES, hf_model, write_hf_folder
 
 torch.set_num_threads(2)
 

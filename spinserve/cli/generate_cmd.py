@@ -1,7 +1,7 @@
 """`spinserve generate`: run prompts through the engine, streaming text to the terminal.
 
-    spinserve generate --chat "Write a function that reverses a string."
-    spinserve generate --model smollm2-135m-instruct --json --max-tokens 32 "Once upon"
+spinserve generate --chat "Write a function that reverses a string."
+spinserve generate --model smollm2-135m-instruct --json --max-tokens 32 "Once upon"
 """
 
 from __future__ import annotations
@@ -133,6 +133,4 @@ def _print_results(finals: list[RequestOutput], wall: float, streamed: bool, err
         for i, out in enumerate(finals):
             print(f"--- prompt {i + 1} ({out.finish_reason})\n{out.text}")
     num_tokens = sum(len(o.token_ids) for o in finals)
-    err.print(
-        f"[dim]{num_tokens} tokens in {wall:.2f} s: {num_tokens / wall:.1f} tokens/s[/dim]"
-    )
+    err.print(f"[dim]{num_tokens} tokens in {wall:.2f} s: {num_tokens / wall:.1f} tokens/s[/dim]")

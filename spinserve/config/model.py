@@ -78,10 +78,20 @@ class ModelConfig:
                 f"unsupported architecture {self.architecture!r}; "
                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
-                     "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             if getattr(self, name) <= 0:
-                raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
+                raise ValueError(
+                    f"model config: {name} must be positive, got {getattr(self, name)}"
+                )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"model config: num_heads ({self.num_heads}) must be a multiple of "
@@ -125,7 +135,7 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any]) -> ModelConfig:
-        """Read a transformers config.json dict (legacy ``rope_theta`` or v5 ``rope_parameters``)."""
+        """Read a config.json dict (legacy ``rope_theta`` or v5 ``rope_parameters``)."""
         model_type = hf.get("model_type", "")
         if "text_config" in hf and model_type not in _HF_MODEL_TYPES:
             hf = {**hf["text_config"]}
@@ -137,8 +147,17 @@ class ModelConfig:
                 f"supported: {', '.join(sorted(_HF_MODEL_TYPES))}"
             )
         traits = _ARCH_TRAITS[arch]
-        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size",
-                               "num_hidden_layers", "num_attention_heads") if k not in hf]
+        missing = [
+            k
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+            )
+            if k not in hf
+        ]
         if missing:
             raise ValueError(f"config.json lacks required keys: {', '.join(missing)}")
         num_heads = hf["num_attention_heads"]
@@ -216,7 +235,9 @@ class ModelConfig:
             hf["layer_types"] = list(self.layer_types)
             hf["sliding_window"] = self.sliding_window
             scalar = self.attention_scale**-2 if self.attention_scale else self.head_dim
-            hf["query_pre_attn_scalar"] = round(scalar) if abs(scalar - round(scalar)) < 1e-6 else scalar
+            hf["query_pre_attn_scalar"] = (
+                round(scalar) if abs(scalar - round(scalar)) < 1e-6 else scalar
+            )
             hf["final_logit_softcapping"] = self.final_logit_softcapping
             hf["attn_logit_softcapping"] = None
             hf["hidden_activation"] = "gelu_pytorch_tanh"
@@ -242,7 +263,10 @@ def _rope_params(hf: dict[str, Any], arch: str) -> tuple[tuple[float, float], fl
     if params and FULL_ATTENTION in params:
         full, sliding = params[FULL_ATTENTION], params.get(SLIDING_ATTENTION)
     else:
-        full = params or {"rope_theta": hf.get("rope_theta", 10000.0), **(hf.get("rope_scaling") or {})}
+        full = params or {
+            "rope_theta": hf.get("rope_theta", 10000.0),
+            **(hf.get("rope_scaling") or {}),
+        }
         sliding = None
         if arch == "gemma3":
             sliding = {"rope_theta": hf.get("rope_local_base_freq", 10000.0)}

@@ -43,9 +43,7 @@ def convert_gguf_to_folder(
     hf_tokenizer_from_gguf(gguf_path).save_pretrained(out_dir)
 
 
-def _write_shards(
-    tensors, out_dir: Path, say: Callable[[str], None]
-) -> dict[str, str]:
+def _write_shards(tensors, out_dir: Path, say: Callable[[str], None]) -> dict[str, str]:
     weight_map: dict[str, str] = {}
     shard: dict[str, torch.Tensor] = {}
     size = 0

@@ -147,8 +147,10 @@ def hf_tensor_name(gguf_name: str, arch: str) -> str:
     stem, _, kind = gguf_name.rpartition(".")
     if stem.startswith("blk."):
         _, layer, part = stem.split(".", 2)
-        mapped = _FFN_NORM.get(arch, "post_attention_layernorm") if part == "ffn_norm" else (
-            _LAYER_NAMES.get(part)
+        mapped = (
+            _FFN_NORM.get(arch, "post_attention_layernorm")
+            if part == "ffn_norm"
+            else (_LAYER_NAMES.get(part))
         )
         if mapped is None:
             raise ModelLoadError(f"unexpected GGUF tensor {gguf_name!r} for {arch}")
@@ -161,8 +163,10 @@ def hf_tensor_name(gguf_name: str, arch: str) -> str:
 def _unpermute(w: np.ndarray, num_heads: int) -> np.ndarray:
     """Undo llama.cpp's rotary permutation of q/k rows (its ``permute`` in convert_hf_to_gguf)."""
     rows = w.shape[0]
-    return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(
-        w.shape
+    return (
+        w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
     )
 
 
@@ -174,7 +178,9 @@ def iter_tensors(reader: GGUFReader, hf: dict[str, Any]) -> Iterator[tuple[str, 
         try:
             data = np.asarray(dequantize(t.data, GGMLQuantizationType(t.tensor_type)), np.float32)
         except (NotImplementedError, ValueError) as exc:
-            raise ModelLoadError(f"cannot dequantize {t.name} ({t.tensor_type.name}): {exc}") from exc
+            raise ModelLoadError(
+                f"cannot dequantize {t.name} ({t.tensor_type.name}): {exc}"
+            ) from exc
         data = data.reshape(tuple(reversed([int(d) for d in t.shape])))
         if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
             heads = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]

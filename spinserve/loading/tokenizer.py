@@ -27,9 +27,10 @@ class Tokenizer:
     def from_folder(cls, folder: Path, eos_token_ids: tuple[int, ...] = ()) -> Tokenizer:
         from transformers import AutoTokenizer
 
-        if not (folder / "tokenizer.json").is_file() and not (
-            folder / "tokenizer_config.json"
-        ).is_file():
+        if (
+            not (folder / "tokenizer.json").is_file()
+            and not (folder / "tokenizer_config.json").is_file()
+        ):
             raise ModelLoadError(f"{folder} has no tokenizer files (tokenizer.json)")
         try:
             tok = AutoTokenizer.from_pretrained(folder)

@@ -56,7 +56,9 @@ class Decoder(nn.Module):
             if name not in params:
                 if self.config.tie_word_embeddings and name == "lm_head.weight":
                     continue  # some tied checkpoints carry a copy
-                raise ValueError(f"unexpected tensor {name!r} for a {self.config.architecture} model")
+                raise ValueError(
+                    f"unexpected tensor {name!r} for a {self.config.architecture} model"
+                )
             if tuple(tensor.shape) != tuple(params[name].shape):
                 raise ValueError(
                     f"tensor {name!r} has shape {tuple(tensor.shape)}, "

@@ -49,9 +49,7 @@ def _span(chunk: SeqChunk, q_start: int, block_size: int, window: int | None) ->
     )
 
 
-def build_step_inputs(
-    batch: StepBatch, block_size: int, sliding_window: int | None
-) -> StepInputs:
+def build_step_inputs(batch: StepBatch, block_size: int, sliding_window: int | None) -> StepInputs:
     """Flatten the batch; one span per request for full layers and, if any, sliding layers."""
     ids: list[int] = []
     positions: list[int] = []

@@ -18,7 +18,9 @@ class ModelRunner:
         self.block_size = block_size
         self.kv_cache = KVCache(model.config, num_blocks, block_size, model.dtype)
         cfg = model.config
-        self._window = cfg.sliding_window if any(map(cfg.is_sliding, range(cfg.num_layers))) else None
+        self._window = (
+            cfg.sliding_window if any(map(cfg.is_sliding, range(cfg.num_layers))) else None
+        )
 
     @property
     def vocab_size(self) -> int:

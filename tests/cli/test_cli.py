@@ -24,8 +24,15 @@ def spinserve(*args: str, cache: Path | None = None) -> subprocess.CompletedProc
 
 def test_generate_json(tiny_folders):
     proc = spinserve(
-        "generate", "--model", str(tiny_folders["qwen2"]), "--json", "--max-tokens", "6",
-        "--ignore-eos", "hello", "world!",
+        "generate",
+        "--model",
+        str(tiny_folders["qwen2"]),
+        "--json",
+        "--max-tokens",
+        "6",
+        "--ignore-eos",
+        "hello",
+        "world!",
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -37,8 +44,18 @@ def test_generate_json(tiny_folders):
 
 def test_generate_streams_chat(tiny_folders):
     proc = spinserve(
-        "generate", "--model", str(tiny_folders["llama"]), "--chat", "--max-tokens", "5",
-        "--ignore-eos", "--temperature", "0.7", "--seed", "3", "hi",
+        "generate",
+        "--model",
+        str(tiny_folders["llama"]),
+        "--chat",
+        "--max-tokens",
+        "5",
+        "--ignore-eos",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "3",
+        "hi",
     )
     assert proc.returncode == 0, proc.stderr
     assert "tokens/s" in proc.stderr

@@ -97,14 +97,18 @@ def test_stop_string_truncates_text(tiny_loaded):
     # Pick a stop string from the middle of what greedy decoding writes.
     text = full.text
     stop = next(text[i : i + 2] for i in range(3, len(text) - 2) if text[i : i + 2].isprintable())
-    out = engine.generate([PROMPTS[3]], SamplingParams(max_tokens=12, ignore_eos=True, stop=(stop,)))[0]
+    out = engine.generate(
+        [PROMPTS[3]], SamplingParams(max_tokens=12, ignore_eos=True, stop=(stop,))
+    )[0]
     assert out.finish_reason == "stop"
     assert out.text == text[: text.index(stop)]
 
 
 def test_streamed_deltas_add_up_to_the_text(tiny_loaded):
     engine = LLMEngine(tiny_loaded["gemma3"])
-    rid = engine.add_request(PROMPTS[4], SamplingParams(max_tokens=20, ignore_eos=True, stop=("zz",)))
+    rid = engine.add_request(
+        PROMPTS[4], SamplingParams(max_tokens=20, ignore_eos=True, stop=("zz",))
+    )
     pieces, final = [], None
     while engine.has_unfinished():
         for out in engine.step():
@@ -118,7 +122,9 @@ def test_streamed_deltas_add_up_to_the_text(tiny_loaded):
 def test_stop_token_ids_and_max_tokens(tiny_loaded, expected):
     engine = LLMEngine(tiny_loaded["llama"])
     target = expected["llama"][0]
-    out = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=12, stop_token_ids=(target[4],)))[0]
+    out = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=12, stop_token_ids=(target[4],)))[
+        0
+    ]
     assert out.token_ids == target[: target.index(target[4]) + 1]
     assert out.finish_reason == "stop"
     out = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=3, ignore_eos=True))[0]
@@ -128,7 +134,9 @@ def test_stop_token_ids_and_max_tokens(tiny_loaded, expected):
 def test_context_length_limits(tiny_loaded):
     config = EngineConfig(scheduler=SchedulerConfig(max_model_len=20))
     engine = LLMEngine(tiny_loaded["llama"], config)
-    with pytest.raises(InvalidRequestError, match="the prompt has 20 tokens but the context holds 20"):
+    with pytest.raises(
+        InvalidRequestError, match="the prompt has 20 tokens but the context holds 20"
+    ):
         engine.add_request(list(range(20)))
     out = engine.generate([list(range(15))], SamplingParams(max_tokens=50, ignore_eos=True))[0]
     assert len(out.token_ids) == 5 and out.finish_reason == "length"

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from gguf import GGMLQuantizationType
+from tiny_models import hf_model, write_gguf
 from transformers import AutoModelForCausalLM
 
 from spinserve.config.model import ModelConfig
@@ -16,7 +17,6 @@ from spinserve.models.decoder import Decoder
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
 from spinserve.types.errors import ModelLoadError
-from tiny_models import hf_model, write_gguf
 
 
 def test_f32_gguf_round_trips_exactly(arch, tmp_path):
@@ -29,8 +29,17 @@ def test_f32_gguf_round_trips_exactly(arch, tmp_path):
         torch.testing.assert_close(tensor, original[name], rtol=0, atol=1e-6, msg=name)
     config = ModelConfig.from_hf_dict(hf)
     expected = ModelConfig.from_hf_dict(hf_model(arch).config.to_dict())
-    for field in ("architecture", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                  "rope_theta", "layer_types", "sliding_window", "softmax_scale"):
+    for field in (
+        "architecture",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "rope_theta",
+        "layer_types",
+        "sliding_window",
+        "softmax_scale",
+    ):
         assert getattr(config, field) == getattr(expected, field), field
 
 
@@ -74,8 +83,16 @@ def test_gemma3_metadata(tmp_path):
         ("blk.3.attn_q.bias", "qwen2", "model.layers.3.self_attn.q_proj.bias"),
         ("blk.0.ffn_norm.weight", "llama", "model.layers.0.post_attention_layernorm.weight"),
         ("blk.0.ffn_norm.weight", "gemma3", "model.layers.0.pre_feedforward_layernorm.weight"),
-        ("blk.1.post_attention_norm.weight", "gemma3", "model.layers.1.post_attention_layernorm.weight"),
-        ("blk.2.post_ffw_norm.weight", "gemma3", "model.layers.2.post_feedforward_layernorm.weight"),
+        (
+            "blk.1.post_attention_norm.weight",
+            "gemma3",
+            "model.layers.1.post_attention_layernorm.weight",
+        ),
+        (
+            "blk.2.post_ffw_norm.weight",
+            "gemma3",
+            "model.layers.2.post_feedforward_layernorm.weight",
+        ),
         ("output.weight", "qwen2", "lm_head.weight"),
     ],
 )
@@ -99,7 +116,7 @@ def test_garbage_gguf_is_a_clear_error(tmp_path):
 
 
 def test_folder_without_config_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config.json"):
         load(str(tmp_path))
 
 
@@ -110,5 +127,5 @@ def test_folder_with_unsupported_architecture(tmp_path: Path):
 
 
 def test_unknown_model_name_lists_known_ones():
-    with pytest.raises(ModelLoadError, match="known models: .*smollm2-135m-instruct"):
+    with pytest.raises(ModelLoadError, match=r"known models: .*smollm2-135m-instruct"):
         load("no-such-model")

@@ -68,10 +68,16 @@ def test_mixed_batch_matches_reference(arch, tiny_loaded, tiny_refs, seed):
     }
     # Step 1: prefill each prefix (one batch), step 2: every request appends in one batch.
     runner.execute(
-        StepBatch([reqs.chunk(r, s[:p], 0, 0) for (r, s), p in zip(seqs.items(), prefix_lens, strict=True)])
+        StepBatch(
+            [
+                reqs.chunk(r, s[:p], 0, 0)
+                for (r, s), p in zip(seqs.items(), prefix_lens, strict=True)
+            ]
+        )
     )
     step2 = [
-        reqs.chunk(r, s[p:], p, len(s) - p) for (r, s), p in zip(seqs.items(), prefix_lens, strict=True)
+        reqs.chunk(r, s[p:], p, len(s) - p)
+        for (r, s), p in zip(seqs.items(), prefix_lens, strict=True)
     ]
     logits = runner.execute(StepBatch(step2))
     row = 0

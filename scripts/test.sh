@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the whole test suite: lint, unit tests on tiny random models,
+# and integration tests on real SmolLM2-135M and Gemma-3-270M (fetched into the cache once).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+.venv/bin/ruff check spinserve tests benchmarks
+.venv/bin/ruff format --check spinserve tests benchmarks
+.venv/bin/python -m pytest "$@"
