@@ -54,7 +54,8 @@ def resolve(
         return zoo.model_dir(source.name, cache)
     if not fetch_missing:
         raise ModelLoadError(
-            f"model {source.name!r} is not in the cache {cache}; "
+            f"model {source.name!r} is not in the cache {cache} (or was converted by an "
+            "older spinserve); "
             f"run `spinserve models fetch {source.name}`"
         )
     return zoo.fetch(source.name, cache, progress)
