@@ -1,7 +1,7 @@
 """The import direction of the package, checked by reading every module's imports.
 
     types <- config <- ops <- models <- loading
-                               models <- runtime <- engine <- cli
+                               models <- runtime <- spec <- engine <- cli
 
 Bookkeeping (the plain-data layers and the engine's scheduler, block manager, request and
 detokenizer) must not import torch, so it stays testable and cheap without a model.
@@ -26,14 +26,15 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"types", "config", "ops"},
     "loading": {"types", "config", "ops", "models"},
     "runtime": {"types", "config", "ops", "models"},
-    "engine": {"types", "config", "ops", "models", "loading", "runtime"},
-    "cli": {"types", "config", "ops", "models", "loading", "runtime", "engine"},
+    "spec": {"types", "config", "ops", "models", "loading", "runtime"},
+    "engine": {"types", "config", "ops", "models", "loading", "runtime", "spec"},
+    "cli": {"types", "config", "ops", "models", "loading", "runtime", "spec", "engine"},
 }
 NO_TORCH = [
     "types",
     "config",
     "engine/request.py",
-    "engine/block_manager.py",
+    "runtime/block_manager.py",
     "engine/scheduler.py",
     "engine/detokenizer.py",
     "engine/outputs.py",

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from spinserve.config.engine import EngineConfig
 from spinserve.config.sampling import SamplingParams
-from spinserve.engine.block_manager import BlockManager
 from spinserve.engine.detokenizer import IncrementalDetokenizer
 from spinserve.engine.outputs import RequestOutput
 from spinserve.engine.request import FinishReason, Request
 from spinserve.engine.scheduler import Scheduler
 from spinserve.loading.loader import LoadedModel
+from spinserve.runtime.block_manager import BlockManager
 from spinserve.runtime.runner import ModelRunner
 from spinserve.runtime.sampler import Sampler
 from spinserve.types.errors import InvalidRequestError

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import deque
 
 from spinserve.config.engine import SchedulerConfig
-from spinserve.engine.block_manager import BlockManager
 from spinserve.engine.request import Request, RequestStatus
+from spinserve.runtime.block_manager import BlockManager
 from spinserve.types.batch import SeqChunk, StepBatch
 
 

@@ -13,9 +13,9 @@ import pytest
 
 from spinserve.config.engine import SchedulerConfig
 from spinserve.config.sampling import SamplingParams
-from spinserve.engine.block_manager import BlockManager, blocks_for
 from spinserve.engine.request import FinishReason, Request, RequestStatus
 from spinserve.engine.scheduler import Scheduler
+from spinserve.runtime.block_manager import BlockManager, blocks_for
 from spinserve.types.batch import StepBatch
 
 BLOCK_SIZE = 4

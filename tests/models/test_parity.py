@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from spinserve.engine.block_manager import BlockManager
+from spinserve.runtime.block_manager import BlockManager
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from spinserve.engine.block_manager import BlockManager, blocks_for
+from spinserve.runtime.block_manager import BlockManager, blocks_for
 
 
 @pytest.mark.parametrize(
