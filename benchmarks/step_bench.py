@@ -256,7 +256,7 @@ class CaseResult:
 
 def run_ours(
     name: str, work: Workload, args: argparse.Namespace
-) -> tuple[dict[str, CaseResult], int, list[dict]]:
+) -> tuple[dict[str, CaseResult], int, dict]:
     loaded = loader.load(name, cache_dir=args.cache_dir, fetch_missing=False)
     model = loaded.model
     log(f"{name}/ours: loaded in {loaded.load_seconds:.1f} s")
@@ -284,9 +284,7 @@ def run_ours(
         timing = timed_case(lambda b=batch, o=out: o.append(runner.execute(b)), args)
         results[case] = CaseResult(timing, out[-1])
         log(f"{name}/ours/{case}: median {np.median(timing.times_ms):.1f} ms")
-    if args.profile_steps > 0:
-        wait_for_quiet(args.max_busy, args.quiet_timeout)
-    prof = profile_steps(lambda: runner.execute(batches["decode_1x1"]), args.profile_steps)
+    prof = profile_steps(lambda: runner.execute(batches["decode_1x1"]), args)
     return results, wbytes, prof  # the model is freed when this frame goes: see bench_model
 
 
@@ -295,7 +293,7 @@ def run_ours(
 
 def run_hf(
     folder: Path, work: Workload, args: argparse.Namespace
-) -> tuple[dict[str, CaseResult], int, list[dict], str]:
+) -> tuple[dict[str, CaseResult], int, dict, str]:
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     log(f"{folder.name}/hf: loaded in {time.perf_counter() - start:.1f} s")
@@ -310,9 +308,7 @@ def run_hf(
             model, one, one_tok, work.context, args, lambda lg: lg[:, -1]
         )
         results["verify_1x8"] = time_hf(model, one, eight_tok, work.context, args, lambda lg: lg[0])
-        if args.profile_steps > 0:
-            wait_for_quiet(args.max_busy, args.quiet_timeout)
-        prof = profile_steps(lambda: step_hf(model, one, one_tok, work.context), args.profile_steps)
+        prof = profile_steps(lambda: step_hf(model, one, one_tok, work.context), args)
         many = prefill_hf(model, work.prompts)
         results["batch_8x1"] = time_hf(
             model, many, work.new_ids[:, :1], work.context, args, lambda lg: lg[:, -1]
@@ -365,17 +361,21 @@ def time_hf(
 # ---------------------------------------------------------------- profile and report
 
 
-def profile_steps(step: Callable[[], object], num_steps: int) -> list[dict]:
-    """Top ops by self CPU time over ``num_steps`` calls, per step."""
+def profile_steps(step: Callable[[], object], args: argparse.Namespace) -> dict:
+    """Top ops by self CPU time over ``--profile-steps`` calls, per step ({} when off)."""
+    num_steps = args.profile_steps
     if num_steps <= 0:
-        return []
+        return {}
+    wait_for_quiet(args.max_busy, args.quiet_timeout)
     step()
+    before = cpu_sample()
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(num_steps):
             step()
+    busy = others_share(before, cpu_sample())
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
-    return [
+    top = [
         {
             "op": e.key,
             "self_ms_per_step": e.self_cpu_time_total / 1e3 / num_steps,
@@ -384,6 +384,7 @@ def profile_steps(step: Callable[[], object], num_steps: int) -> list[dict]:
         }
         for e in events[:PROFILE_ROWS]
     ]
+    return {"steps": num_steps, "others_busy": busy, "top_ops": top}
 
 
 def summarize(case: str, t: Timing, wbytes: int, read_bw: float, decode_ms: float) -> dict:
@@ -462,15 +463,19 @@ def bench_model(name: str, args: argparse.Namespace, read_bw: float) -> dict:
     }
 
 
-def write_profiles(out: Path, name: str, profiles: dict[str, list[dict]]) -> None:
-    for impl, rows in profiles.items():
-        if not rows:
+def write_profiles(out: Path, name: str, profiles: dict[str, dict]) -> None:
+    for impl, prof in profiles.items():
+        if not prof:
             continue
-        lines = [f"{'op':<48} {'self ms/step':>12} {'calls/step':>10} {'share':>6}"]
+        lines = [
+            f"# {name} / {impl}: decode_1x1, {prof['steps']} steps, "
+            f"other processes used {prof['others_busy']:.0%} of the CPU meanwhile",
+            f"{'op':<48} {'self ms/step':>12} {'calls/step':>10} {'share':>6}",
+        ]
         lines += [
             f"{r['op']:<48} {r['self_ms_per_step']:>12.2f} {r['calls_per_step']:>10.0f} "
             f"{r['self_share']:>6.1%}"
-            for r in rows
+            for r in prof["top_ops"]
         ]
         path = out.with_name(f"{out.stem}_profile_{name}_{impl}.txt")
         path.write_text("\n".join(lines) + "\n")
@@ -488,9 +493,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-busy", type=float, default=0.1, help="most CPU share others may use while timing"
     )
     p.add_argument(
-        "--quiet-timeout", type=float, default=60.0, help="seconds to wait for quiet per try"
+        "--quiet-timeout", type=float, default=300.0, help="seconds to wait for quiet per try"
     )
-    p.add_argument("--retries", type=int, default=1, help="re-timings of a disturbed case")
+    p.add_argument("--retries", type=int, default=3, help="re-timings of a disturbed case")
     p.add_argument("--cache-dir", type=Path, default=None, help="spinserve cache (default: zoo's)")
     p.add_argument("--wait-timeout", type=float, default=1800.0, help="seconds to wait per model")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "step_bench.json")

@@ -31,6 +31,19 @@ def tiny_loaded(tiny_folders: dict[str, Path]) -> dict[str, LoadedModel]:
     return {arch: load(str(folder)) for arch, folder in tiny_folders.items()}
 
 
+@pytest.fixture(scope="session")
+def tiny_drafters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadedModel]:
+    """Drafter models for the llama target: ``same`` is the target itself (every draft is
+    accepted), ``other`` a different random model with the same tokenizer (most drafts are
+    rejected), ``cross`` a random model whose tokenizer numbers its tokens differently."""
+    root = tmp_path_factory.mktemp("drafters")
+    return {
+        "same": load(str(write_hf_folder("llama", root / "same"))),
+        "other": load(str(write_hf_folder("qwen2", root / "other", seed=7))),
+        "cross": load(str(write_hf_folder("llama", root / "cross", seed=0, specials_first=True))),
+    }
+
+
 @pytest.fixture(params=ARCHITECTURES)
 def arch(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -72,12 +72,17 @@ def hf_model(arch: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A real byte-level BPE tokenizer: one token per byte, plus chat specials."""
+def byte_tokenizer(specials_first: bool = False) -> PreTrainedTokenizerFast:
+    """A real byte-level BPE tokenizer: one token per byte, plus chat specials.
+
+    ``specials_first`` numbers the specials 0..2 and the bytes after them: the same text, a
+    different vocabulary (for cross-tokenizer drafting tests).
+    """
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    offset = len(SPECIAL_TOKENS) if specials_first else 0
+    vocab = {ch: offset + i for i, ch in enumerate(alphabet)}
     for i, tok in enumerate(SPECIAL_TOKENS):
-        vocab[tok] = 256 + i
+        vocab[tok] = i if specials_first else 256 + i
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
@@ -90,9 +95,22 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def write_hf_folder(arch: str, folder: Path, seed: int = 0) -> Path:
-    hf_model(arch, seed).save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
+def write_hf_folder(arch: str, folder: Path, seed: int = 0, specials_first: bool = False) -> Path:
+    """A tiny model folder. With ``specials_first`` the token ids are renumbered to match
+    ``byte_tokenizer(specials_first=True)``: the same model over a different vocabulary."""
+    model = hf_model(arch, seed)
+    if specials_first:
+        n = len(SPECIAL_TOKENS)
+        old_of_new = list(range(256, 256 + n)) + list(range(256)) + list(range(256 + n, VOCAB_SIZE))
+        with torch.no_grad():
+            for matrix in {
+                id(m): m
+                for m in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+            }.values():
+                matrix.copy_(matrix[old_of_new])
+        model.config.bos_token_id, model.config.eos_token_id = 0, 2
+    model.save_pretrained(folder)
+    byte_tokenizer(specials_first).save_pretrained(folder)
     return folder
 
 

@@ -24,10 +24,12 @@ from spinserve.config.engine import (
     SchedulerConfig,
 )
 from spinserve.config.sampling import SamplingParams
+from spinserve.config.speculative import SpeculativeConfig
 from spinserve.engine.engine import LLMEngine
 from spinserve.engine.outputs import RequestOutput
 from spinserve.loading import zoo
-from spinserve.loading.loader import load
+from spinserve.loading.loader import load, resolve
+from spinserve.spec.registry import MODEL_FREE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +51,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_flags(parser, SchedulerConfig)
     add_flags(parser, CacheConfig)
     add_flags(parser, RuntimeConfig)
+    spec = parser.add_argument_group("speculative decoding")
+    spec.add_argument(
+        "--drafter",
+        dest="drafters",
+        action="append",
+        metavar="NAME",
+        help="drafter: ngram, suffix, or a model name/path (same tokenizer or not: detected); "
+        "repeatable; the first is used",
+    )
+    add_flags(parser, SpeculativeConfig, exclude=("drafters",))
     parser.set_defaults(run=run)
 
 
@@ -58,12 +70,16 @@ def run(args: argparse.Namespace) -> int:
         scheduler=from_flags(SchedulerConfig, args),
         cache=from_flags(CacheConfig, args),
         runtime=from_flags(RuntimeConfig, args),
+        speculative=from_flags(SpeculativeConfig, args),
     )
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
     err = Console(stderr=True)
     with Progress(console=err, transient=True) as progress:
         loaded = load(args.model, config.runtime, args.cache_dir, progress=progress)
+        for name in config.speculative.drafters:  # fetch zoo drafters with progress shown
+            if name not in MODEL_FREE:
+                resolve(name, args.cache_dir, progress=progress)
     if not args.json:
         err.print(f"[dim]loaded {args.model} in {loaded.load_seconds:.1f} s[/dim]")
     engine = LLMEngine(loaded, config)
@@ -75,9 +91,12 @@ def run(args: argparse.Namespace) -> int:
     finals = _drain(engine, stream)
     wall = time.perf_counter() - start
     if args.json:
-        print(json.dumps(_summary(args, loaded.load_seconds, finals, wall)))
+        summary = _summary(args, loaded.load_seconds, finals, wall)
+        summary["speculation"] = engine.spec_summary()
+        print(json.dumps(summary))
     else:
         _print_results(finals, wall, stream, err)
+        _print_speculation(engine, err)
     return 0
 
 
@@ -111,6 +130,8 @@ def _summary(
             "num_prompt_tokens": o.num_prompt_tokens,
             "finish_reason": o.finish_reason,
             "ttft_seconds": (o.first_token_time or o.arrival_time) - o.arrival_time,
+            "drafter": o.drafter,
+            "speculation": o.spec_stats.to_dict() if o.spec_stats else None,
         }
         for o in finals
     ]
@@ -134,3 +155,13 @@ def _print_results(finals: list[RequestOutput], wall: float, streamed: bool, err
             print(f"--- prompt {i + 1} ({out.finish_reason})\n{out.text}")
     num_tokens = sum(len(o.token_ids) for o in finals)
     err.print(f"[dim]{num_tokens} tokens in {wall:.2f} s: {num_tokens / wall:.1f} tokens/s[/dim]")
+
+
+def _print_speculation(engine: LLMEngine, err: Console) -> None:
+    for name, stats in engine.drafter_stats.items():
+        if stats.num_draft_steps:
+            err.print(
+                f"[dim]drafter {name}: {stats.num_draft_steps} draft steps, acceptance "
+                f"{stats.acceptance_rate:.0%}, mean accepted length "
+                f"{stats.mean_accepted_length:.2f}, drafting {stats.draft_seconds:.2f} s[/dim]"
+            )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from spinserve.config.speculative import SpeculativeConfig
 
 
 @dataclass(frozen=True)
@@ -69,3 +71,4 @@ class EngineConfig:
     scheduler: SchedulerConfig = SchedulerConfig()
     cache: CacheConfig = CacheConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)

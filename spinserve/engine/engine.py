@@ -1,12 +1,30 @@
-"""The step loop: schedule, run the model, sample, detokenize, retire finished requests."""
+"""The step loop: draft, schedule, run the target, verify, detokenize, retire.
+
+One step::
+
+    drafts  = drafters propose for every decoding request that speculates
+    batch   = scheduler.schedule()          # prefill chunks, decodes, decodes + drafts
+    logits  = runner.execute(batch)         # one padding-free forward of the target
+    results = verify_batch(logits, ...)     # accepted + recovered/bonus tokens per request
+    scheduler.update(batch, rejected)       # roll back rejected drafts
+    append tokens, check stops, retire finished requests
+
+A request that does not speculate is the k = 0 case of the same path: verification of no
+drafts is plain sampling, so there is one code path for every request.
+"""
 
 from __future__ import annotations
 
 import itertools
+import time
+from collections import defaultdict
 from dataclasses import dataclass
+
+import torch
 
 from spinserve.config.engine import EngineConfig
 from spinserve.config.sampling import SamplingParams
+from spinserve.config.speculative import NO_DRAFTER, SpecParams
 from spinserve.engine.detokenizer import IncrementalDetokenizer
 from spinserve.engine.outputs import RequestOutput
 from spinserve.engine.request import FinishReason, Request
@@ -14,7 +32,11 @@ from spinserve.engine.scheduler import Scheduler
 from spinserve.loading.loader import LoadedModel
 from spinserve.runtime.block_manager import BlockManager
 from spinserve.runtime.runner import ModelRunner
-from spinserve.runtime.sampler import Sampler
+from spinserve.runtime.sampler import Generators
+from spinserve.spec.drafter import Draft, Drafter, DraftRequest
+from spinserve.spec.stats import SpecStats
+from spinserve.spec.verify import verify_batch
+from spinserve.types.batch import SeqChunk
 from spinserve.types.errors import InvalidRequestError
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -27,7 +49,7 @@ class _Tracked:
 
 
 class LLMEngine:
-    """Runs many requests at once with continuous batching.
+    """Runs many requests at once with continuous batching and speculative decoding.
 
     Typical use::
 
@@ -36,9 +58,17 @@ class LLMEngine:
         while engine.has_unfinished():
             for out in engine.step():
                 print(out.new_text, end="")
+
+    ``drafters`` maps names to ready drafters; when None they are built from
+    ``config.speculative.drafters`` (see `spinserve.spec.registry`).
     """
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        config: EngineConfig | None = None,
+        drafters: dict[str, Drafter] | None = None,
+    ) -> None:
         self.config = config or EngineConfig()
         self.tokenizer = loaded.tokenizer
         model_config = loaded.model.config
@@ -50,39 +80,53 @@ class LLMEngine:
         self.runner = ModelRunner(loaded.model, num_blocks, cache.block_size)
         self.blocks = BlockManager(num_blocks, cache.block_size)
         self.scheduler = Scheduler(self.config.scheduler, self.blocks)
-        self.sampler = Sampler()
+        self.generators = Generators()
         # A request must fit in the pool alone, or preemption could never make room for it.
         self.max_model_len = min(
             model_config.max_position_embeddings,
             self.config.scheduler.max_model_len or model_config.max_position_embeddings,
             num_blocks * cache.block_size,
         )
+        self.drafters = drafters if drafters is not None else self._build_drafters(loaded)
+        self.drafter_stats: dict[str, SpecStats] = {name: SpecStats() for name in self.drafters}
         self._eos = frozenset(self.tokenizer.eos_token_ids)
         self._vocab_size = model_config.vocab_size
         self._tracked: dict[str, _Tracked] = {}
+        self._draft_probs: dict[str, torch.Tensor | None] = {}
         self._ids = itertools.count()
+
+    def _build_drafters(self, loaded: LoadedModel) -> dict[str, Drafter]:
+        from spinserve.spec.registry import build_drafters
+
+        return build_drafters(self.config.speculative, loaded, self.config.runtime)
+
+    # --- requests ----------------------------------------------------------------------------
 
     def add_request(
         self,
         prompt: str | list[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
+        spec: SpecParams | None = None,
     ) -> str:
         """Queue a request; returns its id. Raises InvalidRequestError for bad input."""
         params = params or SamplingParams()
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self._validate(prompt_ids, request_id)
+        drafter, k = self._speculation(spec or SpecParams())
         request_id = request_id or f"req-{next(self._ids)}"
         request = Request(
             request_id,
             prompt_ids,
             params,
             eos_token_ids=frozenset() if params.ignore_eos else self._eos,
+            drafter=drafter,
+            num_draft_tokens=k,
         )
         self._tracked[request_id] = _Tracked(
             request, IncrementalDetokenizer(self.tokenizer, params.stop)
         )
-        self.sampler.add_request(request_id, params)
+        self.generators.add_request(request_id, params)
         self.scheduler.add(request)
         return request_id
 
@@ -99,6 +143,20 @@ class LLMEngine:
             raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary")
         if request_id is not None and request_id in self._tracked:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
+
+    def _speculation(self, spec: SpecParams) -> tuple[str | None, int]:
+        """(drafter name or None, k) for a request."""
+        name = spec.drafter
+        if name is None:
+            name = next(iter(self.drafters), None)
+        if name is None or name == NO_DRAFTER:
+            return None, 0
+        if name not in self.drafters:
+            loaded = ", ".join(self.drafters) or "none"
+            raise InvalidRequestError(f"unknown drafter {name!r}; loaded drafters: {loaded}")
+        k = self.config.speculative.num_draft_tokens
+        k = spec.num_draft_tokens if spec.num_draft_tokens is not None else k
+        return (name, k) if k > 0 else (None, 0)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Cancel a request and free its KV blocks; None if it is unknown or finished."""
@@ -120,33 +178,120 @@ class LLMEngine:
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)
 
+    # --- the step ----------------------------------------------------------------------------
+
     def step(self) -> list[RequestOutput]:
-        """One forward for every scheduled request; outputs for those that got a token."""
+        """One target forward for every scheduled request; outputs for those that got tokens."""
+        self._propose()
         batch = self.scheduler.schedule()
         if not batch:
             return []
+        start = time.perf_counter()
         logits = self.runner.execute(batch)
-        self.scheduler.update(batch)
-        rows = [
-            (c.request_id, self._tracked[c.request_id].request.params)
-            for c in batch.chunks
-            if c.num_logits
-        ]
-        tokens = self.sampler.sample(logits, rows)
-        return [self._advance(rid, token) for (rid, _), token in zip(rows, tokens, strict=True)]
+        rows = [c for c in batch.chunks if c.num_logits]
+        drafts = [self._draft_of(c) for c in rows]
+        requests = [self._tracked[c.request_id].request for c in rows]
+        results = verify_batch(
+            logits,
+            drafts,
+            [r.params for r in requests],
+            [self.generators.get(r.request_id) for r in requests],
+        )
+        self._charge_verify_time(batch.chunks, time.perf_counter() - start)
+        rejected = {
+            c.request_id: len(d) - res.num_accepted
+            for c, d, res in zip(rows, drafts, results, strict=True)
+        }
+        self.scheduler.update(batch, rejected)
+        outputs = []
+        for request, draft, result in zip(requests, drafts, results, strict=True):
+            self._record(request, len(draft), result.num_accepted)
+            outputs.append(self._advance(request.request_id, result.token_ids))
+        return outputs
 
-    def _advance(self, request_id: str, token: int) -> RequestOutput:
+    def _propose(self) -> None:
+        """Ask each drafter, in one batched call, for drafts for its decoding requests."""
+        groups: dict[str, list[DraftRequest]] = defaultdict(list)
+        for request in self.scheduler.running:
+            k = self._draft_budget(request)
+            if k > 0:
+                groups[request.drafter].append(  # type: ignore[index]
+                    DraftRequest(
+                        request.request_id,
+                        request.token_slice(0, request.num_tokens),
+                        k,
+                        request.params,
+                    )
+                )
+        for name, draft_requests in groups.items():
+            start = time.perf_counter()
+            drafts = self.drafters[name].propose(draft_requests)
+            seconds = time.perf_counter() - start
+            self.drafter_stats[name].draft_seconds += seconds
+            for dr, draft in zip(draft_requests, drafts, strict=True):
+                request = self._tracked[dr.request_id].request
+                request.spec_stats.draft_seconds += seconds / len(draft_requests)
+                ids = self._valid_prefix(draft.token_ids[: dr.num_draft_tokens])
+                request.draft_ids = ids
+                self._draft_probs[dr.request_id] = (
+                    draft.probs[: len(ids)] if draft.probs is not None else None
+                )
+
+    def _draft_budget(self, request: Request) -> int:
+        """k for this step: the request's own, but never past its max_tokens or the context."""
+        if request.drafter is None or not request.is_decoding:
+            return 0
+        room_output = request.params.max_tokens - request.num_output_tokens - 1
+        room_context = self.max_model_len - request.num_tokens - 1
+        return max(0, min(request.num_draft_tokens, room_output, room_context))
+
+    def _valid_prefix(self, ids: list[int]) -> list[int]:
+        for i, token in enumerate(ids):
+            if not 0 <= token < self._vocab_size:
+                return ids[:i]
+        return ids
+
+    def _draft_of(self, chunk: SeqChunk) -> Draft:
+        """The drafts this chunk carries (the scheduler may have cut them short)."""
+        n = chunk.num_logits - 1
+        probs = self._draft_probs.pop(chunk.request_id, None)
+        if n == 0:
+            return Draft([])
+        return Draft(chunk.token_ids[-n:], probs[:n] if probs is not None else None)
+
+    def _charge_verify_time(self, chunks: list[SeqChunk], seconds: float) -> None:
+        """Share the forward's time among requests by their tokens in it."""
+        total = sum(c.num_tokens for c in chunks)
+        for chunk in chunks:
+            request = self._tracked[chunk.request_id].request
+            request.spec_stats.verify_seconds += seconds * chunk.num_tokens / total
+            if request.drafter is not None:
+                self.drafter_stats[request.drafter].verify_seconds += (
+                    seconds * chunk.num_tokens / total
+                )
+
+    def _record(self, request: Request, num_drafted: int, num_accepted: int) -> None:
+        request.spec_stats.record(num_drafted, num_accepted)
+        if request.drafter is not None:
+            self.drafter_stats[request.drafter].record(num_drafted, num_accepted)
+
+    def _advance(self, request_id: str, tokens: list[int]) -> RequestOutput:
+        """Append verified tokens one by one, stopping at the first that ends the request."""
         tracked = self._tracked[request_id]
         request = tracked.request
-        request.append_output(token)
-        delta = tracked.detokenizer.add([token])
-        reason = self._finish_reason(tracked, token)
-        if reason is not None:
-            request.finish(reason)
-            if reason is not FinishReason.STOP or not tracked.detokenizer.stopped:
-                delta += tracked.detokenizer.flush()
-            self._retire(request)
-        return self._output(tracked, [token], delta)
+        delta, taken = "", []
+        for token in tokens:
+            request.append_output(token)
+            taken.append(token)
+            delta += tracked.detokenizer.add([token])
+            reason = self._finish_reason(tracked, token)
+            if reason is not None:
+                request.finish(reason)
+                if not tracked.detokenizer.stopped:
+                    delta += tracked.detokenizer.flush()
+                self._retire(request)
+                break
+        return self._output(tracked, taken, delta)
 
     def _finish_reason(self, tracked: _Tracked, token: int) -> FinishReason | None:
         request = tracked.request
@@ -162,33 +307,51 @@ class LLMEngine:
 
     def _retire(self, request: Request) -> None:
         self.scheduler.remove(request)
-        self.sampler.remove_request(request.request_id)
+        self.generators.remove_request(request.request_id)
+        self._draft_probs.pop(request.request_id, None)
+        if request.drafter is not None:
+            self.drafters[request.drafter].finish(
+                request.request_id, request.token_slice(0, request.num_tokens)
+            )
         del self._tracked[request.request_id]
 
     @staticmethod
     def _output(tracked: _Tracked, new_ids: list[int], delta: str) -> RequestOutput:
         r = tracked.request
+        detok = tracked.detokenizer
         return RequestOutput(
             request_id=r.request_id,
             new_token_ids=new_ids,
             new_text=delta,
             token_ids=list(r.output_ids),
-            text=tracked.detokenizer.text[: tracked.detokenizer.num_emitted]
-            if not r.is_finished
-            else tracked.detokenizer.text,
+            text=detok.text if r.is_finished else detok.text[: detok.num_emitted],
             num_prompt_tokens=r.num_prompt_tokens,
             finished=r.is_finished,
             finish_reason=r.finish_reason.value if r.finish_reason else None,
             arrival_time=r.arrival_time,
             first_token_time=r.first_token_time,
+            drafter=r.drafter,
+            spec_stats=r.spec_stats,
         )
 
+    def spec_summary(self) -> dict[str, dict]:
+        """Per-drafter speculation statistics since start, as plain dicts."""
+        return {name: stats.to_dict() for name, stats in self.drafter_stats.items()}
+
     def generate(
-        self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams]
+        self,
+        prompts: list[str | list[int]],
+        params: SamplingParams | list[SamplingParams],
+        spec: SpecParams | list[SpecParams] | None = None,
     ) -> list[RequestOutput]:
         """Run ``prompts`` to completion together; final outputs in prompt order."""
-        all_params = params if isinstance(params, list) else [params] * len(prompts)
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, all_params, strict=True)]
+        n = len(prompts)
+        all_params = params if isinstance(params, list) else [params] * n
+        all_spec = spec if isinstance(spec, list) else [spec] * n
+        ids = [
+            self.add_request(p, sp, spec=s)
+            for p, sp, s in zip(prompts, all_params, all_spec, strict=True)
+        ]
         final: dict[str, RequestOutput] = {}
         while any(rid not in final for rid in ids):
             for out in self.step():

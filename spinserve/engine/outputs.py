@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spinserve.spec.stats import SpecStats
+
 
 @dataclass(frozen=True)
 class RequestOutput:
@@ -23,3 +25,5 @@ class RequestOutput:
     finish_reason: str | None
     arrival_time: float
     first_token_time: float | None
+    drafter: str | None = None
+    spec_stats: SpecStats | None = None

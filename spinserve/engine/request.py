@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from spinserve.config.sampling import SamplingParams
+from spinserve.spec.stats import SpecStats
 
 
 class RequestStatus(enum.Enum):
@@ -42,6 +43,10 @@ class Request:
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     first_token_time: float | None = None
+    drafter: str | None = None  # None: this request does not speculate
+    num_draft_tokens: int = 0  # k asked of the drafter each step
+    draft_ids: list[int] = field(default_factory=list)  # proposed for the coming step
+    spec_stats: SpecStats = field(default_factory=SpecStats)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -54,6 +59,15 @@ class Request:
     @property
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def is_decoding(self) -> bool:
+        """Caught up but for the last sampled token: the moment to speculate."""
+        return self.num_uncomputed_tokens == 1 and self.num_computed_tokens > 0
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_ids)
 
     def token_slice(self, start: int, stop: int) -> list[int]:
         """Tokens ``start..stop-1`` of prompt + output, without copying the whole list."""

@@ -6,11 +6,17 @@ then admits waiting ones, all under a token budget. A long prompt is therefore p
 chunks between the decode steps of others. When the KV pool runs dry, the most recently
 admitted request is preempted: its blocks are freed and it waits to be recomputed from its
 tokens (nothing it generated is lost).
+
+Speculation (as in vLLM v1): a decoding request may carry ``draft_ids``, proposed before the
+step. They are scheduled as extra tokens of the request, under the same budget (cut when it
+runs short), and ask for one logits row each plus one. After verification, `update` rolls the
+request back past its rejected drafts.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 
 from spinserve.config.engine import SchedulerConfig
 from spinserve.engine.request import Request, RequestStatus
@@ -48,10 +54,14 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             request = self.running[i]
             num_new = min(request.num_uncomputed_tokens, budget)
-            if not self._make_room(request, num_new):
+            if num_new == request.num_uncomputed_tokens:
+                del request.draft_ids[budget - num_new :]
+            else:
+                request.draft_ids.clear()
+            if not self._make_room(request, num_new + len(request.draft_ids)):
                 break  # `request` itself was preempted
             chunks.append(self._chunk(request, num_new))
-            budget -= num_new
+            budget -= num_new + len(request.draft_ids)
             i += 1
         # A step that had to preempt admits nobody: the blocks it freed are for the running.
         preempted = len(self.waiting) != num_waiting
@@ -85,26 +95,34 @@ class Scheduler:
         self.running.remove(request)
         self.blocks.free(request.block_ids)
         request.num_computed_tokens = 0
+        request.draft_ids.clear()
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
 
     def _chunk(self, request: Request, num_new: int) -> SeqChunk:
         start = request.num_computed_tokens
-        self.blocks.grow(request.block_ids, start + num_new)
+        drafts = request.draft_ids
+        self.blocks.grow(request.block_ids, start + num_new + len(drafts))
         reaches_end = start + num_new == request.num_tokens
         return SeqChunk(
             request_id=request.request_id,
-            token_ids=request.token_slice(start, start + num_new),
+            token_ids=request.token_slice(start, start + num_new) + drafts,
             start_pos=start,
             block_ids=list(request.block_ids),
-            num_logits=1 if reaches_end else 0,
+            num_logits=1 + len(drafts) if reaches_end else 0,
         )
 
-    def update(self, batch: StepBatch) -> None:
-        """Record that the batch's tokens are now in the KV cache."""
+    def update(self, batch: StepBatch, num_rejected: Mapping[str, int] | None = None) -> None:
+        """Record that the batch's tokens are in the KV cache, except rejected drafts, which
+        are rolled back (their blocks beyond the kept tokens are freed)."""
         by_id = {r.request_id: r for r in self.running}
         for chunk in batch.chunks:
             request = by_id.get(chunk.request_id)
-            if request is not None:
-                request.num_computed_tokens = chunk.end_pos
+            if request is None:
+                continue
+            rejected = num_rejected.get(chunk.request_id, 0) if num_rejected else 0
+            request.num_computed_tokens = chunk.end_pos - rejected
+            request.draft_ids.clear()
+            if rejected:
+                self.blocks.shrink(request.block_ids, request.num_computed_tokens)

@@ -46,6 +46,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self._tok)
 
+    def vocab(self) -> dict[str, int]:
+        """Token text -> id, special tokens included."""
+        return self._tok.get_vocab()
+
     @property
     def has_chat_template(self) -> bool:
         return bool(self._tok.chat_template)

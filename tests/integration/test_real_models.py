@@ -98,3 +98,25 @@ def test_gemma3_greedy_equals_transformers(gemma, gemma_ref):
     assert prompt[0] == gemma.config.bos_token_id  # a base model that needs its BOS
     out = engine.generate([prompt], SamplingParams(max_tokens=20, ignore_eos=True))[0]
     assert out.token_ids == hf_greedy(gemma_ref, prompt, 20)
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "suffix", "gemma-3-270m"])
+def test_smollm2_speculation_is_lossless(smollm2, gemma, drafter):
+    """Real SmolLM2 target with the model-free drafters and a cross-tokenizer model drafter
+    (Gemma-3-270M: another vocabulary, a base model with its BOS): greedy output equals the
+    target alone, token for token."""
+    from spinserve.config.engine import EngineConfig
+    from spinserve.config.speculative import SpecParams, SpeculativeConfig
+
+    config = EngineConfig(speculative=SpeculativeConfig(drafters=(drafter,), num_draft_tokens=4))
+    engine = LLMEngine(smollm2, config)
+    prompts = [
+        smollm2.tokenizer.apply_chat_template([{"role": "user", "content": q}])
+        for q in [*QUESTIONS[:2], "Repeat exactly: one two three four, one two three four."]
+    ]
+    params = SamplingParams(max_tokens=32, ignore_eos=True)
+    alone = engine.generate(prompts, params, SpecParams(drafter="none"))
+    spec = engine.generate(prompts, params)
+    assert [o.token_ids for o in spec] == [o.token_ids for o in alone]
+    stats = engine.drafter_stats[drafter]
+    assert stats.num_draft_steps > 0 and stats.num_accepted_tokens > 0

@@ -1,0 +1,48 @@
+"""Speculative decoding settings: engine-wide defaults and per-request overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NO_DRAFTER = "none"  # a request that asks for this drafter does not speculate
+MAX_DRAFT_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Which drafters the engine loads, and the defaults requests inherit.
+
+    ``drafters``: names understood by `spinserve.spec.registry` (``ngram``, ``suffix``, a zoo
+    model name, a Hugging Face folder or a .gguf file). The first is the default drafter of
+    a request that names none. Empty: no speculation.
+    """
+
+    drafters: tuple[str, ...] = ()
+    num_draft_tokens: int = 4
+    drafter_kv_cache_gib: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.num_draft_tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(
+                f"num_draft_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {self.num_draft_tokens}"
+            )
+        if len(set(self.drafters)) != len(self.drafters):
+            raise ValueError(f"drafters listed twice: {list(self.drafters)}")
+        if NO_DRAFTER in self.drafters:
+            raise ValueError(f"{NO_DRAFTER!r} is not a drafter; leave drafters empty instead")
+        if self.drafter_kv_cache_gib <= 0:
+            raise ValueError("drafter_kv_cache_gib must be positive")
+
+
+@dataclass(frozen=True)
+class SpecParams:
+    """One request's speculation: which drafter (None: the engine's default; ``"none"``: off)
+    and how many draft tokens per step (None: the engine's default)."""
+
+    drafter: str | None = None
+    num_draft_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        k = self.num_draft_tokens
+        if k is not None and not 0 <= k <= MAX_DRAFT_TOKENS:
+            raise ValueError(f"num_draft_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {k}")

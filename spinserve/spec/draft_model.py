@@ -1,0 +1,157 @@
+"""A small model drafting autoregressively for many sequences at once, with its own KV cache.
+
+Both model drafters (same tokenizer as the target, or another one) run on this. It keeps, per
+sequence, the token ids whose keys and values its cache holds. Each call it compares them with
+the sequence it is given: the common prefix stays, the rest (rejected drafts, re-tokenized
+text) is rolled back, and the new tail is fed in the first drafting round. Round r then decodes
+one more token for every sequence that still wants one, so k draft tokens cost k batched
+forwards of the drafter whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from spinserve.config.sampling import SamplingParams
+from spinserve.models.decoder import Decoder
+from spinserve.ops.sampling import probabilities
+from spinserve.runtime.block_manager import BlockManager
+from spinserve.runtime.runner import ModelRunner
+from spinserve.types.batch import SeqChunk, StepBatch
+
+
+@dataclass(frozen=True)
+class DraftJob:
+    """Draft up to ``num_tokens`` tokens after ``token_ids`` (in the drafter's vocabulary)."""
+
+    seq_id: str
+    token_ids: Sequence[int]
+    num_tokens: int
+    params: SamplingParams
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class DraftOutput:
+    token_ids: list[int] = field(default_factory=list)
+    probs: list[torch.Tensor] = field(default_factory=list)  # each [vocab], when sampled
+
+
+@dataclass
+class _Seq:
+    cached_ids: list[int] = field(default_factory=list)  # tokens whose KV the cache holds
+    block_ids: list[int] = field(default_factory=list)
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:
+    """Length of the common prefix of ``a`` and ``b``, known to be at least ``start``.
+
+    >>> common_prefix_length([1, 2, 3, 4], [1, 2, 9], 1)
+    2
+    """
+    n = min(len(a), len(b))
+    i = min(start, n)
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class DraftModel:
+    """Batched autoregressive drafting with rollback, for one drafter model."""
+
+    def __init__(self, model: Decoder, kv_cache_gib: float, block_size: int = 16) -> None:
+        dtype_bytes = torch.finfo(model.dtype).bits // 8
+        per_token = model.config.kv_bytes_per_token(dtype_bytes)
+        num_blocks = max(1, int(kv_cache_gib * 2**30) // (per_token * block_size))
+        self.model = model
+        self.runner = ModelRunner(model, num_blocks, block_size)
+        self.blocks = BlockManager(num_blocks, block_size)
+        self.max_len = min(model.config.max_position_embeddings, num_blocks * block_size)
+        self._seqs: dict[str, _Seq] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    def release(self, seq_id: str) -> None:
+        seq = self._seqs.pop(seq_id, None)
+        if seq is not None:
+            self.blocks.free(seq.block_ids)
+
+    def draft(self, jobs: list[DraftJob]) -> list[DraftOutput]:
+        """One `DraftOutput` per job; a job that cannot be served gets an empty draft."""
+        outputs = [DraftOutput() for _ in jobs]
+        active = [i for i, job in enumerate(jobs) if self._can_draft(job)]
+        feeds = {i: self._sync(jobs[i]) for i in active}
+        in_batch = {job.seq_id for job in jobs}
+        while active:
+            chunks = [self._chunk(jobs[i], feeds[i], in_batch) for i in active]
+            active = [i for i, c in zip(active, chunks, strict=True) if c is not None]
+            if not active:
+                break
+            logits = self.runner.execute(StepBatch([c for c in chunks if c is not None]))
+            for row, i in enumerate(active):
+                token = self._choose(jobs[i], logits[row], outputs[i])
+                self._seqs[jobs[i].seq_id].cached_ids.extend(feeds[i])
+                feeds[i] = [token]
+            active = [i for i in active if self._wants_more(jobs[i], outputs[i])]
+        return outputs
+
+    def _can_draft(self, job: DraftJob) -> bool:
+        return job.num_tokens > 0 and 0 < len(job.token_ids) < self.max_len
+
+    def _sync(self, job: DraftJob) -> list[int]:
+        """Roll the cache back to the longest prefix shared with ``job.token_ids``; return the
+        tokens still to feed (at least the last one, whose logits start the draft)."""
+        seq = self._seqs.setdefault(job.seq_id, _Seq())
+        keep = min(common_prefix_length(seq.cached_ids, job.token_ids), len(job.token_ids) - 1)
+        del seq.cached_ids[keep:]
+        self.blocks.shrink(seq.block_ids, keep)
+        return list(job.token_ids[keep:])
+
+    def _chunk(self, job: DraftJob, feed: list[int], in_batch: set[str]) -> SeqChunk | None:
+        """The next round's chunk of ``job``, or None when it no longer fits."""
+        seq = self._seqs[job.seq_id]
+        start = len(seq.cached_ids)
+        end = start + len(feed)
+        if end > self.max_len:
+            return None
+        if not self.blocks.can_hold(seq.block_ids, end):
+            self._evict(self.blocks.num_missing(seq.block_ids, end), in_batch)
+            if not self.blocks.can_hold(seq.block_ids, end):
+                return None
+        self.blocks.grow(seq.block_ids, end)
+        return SeqChunk(job.seq_id, feed, start, list(seq.block_ids), 1)
+
+    def _evict(self, num_blocks: int, in_batch: set[str]) -> None:
+        """Drop the caches of sequences outside this call, oldest first, until ``num_blocks``
+        are free (they are rebuilt from their tokens if they come back)."""
+        for seq_id in list(self._seqs):
+            if self.blocks.num_free_blocks >= num_blocks:
+                return
+            if seq_id not in in_batch:
+                self.release(seq_id)
+
+    def _choose(self, job: DraftJob, logits: torch.Tensor, out: DraftOutput) -> int:
+        """Greedy for greedy requests; otherwise sample from the request's filtered
+        distribution and keep it for rejection sampling."""
+        if job.params.greedy or job.generator is None:
+            token = int(logits.argmax())
+        else:
+            p = job.params
+            q = probabilities(
+                logits[None],
+                torch.tensor([p.temperature]),
+                torch.tensor([p.top_k]),
+                torch.tensor([p.top_p]),
+            )[0]
+            token = int(torch.multinomial(q, 1, generator=job.generator))
+            out.probs.append(q)
+        out.token_ids.append(token)
+        return token
+
+    def _wants_more(self, job: DraftJob, out: DraftOutput) -> bool:
+        return len(out.token_ids) < job.num_tokens

@@ -1,0 +1,56 @@
+"""Drafters by name: the model-free ones by their names, any other name is a model.
+
+ngram        prompt lookup over the request's own tokens
+suffix       suffix index over the request's tokens and earlier requests' outputs
+NAME|PATH    a model (zoo name, Hugging Face folder or .gguf): same tokenizer as the
+             target -> `ModelDrafter`; another tokenizer -> `CrossTokenizerDrafter`
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from spinserve.config.engine import RuntimeConfig
+from spinserve.config.speculative import SpeculativeConfig
+from spinserve.loading.loader import LoadedModel, load
+from spinserve.spec.cross_tokenizer import CrossTokenizerDrafter
+from spinserve.spec.drafter import Drafter
+from spinserve.spec.model_drafter import ModelDrafter
+from spinserve.spec.ngram import NgramDrafter
+from spinserve.spec.suffix import SuffixDrafter
+
+MODEL_FREE: Mapping[str, Callable[[], Drafter]] = MappingProxyType(
+    {"ngram": NgramDrafter, "suffix": SuffixDrafter}
+)
+
+
+def drafter_kind(name: str, target: LoadedModel, drafter: LoadedModel | None) -> str:
+    """``"ngram"``/``"suffix"``, ``"same-tokenizer"`` or ``"cross-tokenizer"``."""
+    if name in MODEL_FREE:
+        return name
+    assert drafter is not None
+    same = drafter.tokenizer.vocab() == target.tokenizer.vocab()
+    return "same-tokenizer" if same else "cross-tokenizer"
+
+
+def build_drafter(
+    name: str,
+    target: LoadedModel,
+    config: SpeculativeConfig,
+    runtime: RuntimeConfig | None = None,
+) -> Drafter:
+    """Load and wrap drafter ``name`` for ``target``; raises ModelLoadError for bad models."""
+    if name in MODEL_FREE:
+        return MODEL_FREE[name]()
+    drafter = load(name, runtime)
+    kv = config.drafter_kv_cache_gib
+    if drafter_kind(name, target, drafter) == "same-tokenizer":
+        return ModelDrafter(name, drafter, target.tokenizer, target.config.vocab_size, kv)
+    return CrossTokenizerDrafter(name, drafter, target.tokenizer, kv)
+
+
+def build_drafters(
+    config: SpeculativeConfig, target: LoadedModel, runtime: RuntimeConfig | None = None
+) -> dict[str, Drafter]:
+    return {name: build_drafter(name, target, config, runtime) for name in config.drafters}

@@ -1,0 +1,412 @@
+"""Suffix decoding (after SuffixDecoding, Oliaro et al. 2024): propose the most frequent
+continuation of the context's longest matching suffix, found in an index of the request's own
+tokens and of earlier requests' sequences. No model; memory is bounded.
+
+The index is a `SuffixTrie`: every window ``token_ids[i : i + depth]`` of an indexed sequence is
+a path from the root, and each node counts the occurrences of its path. For ``1 2 3 1 2 4`` with
+depth 4 the node for ``1 2`` has count 2 and children ``3`` and ``4`` (count 1 each), so after
+a context ending in ``1 2`` the draft is ``3`` with probability 1/2 and then ``1`` (the only
+thing seen after ``1 2 3``) with probability 1/2 * 1/1:
+
+>>> trie = SuffixTrie(depth=4)
+>>> trie.insert([1, 2, 3, 1, 2, 4])
+>>> match_len, node = longest_match(trie, [7, 1, 2])
+>>> match_len, trie.count(node)
+(2, 2)
+>>> greedy_continuation(trie, node, max_tokens=4, min_confidence=0.3)
+([3, 1], 1.0)
+
+The draft stops where the product of the probabilities would fall below ``min_confidence``,
+or where the trie ends (a path holds at most ``depth`` tokens, match included). The second
+value is the draft's score: the sum of those products, its expected number of accepted tokens
+under the counts.
+
+`SuffixDrafter` keeps two tries: one per live request over its own last ``max_request_tokens``
+tokens (updated as it grows, dropped on `finish`), and one global over the last
+``max_tokens_per_sequence`` tokens of each finished sequence, evicting the oldest sequences
+past ``max_sequences`` or ``max_nodes``. Each trie drafts; the higher score wins, the
+request's own on a tie.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spinserve.spec.drafter import Draft, DraftRequest
+
+ROOT = 0  # the node of the empty path
+NO_NODE = -1
+_STALE = -2  # a node's best child is unknown since a count went down; found again when asked
+_TOKEN_BITS = 32  # an edge's key is parent << 32 | token (token ids are in [0, 2**31))
+
+
+class SuffixTrie:
+    """Counts of every token window of length <= ``depth`` in the sequences inserted.
+
+    ``count(node)``: occurrences of the node's path; ``num_continued(node)``: those followed by
+    another token inside the window (the sum of the children's counts). `insert` and `remove`
+    are exact inverses, so a sequence's contribution is evicted by removing the same tokens;
+    nodes whose count drops to zero are freed and their ids reused.
+
+    Nodes are int ids into parallel arrays and the edges one dict of ints: a trie of a million
+    nodes is a handful of objects the garbage collector never walks (with an object per node,
+    collection pauses cost several times the inserts themselves).
+    """
+
+    def __init__(self, depth: int) -> None:
+        if depth < 2:
+            raise ValueError(f"depth must be >= 2, got {depth}")
+        self.depth = depth
+        self._edges: dict[int, int] = {}  # parent << _TOKEN_BITS | token -> child
+        self._count = array("i", [0])
+        self._num_continued = array("i", [0])
+        self._token = array("i", [NO_NODE])  # the token on the edge into the node
+        self._best = array("i", [NO_NODE])  # most frequent child, NO_NODE or _STALE
+        # Children as a doubly linked list (to find the best child again after a removal).
+        self._first_child = array("i", [NO_NODE])
+        self._next = array("i", [NO_NODE])
+        self._prev = array("i", [NO_NODE])
+        self._free: list[int] = []
+
+    @property
+    def num_nodes(self) -> int:
+        """Nodes in use, the root excluded."""
+        return len(self._edges)
+
+    @property
+    def num_slots(self) -> int:
+        """Node ids allocated, the free ones and the root included (the arrays' length)."""
+        return len(self._count)
+
+    def count(self, node: int) -> int:
+        return self._count[node]
+
+    def num_continued(self, node: int) -> int:
+        return self._num_continued[node]
+
+    def token(self, node: int) -> int:
+        return self._token[node]
+
+    def child(self, node: int, token: int) -> int:
+        return self._edges.get(node << _TOKEN_BITS | token, NO_NODE)
+
+    def children(self, node: int) -> list[int]:
+        out, child = [], self._first_child[node]
+        while child != NO_NODE:
+            out.append(child)
+            child = self._next[child]
+        return out
+
+    def best_child(self, node: int) -> int:
+        """The most frequent child (ties: the smaller token), NO_NODE for a leaf."""
+        best = self._best[node]
+        if best == _STALE:
+            best = NO_NODE
+            for child in self.children(node):
+                if best == NO_NODE or self._beats(child, best):
+                    best = child
+            self._best[node] = best
+        return best
+
+    def _beats(self, a: int, b: int) -> bool:
+        count_a, count_b = self._count[a], self._count[b]
+        return count_a > count_b or (count_a == count_b and self._token[a] < self._token[b])
+
+    def step(self, node: int, token: int) -> int:
+        """Count one more occurrence of ``node``'s path followed by ``token``; the child."""
+        key = node << _TOKEN_BITS | token
+        child = self._edges.get(key)
+        if child is None:
+            child = self._edges[key] = self._new_node(node, token)
+        self._num_continued[node] += 1
+        self._count[child] += 1
+        best = self._best[node]
+        # Counts only went up: the best is the old best or this child.
+        if best != _STALE and (best == NO_NODE or self._beats(child, best)):
+            self._best[node] = child
+        return child
+
+    def open_window(self) -> int:
+        """Count one more window (it starts at the root, which counts windows); the root, for
+        `step` to extend it."""
+        self._count[ROOT] += 1
+        return ROOT
+
+    def add_window(self, window: Sequence[int]) -> None:
+        """Count one occurrence of ``window`` (and of each of its prefixes)."""
+        node = self.open_window()
+        for token in window[: self.depth]:
+            node = self.step(node, token)
+
+    def remove_window(self, window: Sequence[int]) -> None:
+        """Undo `add_window` of the same tokens, freeing nodes no occurrence uses any more."""
+        node = ROOT
+        self._count[ROOT] -= 1
+        for token in window[: self.depth]:
+            key = node << _TOKEN_BITS | token
+            child = self._edges[key]
+            self._num_continued[node] -= 1
+            self._count[child] -= 1
+            if self._best[node] == child:
+                self._best[node] = _STALE
+            if self._count[child] == 0:  # then so will be the rest of the window's path
+                del self._edges[key]
+                self._unlink(node, child)
+                self._free.append(child)
+            node = child
+
+    def insert(self, token_ids: Sequence[int]) -> None:
+        for start in range(len(token_ids)):
+            self.add_window(token_ids[start : start + self.depth])
+
+    def remove(self, token_ids: Sequence[int]) -> None:
+        for start in range(len(token_ids)):
+            self.remove_window(token_ids[start : start + self.depth])
+
+    def _new_node(self, parent: int, token: int) -> int:
+        """A childless node under ``parent``, first in its list of children."""
+        head = self._first_child[parent]
+        if self._free:
+            node = self._free.pop()
+            self._count[node] = 0
+            self._num_continued[node] = 0
+            self._token[node] = token
+            self._best[node] = NO_NODE
+            self._first_child[node] = NO_NODE
+            self._next[node] = head
+            self._prev[node] = NO_NODE
+        else:
+            node = len(self._count)
+            self._count.append(0)
+            self._num_continued.append(0)
+            self._token.append(token)
+            self._best.append(NO_NODE)
+            self._first_child.append(NO_NODE)
+            self._next.append(head)
+            self._prev.append(NO_NODE)
+        if head != NO_NODE:
+            self._prev[head] = node
+        self._first_child[parent] = node
+        return node
+
+    def _unlink(self, parent: int, node: int) -> None:
+        prev, nxt = self._prev[node], self._next[node]
+        if prev == NO_NODE:
+            self._first_child[parent] = nxt
+        else:
+            self._next[prev] = nxt
+        if nxt != NO_NODE:
+            self._prev[nxt] = prev
+
+
+def longest_match(trie: SuffixTrie, context: Sequence[int]) -> tuple[int, int]:
+    """The longest suffix of ``context`` that occurs in ``trie`` followed by some token: its
+    length and its node; (0, NO_NODE) when not even the last token does.
+
+    Any suffix of such a suffix qualifies too, so lengths are tried upward until one fails.
+    """
+    best = (0, NO_NODE)
+    for match_len in range(1, min(len(context), trie.depth - 1) + 1):
+        node = ROOT
+        for token in context[len(context) - match_len :]:
+            node = trie.child(node, token)
+            if node == NO_NODE:
+                return best
+        if trie.num_continued(node) == 0:
+            return best
+        best = (match_len, node)
+    return best
+
+
+def greedy_continuation(
+    trie: SuffixTrie, node: int, max_tokens: int, min_confidence: float
+) -> tuple[list[int], float]:
+    """Follow the most frequent child (ties: the smaller token id) while the product of the
+    empirical probabilities ``count(child) / num_continued(node)`` stays >= ``min_confidence``.
+
+    Returns the tokens and their score, the sum of the running products (the expected number
+    of tokens accepted if the target behaved like the counts)."""
+    token_ids: list[int] = []
+    prob, score = 1.0, 0.0
+    while len(token_ids) < max_tokens:
+        child = trie.best_child(node)
+        if child == NO_NODE:
+            break
+        prob *= trie.count(child) / trie.num_continued(node)
+        if prob < min_confidence:
+            break
+        token_ids.append(trie.token(child))
+        score += prob
+        node = child
+    return token_ids, score
+
+
+def propose_from(
+    trie: SuffixTrie, context: Sequence[int], max_tokens: int, min_confidence: float
+) -> tuple[list[int], float]:
+    """`greedy_continuation` after the `longest_match` of ``context``; ([], 0.0) without one."""
+    _, node = longest_match(trie, context)
+    if node == NO_NODE:
+        return [], 0.0
+    return greedy_continuation(trie, node, max_tokens, min_confidence)
+
+
+class RequestIndex:
+    """A `SuffixTrie` over the last ``max_tokens`` tokens of one growing sequence, updated
+    incrementally: each appended token extends the (at most depth - 1) windows still open, and
+    once more than ``max_tokens`` are indexed the oldest window is removed.
+
+    ``offset``: how many leading tokens of the sequence were never indexed (a request longer
+    than ``max_tokens`` when first seen); ``token_ids`` holds the rest.
+    """
+
+    def __init__(self, depth: int, max_tokens: int, offset: int = 0) -> None:
+        if max_tokens < depth:
+            raise ValueError(f"max_tokens ({max_tokens}) must be >= depth ({depth})")
+        self.trie = SuffixTrie(depth)
+        self.max_tokens = max_tokens
+        self.offset = offset
+        self.token_ids: list[int] = []
+        # Nodes of the windows that still grow, oldest window first.
+        self._open: deque[int] = deque()
+
+    @property
+    def num_tokens(self) -> int:
+        """Length of the sequence seen so far, unindexed head included."""
+        return self.offset + len(self.token_ids)
+
+    def append(self, token: int) -> None:
+        trie = self.trie
+        self._open.append(trie.open_window())
+        self._open = deque(trie.step(node, token) for node in self._open)
+        if len(self._open) == trie.depth:
+            self._open.popleft()
+        self.token_ids.append(token)
+        if len(self.token_ids) > self.max_tokens:
+            oldest = len(self.token_ids) - self.max_tokens - 1
+            trie.remove_window(self.token_ids[oldest : oldest + trie.depth])
+
+    def follows(self, token_ids: Sequence[int]) -> bool:
+        """Whether ``token_ids`` extends what was indexed (checked on the last ``depth`` tokens:
+        committed tokens never change, this only guards against a caller's mistake)."""
+        end = self.num_tokens
+        if len(token_ids) < end:
+            return False
+        start = max(self.offset, end - self.trie.depth)
+        return list(token_ids[start:end]) == self.token_ids[start - self.offset :]
+
+
+@dataclass(frozen=True)
+class SuffixConfig:
+    """Settings of `SuffixDrafter`.
+
+    ``max_depth``: tokens on a trie path, match plus draft; ``max_match_len``: the longest
+    context suffix looked up, so a draft can always reach ``max_depth - max_match_len`` tokens
+    (16 = the engine's most). ``max_request_tokens``: the window of a request's own tokens
+    indexed; ``max_tokens_per_sequence``: the tail of a finished sequence kept in the global
+    index, which holds at most ``max_sequences`` of them and ``max_nodes`` nodes, evicting the
+    oldest first.
+    """
+
+    max_depth: int = 24
+    max_match_len: int = 8
+    min_confidence: float = 0.1
+    max_request_tokens: int = 4096
+    max_tokens_per_sequence: int = 1024
+    max_sequences: int = 1000
+    max_nodes: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_match_len < self.max_depth:
+            raise ValueError(
+                f"need 1 <= max_match_len < max_depth, got {self.max_match_len}, {self.max_depth}"
+            )
+        if not 0.0 < self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in (0, 1], got {self.min_confidence}")
+        if self.max_request_tokens < self.max_depth:
+            raise ValueError("max_request_tokens must be >= max_depth")
+        if self.max_tokens_per_sequence < 1 or self.max_sequences < 1:
+            raise ValueError("max_tokens_per_sequence and max_sequences must be >= 1")
+        # One sequence adds at most max_tokens_per_sequence * max_depth nodes; the cap must
+        # hold the newest sequence alone, so eviction always ends with the cap respected.
+        if self.max_nodes < self.max_tokens_per_sequence * self.max_depth:
+            raise ValueError(
+                f"max_nodes must be >= max_tokens_per_sequence * max_depth "
+                f"= {self.max_tokens_per_sequence * self.max_depth}, got {self.max_nodes}"
+            )
+
+
+class SuffixDrafter:
+    """Drafts from the request's own index and the global index of finished sequences, and
+    keeps whichever draft scores higher (ties: the request's own)."""
+
+    name = "suffix"
+
+    def __init__(self, config: SuffixConfig | None = None) -> None:
+        self.config = config or SuffixConfig()
+        self.global_trie = SuffixTrie(self.config.max_depth)
+        self._sequences: deque[list[int]] = deque()  # what the global trie holds, oldest first
+        self._requests: dict[str, RequestIndex] = {}
+
+    @property
+    def num_sequences(self) -> int:
+        """Finished sequences in the global index."""
+        return len(self._sequences)
+
+    @property
+    def num_requests(self) -> int:
+        """Live requests with an index of their own."""
+        return len(self._requests)
+
+    def propose(self, requests: list[DraftRequest]) -> list[Draft]:
+        return [Draft(self._propose_one(r)) for r in requests]
+
+    def _propose_one(self, request: DraftRequest) -> list[int]:
+        index = self._sync(request.request_id, request.token_ids)
+        if request.num_draft_tokens <= 0:
+            return []
+        cfg = self.config
+        context = index.token_ids[-cfg.max_match_len :]
+        own = propose_from(index.trie, context, request.num_draft_tokens, cfg.min_confidence)
+        seen = propose_from(self.global_trie, context, request.num_draft_tokens, cfg.min_confidence)
+        return own[0] if own[1] >= seen[1] else seen[0]
+
+    def _sync(self, request_id: str, token_ids: Sequence[int]) -> RequestIndex:
+        """The request's index, caught up with ``token_ids`` (rebuilt if they diverged)."""
+        index = self._requests.get(request_id)
+        if index is None or not index.follows(token_ids):
+            cfg = self.config
+            offset = max(0, len(token_ids) - cfg.max_request_tokens)
+            index = self._requests[request_id] = RequestIndex(
+                cfg.max_depth, cfg.max_request_tokens, offset
+            )
+        new_token_ids = _checked(token_ids[index.num_tokens :])
+        for token in new_token_ids:
+            index.append(token)
+        return index
+
+    def finish(self, request_id: str, token_ids: Sequence[int]) -> None:
+        self._requests.pop(request_id, None)
+        tail = _checked(token_ids[-self.config.max_tokens_per_sequence :])
+        if not tail:
+            return
+        self.global_trie.insert(tail)
+        self._sequences.append(tail)
+        while len(self._sequences) > 1 and (
+            len(self._sequences) > self.config.max_sequences
+            or self.global_trie.num_nodes > self.config.max_nodes
+        ):
+            self.global_trie.remove(self._sequences.popleft())
+
+
+def _checked(token_ids: Sequence[int]) -> list[int]:
+    """``token_ids`` as a list, refused if an id does not fit an edge key."""
+    token_ids = list(token_ids)
+    if token_ids:
+        low, high = min(token_ids), max(token_ids)
+        if low < 0 or high >= 2**31:
+            raise ValueError(f"token ids must be in [0, 2**31), got {low}..{high}")
+    return token_ids
