@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/spinserve models fetch qwen2.5-coder-1.5b-instruct qwen2.5-coder-0.5b-instruct
-.venv/bin/spinserve generate --chat --max-tokens 128 \
+.venv/bin/spinserve generate --chat --max-tokens 128 --drafter qwen2.5-coder-0.5b-instruct \
     "${@:-Write a Python function that returns the n-th Fibonacci number.}"

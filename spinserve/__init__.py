@@ -3,7 +3,7 @@
 The package is layered; each subpackage may import only those below it:
 
     types <- config <- ops <- models <- loading
-                               models <- runtime <- engine <- cli
+                               models <- runtime <- spec <- engine <- cli
 
 ``tests/test_architecture.py`` walks the imports and enforces this order.
 """
