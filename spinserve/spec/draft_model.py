@@ -93,8 +93,9 @@ class DraftModel:
             if not active:
                 break
             logits = self.runner.execute(StepBatch([c for c in chunks if c is not None]))
+            argmax = logits.argmax(-1).tolist()  # one host transfer for the greedy rows
             for row, i in enumerate(active):
-                token = self._choose(jobs[i], logits[row], outputs[i])
+                token = self._choose(jobs[i], logits[row], argmax[row], outputs[i])
                 self._seqs[jobs[i].seq_id].cached_ids.extend(feeds[i])
                 feeds[i] = [token]
             active = [i for i in active if self._wants_more(jobs[i], outputs[i])]
@@ -135,11 +136,11 @@ class DraftModel:
             if seq_id not in in_batch:
                 self.release(seq_id)
 
-    def _choose(self, job: DraftJob, logits: torch.Tensor, out: DraftOutput) -> int:
+    def _choose(self, job: DraftJob, logits: torch.Tensor, argmax: int, out: DraftOutput) -> int:
         """Greedy for greedy requests; otherwise sample from the request's filtered
         distribution and keep it for rejection sampling."""
         if job.params.greedy or job.generator is None:
-            token = int(logits.argmax())
+            token = argmax
         else:
             p = job.params
             q = probabilities(
