@@ -41,7 +41,8 @@ What the numbers mean:
   when they took more meanwhile; ``attempts`` counts the timings. Distrust any row whose
   ``others_busy`` is above ``--max-busy``.
 - Bandwidth: ``copy_gb_per_s`` is (read + write bytes) / time of ``dst.copy_(src)`` on a
-  1 GiB fp32 tensor; ``read_gb_per_s`` is bytes / time of ``src.sum()``; median of 5.
+  1 GiB fp32 tensor; ``read_gb_per_s`` is bytes / time of ``src.sum()``; median of 5 after
+  3 warm-up passes (``read_gb_per_s_best``: the fastest pass). The floor uses the median.
 
 With ``--profile-steps N`` (default 3) the script also profiles N decode steps of each
 implementation and writes the top ops by self CPU time to the JSON and to
@@ -110,19 +111,25 @@ def time_calls(
     return times
 
 
-def measure_bandwidth(repeats: int = 5) -> dict:
-    """Copy (read + write) and pure-read bandwidth of a 1 GiB fp32 tensor, in GB/s."""
+def measure_bandwidth(warmup: int = 3, repeats: int = 5) -> dict:
+    """Copy (read + write) and pure-read bandwidth of a 1 GiB fp32 tensor, in GB/s.
+
+    Several warm-up passes: the first passes over fresh memory read 20-30% slow here.
+    """
     src = torch.empty(GIB // 4, dtype=torch.float32).fill_(1.0)  # fill: fault the pages in
     dst = torch.empty_like(src).fill_(0.0)
-    copy_ms = np.median(time_calls(lambda: dst.copy_(src), 1, repeats))
-    read_ms = np.median(time_calls(src.sum, 1, repeats))
+    before = cpu_sample()
+    copy_ms = time_calls(lambda: dst.copy_(src), warmup, repeats)
+    read_ms = time_calls(src.sum, warmup, repeats)
     return {
         "tensor_bytes": GIB,
         "repeats": repeats,
-        "copy_ms": float(copy_ms),
-        "copy_gb_per_s": 2 * GIB / (copy_ms * 1e-3) / 1e9,
-        "read_ms": float(read_ms),
-        "read_gb_per_s": GIB / (read_ms * 1e-3) / 1e9,
+        "copy_ms": float(np.median(copy_ms)),
+        "copy_gb_per_s": 2 * GIB / (np.median(copy_ms) * 1e-3) / 1e9,
+        "read_ms": float(np.median(read_ms)),
+        "read_gb_per_s": GIB / (np.median(read_ms) * 1e-3) / 1e9,
+        "read_gb_per_s_best": GIB / (min(read_ms) * 1e-3) / 1e9,
+        "others_busy": others_share(before, cpu_sample()),
     }
 
 

@@ -1,7 +1,7 @@
 """The import direction of the package, checked by reading every module's imports.
 
     types <- config <- ops <- models <- loading
-                               models <- runtime <- spec <- engine <- cli
+                               models <- runtime <- spec <- engine <- server <- cli
 
 Bookkeeping (the plain-data layers and the engine's scheduler, block manager, request and
 detokenizer) must not import torch, so it stays testable and cheap without a model.
@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"types", "config", "ops", "models"},
     "spec": {"types", "config", "ops", "models", "loading", "runtime"},
     "engine": {"types", "config", "ops", "models", "loading", "runtime", "spec"},
-    "cli": {"types", "config", "ops", "models", "loading", "runtime", "spec", "engine"},
+    "server": {"types", "config", "ops", "models", "loading", "runtime", "spec", "engine"},
+    "cli": {"types", "config", "ops", "models", "loading", "runtime", "spec", "engine", "server"},
 }
 NO_TORCH = [
     "types",

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from spinserve import __version__
-from spinserve.cli import generate_cmd, models_cmd
+from spinserve.cli import generate_cmd, models_cmd, serve_cmd
 from spinserve.types.errors import SpinserveError
 
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     models_cmd.add_parser(commands)
     generate_cmd.add_parser(commands)
+    serve_cmd.add_parser(commands)
     return parser
 
 

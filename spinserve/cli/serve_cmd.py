@@ -1,0 +1,177 @@
+"""`spinserve serve`: the OpenAI-compatible HTTP server on a target and its drafters.
+
+    spinserve serve --drafter qwen2.5-coder-0.5b-instruct
+    spinserve serve --model smollm2-135m-instruct --drafter ngram --port 8001
+    spinserve serve --config serve.json --port 9000     # flags override the file
+
+The config file is a JSON object whose keys are the flag names (``"num-draft-tokens": 4``
+or ``"num_draft_tokens": 4``; ``"drafter": ["ngram", "suffix"]``). Precedence: flags, then
+the file, then the defaults. This module parses, loads the models and starts the server;
+it holds no serving logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from spinserve.cli.flags import _flag_type, add_flags, from_flags
+from spinserve.config.engine import CacheConfig, EngineConfig, RuntimeConfig, SchedulerConfig
+from spinserve.config.speculative import SpeculativeConfig
+from spinserve.engine.engine import LLMEngine
+from spinserve.loading import zoo
+from spinserve.loading.loader import load, resolve
+from spinserve.server.app import build_app
+from spinserve.server.config import ServerConfig
+from spinserve.server.http_server import serve
+from spinserve.spec.registry import MODEL_FREE
+
+# The default of every flag (None for the repeatable one, which appends to its default):
+# tells "not given" from "given the default value".
+_UNSET = object()
+_ENGINE_CONFIGS = (SchedulerConfig, CacheConfig, RuntimeConfig)
+_ALIASES = {"drafter": "drafters"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve an OpenAI-compatible HTTP API",
+        description="Serve the model over an OpenAI-compatible HTTP API with metrics.",
+    )
+    _add_arguments(parser)
+    _set_unset_defaults(parser)
+    parser.set_defaults(run=run)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=zoo.DEFAULT_TARGET,
+        help=f"zoo name, Hugging Face folder or .gguf file (default: {zoo.DEFAULT_TARGET})",
+    )
+    parser.add_argument("--cache-dir", default=None, help="model cache folder")
+    parser.add_argument("--config", default=None, metavar="FILE", help="JSON file of flag values")
+    _add_server_flags(parser)
+    for cls in _ENGINE_CONFIGS:
+        add_flags(parser, cls)
+    spec = parser.add_argument_group("speculative decoding")
+    spec.add_argument(
+        "--drafter",
+        dest="drafters",
+        action="append",
+        metavar="NAME",
+        help="drafter: ngram, suffix, or a model name/path; repeatable; the first is the "
+        'default of requests that name none ("drafter" field of a request)',
+    )
+    add_flags(parser, SpeculativeConfig, exclude=("drafters",))
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags from `ServerConfig`'s fields, with the help texts kept in its field metadata."""
+    group = parser.add_argument_group("server")
+    hints = typing.get_type_hints(ServerConfig)
+    for f in dataclasses.fields(ServerConfig):
+        kind, _ = _flag_type(hints[f.name])
+        shown = f" (default: {f.default})" if f.default is not None else ""
+        flag = "--" + f.name.replace("_", "-")
+        group.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + shown)
+
+
+def _dests() -> list[str]:
+    names = ["model", "cache_dir", "config", "drafters"]
+    for cls in (*_ENGINE_CONFIGS, ServerConfig, SpeculativeConfig):
+        names += [f.name for f in dataclasses.fields(cls) if f.name != "drafters"]
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    ns = argparse.Namespace(**_merged(args))
+    server = from_flags(ServerConfig, ns)
+    config = EngineConfig(
+        scheduler=from_flags(SchedulerConfig, ns),
+        cache=from_flags(CacheConfig, ns),
+        runtime=from_flags(RuntimeConfig, ns),
+        speculative=from_flags(SpeculativeConfig, ns),
+    )
+    logging.basicConfig(
+        level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if config.runtime.num_threads:
+        torch.set_num_threads(config.runtime.num_threads)
+    engine = LLMEngine(_load(ns.model, ns.cache_dir, config), config)
+    app = build_app(engine, server.served_model_name or ns.model, server)
+    serve(app, server)
+    return 0
+
+
+def _load(model: str, cache_dir: str | None, config: EngineConfig):
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        loaded = load(model, config.runtime, cache_dir, progress=progress)
+        for name in config.speculative.drafters:  # fetch zoo drafters with progress shown
+            if name not in MODEL_FREE:
+                resolve(name, cache_dir, progress=progress)
+    return loaded
+
+
+# --- flags, config file and defaults -------------------------------------------------------
+
+
+def _merged(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, overridden by the config file, overridden by the flags given."""
+    defaults = vars(_standalone_parser(sentinel=False).parse_args([]))
+    given = {k: v for k, v in _given(args).items() if k in defaults}
+    from_file = _read_config(given["config"]) if given.get("config") else {}
+    return defaults | from_file | given
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """The values a JSON config file sets, parsed exactly as the same flags would be."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read the config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"the config file {path} must hold a JSON object")
+    parsed = _standalone_parser(sentinel=True).parse_args(_config_argv(data, path))
+    return _given(parsed)
+
+
+def _config_argv(data: dict[str, Any], path: str) -> list[str]:
+    known = set(_dests()) - {"config"}
+    argv: list[str] = []
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        dest = _ALIASES.get(dest, dest)
+        if dest not in known:
+            raise ValueError(f"unknown key {key!r} in {path}; keys are the flag names of serve")
+        flag = "--" + ("drafter" if dest == "drafters" else dest.replace("_", "-"))
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                argv += [flag, str(item)]
+    return argv
+
+
+def _standalone_parser(sentinel: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spinserve serve --config", add_help=False)
+    _add_arguments(parser)
+    if sentinel:
+        _set_unset_defaults(parser)
+    return parser
+
+
+def _set_unset_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(**dict.fromkeys(_dests(), _UNSET) | {"drafters": None})
+
+
+def _given(ns: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(ns).items() if v is not _UNSET and v is not None}

@@ -1,0 +1,108 @@
+"""The policies the simulator compares (baselines, bounds and `spin` variants) and the table
+it prints: ``python -m spinserve.selection.simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+from spinserve.selection.baselines import FixedPolicy, RandomPolicy, RoundRobinPolicy
+from spinserve.selection.policy import NO_SPECULATION, Choice
+from spinserve.selection.simulate import (
+    PolicyFactory,
+    StretchOraclePolicy,
+    all_arms,
+    compare,
+    request_oracle,
+)
+from spinserve.selection.spin import SpinParams, SpinPolicy
+from spinserve.selection.workloads import HARDWARE, make_requests
+
+K = 4  # the configured draft length of the fixed baselines
+LENGTHS = SpinParams().draft_lengths  # the arms of the regret and the oracles
+
+
+def _spin(**changes) -> PolicyFactory:
+    params = replace(SpinParams(), **changes)
+
+    def make(hw, requests, concurrency, seed):
+        return SpinPolicy(hw.drafter_names, replace(params, seed=seed))
+
+    return make
+
+
+def _fixed(name: str | None) -> PolicyFactory:
+    choice = NO_SPECULATION if name is None else Choice(name, K)
+    return lambda hw, requests, concurrency, seed: FixedPolicy(choice)
+
+
+def _drafter_arms(hw) -> list[Choice]:
+    return [Choice(d, K) for d in hw.drafter_names]
+
+
+FACTORIES: dict[str, PolicyFactory] = {
+    "fixed:none": _fixed(None),
+    **{f"fixed:{d}": _fixed(d) for d in HARDWARE["cpu"].drafter_names},
+    "random": lambda hw, rq, c, seed: RandomPolicy(_drafter_arms(hw), seed),
+    "round-robin": lambda hw, rq, c, seed: RoundRobinPolicy(_drafter_arms(hw)),
+    "oracle (drafter@4)": lambda hw, rq, c, seed: request_oracle(
+        rq, hw, [NO_SPECULATION, *_drafter_arms(hw)], c
+    ),
+    "oracle (all arms)": lambda hw, rq, c, seed: request_oracle(
+        rq, hw, all_arms(hw, LENGTHS), c
+    ),
+    "stretch-oracle": lambda hw, rq, c, seed: StretchOraclePolicy(rq, hw, all_arms(hw, LENGTHS)),
+    "spin (D-TS)": _spin(),
+    "TS, no forgetting": _spin(discount=1.0),
+    "D-UCB": _spin(rule="ucb"),
+    "UCB1": _spin(rule="ucb", discount=1.0),
+    "flat SW-UCB (w=20)": _spin(model="flat", draft_lengths=(2, 4, 8), rule="ucb", window=20),
+    "eps-greedy 0.1": _spin(rule="greedy", exploration=0.1),
+    "D-TS gamma 0.8": _spin(discount=0.8),
+    "D-TS gamma 0.95": _spin(discount=0.95),
+    "D-TS no prior": _spin(shared_prior=False),
+    "flat D-TS (drafter x {2,4,8})": _spin(model="flat", draft_lengths=(2, 4, 8)),
+    "flat D-TS k=4": _spin(model="flat", draft_lengths=(4,)),
+    "flat D-TS token-share reward": _spin(model="flat", draft_lengths=(2, 4, 8), reward="direct"),
+}
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    results = {}
+    for hw_name in args.hardware:
+        hw = HARDWARE[hw_name]
+        arms = all_arms(hw, LENGTHS)
+        for concurrency in args.concurrency:
+            start = time.perf_counter()
+            factories = {name: FACTORIES[name] for name in args.policies}
+            rows = compare(
+                factories,
+                hw,
+                lambda seed: make_requests(args.requests, seed),
+                concurrency,
+                range(args.seeds),
+                arms,
+            )
+            key = f"{hw_name}/batch {concurrency}"
+            results[key] = rows
+            print(_table(key, rows, time.perf_counter() - start), flush=True)
+    return results
+
+
+def _table(title: str, rows: dict[str, dict], seconds: float) -> str:
+    oracle = rows.get("oracle (drafter@4)", next(iter(rows.values())))["tokens_per_second"]
+    lines = [
+        f"\n{title} ({seconds:.0f} s)\n",
+        "| policy | tokens/s | / oracle | regret (tokens per request) | top choices |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, row in rows.items():
+        tps = row["tokens_per_second"]
+        top = "; ".join(
+            f"{cat}: {next(iter(c))}" for cat, c in row["choices"].items() if c
+        )
+        lines.append(
+            f"| {name} | {tps:.2f} | {tps / oracle:.3f} | {row['regret_per_request']:.1f} | {top} |"
+        )
+    return "\n".join(lines)

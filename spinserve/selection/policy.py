@@ -1,0 +1,161 @@
+"""The selection protocol and the messages it speaks. No torch, no state here.
+
+Per step the engine and a policy exchange three messages::
+
+    choices = policy.choose(views, load)      # before drafting: one Choice per decoding request
+    ...                                       # draft, run the target, verify
+    policy.observe(feedback, timing)          # what each of those requests got, and the cost
+    policy.finish(request_id)                 # once, when a request leaves the engine
+
+A `RequestView` carries only what a server legitimately knows about a request (never its
+category); a `Feedback` carries raw measurements, not a reward, so each policy decides how to
+turn time into cost (see `spin` for why the split of a shared forward matters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from spinserve.config.speculative import MAX_DRAFT_TOKENS, NO_DRAFTER
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A drafter and how many draft tokens to ask of it; ``drafter=None`` (k = 0) means no
+    speculation this step.
+
+    >>> Choice("ngram", 4).label, NO_SPECULATION.label, Choice.parse("ngram@4")
+    ('ngram@4', 'none', Choice(drafter='ngram', num_draft_tokens=4))
+    """
+
+    drafter: str | None
+    num_draft_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.drafter is None:
+            if self.num_draft_tokens != 0:
+                raise ValueError("no speculation (drafter None) takes num_draft_tokens = 0")
+            return
+        if self.drafter in ("", NO_DRAFTER):
+            raise ValueError(f"drafter name {self.drafter!r}: use NO_SPECULATION instead")
+        if not 1 <= self.num_draft_tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(
+                f"num_draft_tokens of drafter {self.drafter!r} must be in "
+                f"[1, {MAX_DRAFT_TOKENS}], got {self.num_draft_tokens}"
+            )
+
+    @property
+    def speculates(self) -> bool:
+        return self.drafter is not None
+
+    @property
+    def label(self) -> str:
+        """``NAME@K`` or ``none``: the key of histograms and oracle tables."""
+        return NO_DRAFTER if self.drafter is None else f"{self.drafter}@{self.num_draft_tokens}"
+
+    @staticmethod
+    def parse(label: str) -> Choice:
+        """Inverse of `label` (a drafter name may itself contain ``@``)."""
+        if label == NO_DRAFTER:
+            return NO_SPECULATION
+        name, sep, k = label.rpartition("@")
+        if not sep or not name or not k.isdigit():
+            raise ValueError(f"choice {label!r} is not NAME@K or {NO_DRAFTER!r}")
+        return Choice(name, int(k))
+
+
+NO_SPECULATION = Choice(None, 0)
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """What a policy may know about a decoding request: its identity and progress."""
+
+    request_id: str
+    num_prompt_tokens: int
+    num_output_tokens: int
+
+
+@dataclass(frozen=True)
+class LoadView:
+    """The engine's load when choosing: requests in the coming forward and waiting behind."""
+
+    num_running: int
+    num_waiting: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_running < 1:
+            raise ValueError(f"num_running must be >= 1, got {self.num_running}")
+        if self.num_waiting < 0:
+            raise ValueError(f"num_waiting must be >= 0, got {self.num_waiting}")
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What one request got from one step.
+
+    ``num_drafted``: draft tokens verified (may be fewer than the choice asked: the drafter
+    proposed fewer, or the scheduler's budget cut them). ``draft_seconds``: this request's
+    share of its drafter's batched call (call seconds / requests in the call; 0 without one).
+    """
+
+    request_id: str
+    choice: Choice
+    num_drafted: int
+    num_accepted: int
+    draft_seconds: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.num_accepted <= self.num_drafted:
+            raise ValueError(
+                f"need 0 <= num_accepted <= num_drafted, got {self.num_accepted}, "
+                f"{self.num_drafted}"
+            )
+        if self.draft_seconds < 0:
+            raise ValueError(f"draft_seconds must be >= 0, got {self.draft_seconds}")
+
+    @property
+    def num_emitted(self) -> int:
+        """Accepted tokens plus the recovered or bonus token."""
+        return self.num_accepted + 1
+
+    @property
+    def num_verified_tokens(self) -> int:
+        """Tokens this request put in the target forward: its drafts and its last token."""
+        return self.num_drafted + 1
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """The target forward the feedback came from: its seconds (forward plus verification),
+    its tokens and its sequences (prefill chunks included)."""
+
+    forward_seconds: float
+    num_batched_tokens: int
+    num_seqs: int
+
+    def __post_init__(self) -> None:
+        if self.forward_seconds < 0:
+            raise ValueError(f"forward_seconds must be >= 0, got {self.forward_seconds}")
+        if self.num_batched_tokens < 1 or self.num_seqs < 1:
+            raise ValueError("a forward has at least one sequence and one token")
+
+
+class SelectionPolicy(Protocol):
+    """Gives each decoding request a `Choice` per step and learns from `Feedback`."""
+
+    name: str
+
+    def choose(self, requests: Sequence[RequestView], load: LoadView) -> list[Choice]:
+        """One `Choice` per request, in order."""
+        ...
+
+    def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
+        """Outcomes of the requests chosen for in the last `choose`, and their forward."""
+        ...
+
+    def finish(self, request_id: str) -> None:
+        """The request left the engine (finished or aborted): forget or learn from it."""
+        ...

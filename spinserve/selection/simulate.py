@@ -1,0 +1,282 @@
+"""A pure-Python simulator of speculative decoding steps, to test policies and choose among
+them: arms of known acceptance and cost (`workloads`), requests whose best arm changes from
+stretch to stretch, and a closed loop of ``concurrency`` requests (one leaves, the next
+enters). Deterministic given the seed: each request draws acceptance from its own generator,
+so two policies see the same luck for the same choices.
+
+Per run: tokens/s (tokens emitted / simulated seconds), pseudo-regret (tokens lost against
+the best arm of the current stretch: per step, the expected cost of the chosen arm times the
+best goodput, minus the chosen arm's expected tokens) and which arm each category chose.
+
+    python -m spinserve.selection.simulate            # the table in docs/design.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from spinserve.selection.baselines import OraclePolicy
+from spinserve.selection.policy import (
+    NO_SPECULATION,
+    Choice,
+    Feedback,
+    LoadView,
+    RequestView,
+    SelectionPolicy,
+    StepTiming,
+)
+from spinserve.selection.workloads import (
+    HARDWARE,
+    TEXTS,
+    Hardware,
+    SimRequest,
+    expected_emitted,
+    expected_seconds,
+    goodput,
+)
+
+PROMPT_TOKENS = 100  # what a RequestView says; no policy here looks at it
+
+
+@dataclass
+class SimResult:
+    policy: str
+    num_tokens: int = 0
+    seconds: float = 0.0
+    num_steps: int = 0  # request-steps
+    regret: float = 0.0
+    choices: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    trace: list[tuple[str, int, str]] = field(default_factory=list)  # (request, step, label)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.num_tokens / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "policy": self.policy,
+            "tokens_per_second": round(self.tokens_per_second, 4),
+            "num_tokens": self.num_tokens,
+            "seconds": round(self.seconds, 4),
+            "regret": round(self.regret, 2),
+            "choices": {cat: dict(c.most_common()) for cat, c in sorted(self.choices.items())},
+        }
+
+
+@dataclass
+class _Running:
+    request: SimRequest
+    rng: random.Random
+    num_output_tokens: int = 0
+    num_steps: int = 0
+
+
+def simulate(
+    policy: SelectionPolicy,
+    requests: Sequence[SimRequest],
+    hw: Hardware,
+    arms: Sequence[Choice],
+    concurrency: int = 1,
+    seed: int = 0,
+    trace: bool = False,
+) -> SimResult:
+    """Run ``requests`` (in order, ``concurrency`` at a time) under ``policy``; ``arms`` is
+    the set the regret's best arm is taken from."""
+    result = SimResult(policy.name)
+    timing_rng = random.Random(f"{seed}/timing")
+    queue = list(reversed(requests))
+    running: list[_Running] = []
+    while queue or running:
+        while queue and len(running) < concurrency:
+            r = queue.pop()
+            running.append(_Running(r, random.Random(f"{seed}/{r.request_id}")))
+        views = [
+            RequestView(s.request.request_id, PROMPT_TOKENS, s.num_output_tokens) for s in running
+        ]
+        choices = policy.choose(views, LoadView(len(running), len(queue)))
+        feedback, step_seconds, num_tokens = _step(running, choices, hw, timing_rng)
+        forward = hw.forward_seconds(num_tokens) * timing_rng.lognormvariate(0.0, hw.noise)
+        result.seconds += step_seconds + forward
+        _account(result, running, choices, hw, arms, trace)
+        policy.observe(feedback, StepTiming(forward, num_tokens, len(running)))
+        for state, fb in zip(running, feedback, strict=True):
+            remaining = state.request.num_tokens - state.num_output_tokens
+            emitted = min(fb.num_emitted, remaining)
+            state.num_output_tokens += emitted
+            state.num_steps += 1
+            result.num_tokens += emitted
+        for state in [s for s in running if s.num_output_tokens >= s.request.num_tokens]:
+            policy.finish(state.request.request_id)
+            running.remove(state)
+    return result
+
+
+def _step(
+    running: list[_Running], choices: list[Choice], hw: Hardware, rng: random.Random
+) -> tuple[list[Feedback], float, int]:
+    """Draft (one call per drafter) and verify: feedback, drafting seconds, forward tokens."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, choice in enumerate(choices):
+        if choice.drafter is not None:
+            groups[choice.drafter].append(i)
+    share = [0.0] * len(running)
+    draft_seconds = 0.0
+    for name, members in groups.items():
+        k = max(choices[i].num_draft_tokens for i in members)
+        call = hw.drafter(name).call_seconds(k, len(members)) * rng.lognormvariate(0, hw.noise)
+        draft_seconds += call
+        for i in members:
+            share[i] = call / len(members)
+    feedback, num_tokens = [], 0
+    for i, (state, choice) in enumerate(zip(running, choices, strict=True)):
+        drafted, accepted = _verify(state, choice)
+        feedback.append(Feedback(state.request.request_id, choice, drafted, accepted, share[i]))
+        num_tokens += drafted + 1
+    return feedback, draft_seconds, num_tokens
+
+
+def _verify(state: _Running, choice: Choice) -> tuple[int, int]:
+    """(drafted, accepted) for one request: drafts never run past the request's end, as the
+    engine's draft budget does."""
+    if choice.drafter is None:
+        return 0, 0
+    room = state.request.num_tokens - state.num_output_tokens - 1
+    skill = TEXTS[state.request.text_at(state.num_output_tokens)][choice.drafter]
+    if room <= 0 or state.rng.random() >= skill.propose:
+        return 0, 0
+    drafted = min(choice.num_draft_tokens, room)
+    accepted = 0
+    while accepted < drafted and state.rng.random() < skill.accept:
+        accepted += 1
+    return drafted, accepted
+
+
+def _account(
+    result: SimResult,
+    running: list[_Running],
+    choices: list[Choice],
+    hw: Hardware,
+    arms: Sequence[Choice],
+    trace: bool,
+) -> None:
+    n = len(running)
+    for state, choice in zip(running, choices, strict=True):
+        text = state.request.text_at(state.num_output_tokens)
+        best = max(goodput(hw, text, a, n) for a in arms)
+        cost = expected_seconds(hw, text, choice, n)
+        result.regret += cost * best - expected_emitted(text, choice)
+        result.num_steps += 1
+        result.choices[state.request.category][choice.label] += 1
+        if trace:
+            result.trace.append((state.request.request_id, state.num_steps, choice.label))
+
+
+# --- reference policies that only a simulator can have ----------------------------------------
+
+
+class StretchOraclePolicy:
+    """Knows each request's stretches: the best arm of the current one (an upper bound that
+    no policy without the future reaches)."""
+
+    name = "stretch-oracle"
+
+    def __init__(self, requests: Sequence[SimRequest], hw: Hardware, arms: Sequence[Choice]):
+        self._requests = {r.request_id: r for r in requests}
+        self._hw, self._arms = hw, list(arms)
+
+    def choose(self, requests: Sequence[RequestView], load: LoadView) -> list[Choice]:
+        out = []
+        for view in requests:
+            text = self._requests[view.request_id].text_at(view.num_output_tokens)
+            out.append(max(self._arms, key=lambda a: goodput(self._hw, text, a, load.num_running)))
+        return out
+
+    def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
+        pass
+
+    def finish(self, request_id: str) -> None:
+        pass
+
+
+def request_oracle(
+    requests: Sequence[SimRequest], hw: Hardware, arms: Sequence[Choice], concurrency: int
+) -> OraclePolicy:
+    """The `oracle` policy as a benchmark fills it: every arm's tokens/s on every request
+    (here expected, alone in its drafter's call), the best kept."""
+    runs = {}
+    for r in requests:
+        runs[r.request_id] = {
+            arm: r.num_tokens
+            / sum(
+                n / expected_emitted(text, arm) * expected_seconds(hw, text, arm, concurrency)
+                for text, n in r.segments
+            )
+            for arm in arms
+        }
+    return OraclePolicy.from_runs(runs)
+
+
+def all_arms(hw: Hardware, draft_lengths: Sequence[int]) -> list[Choice]:
+    return [NO_SPECULATION] + [Choice(d, k) for d in hw.drafter_names for k in draft_lengths]
+
+
+# --- the comparison behind docs/design.md -----------------------------------------------------
+
+PolicyFactory = Callable[[Hardware, Sequence[SimRequest], int, int], SelectionPolicy]
+
+
+def compare(
+    factories: dict[str, PolicyFactory],
+    hw: Hardware,
+    requests_of: Callable[[int], list[SimRequest]],
+    concurrency: int,
+    seeds: Sequence[int],
+    arms: Sequence[Choice],
+) -> dict[str, dict]:
+    """Mean tokens/s and regret per policy over ``seeds`` (same requests for every policy)."""
+    rows: dict[str, dict] = {}
+    for seed in seeds:
+        requests = requests_of(seed)
+        for name, factory in factories.items():
+            policy = factory(hw, requests, concurrency, seed)
+            res = simulate(policy, requests, hw, arms, concurrency, seed)
+            row = rows.setdefault(name, {"tokens_per_second": [], "regret": [], "choices": {}})
+            row["tokens_per_second"].append(res.tokens_per_second)
+            row["regret"].append(res.regret / len(requests))
+            for cat, counts in res.choices.items():
+                row["choices"].setdefault(cat, Counter()).update(counts)
+    return {
+        name: {
+            "tokens_per_second": sum(r["tokens_per_second"]) / len(seeds),
+            "regret_per_request": sum(r["regret"]) / len(seeds),
+            "choices": {c: dict(n.most_common(3)) for c, n in sorted(r["choices"].items())},
+        }
+        for name, r in rows.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spinserve.selection.experiments import FACTORIES, run_all
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--hardware", nargs="+", default=list(HARDWARE))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--policies", nargs="+", default=list(FACTORIES))
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    results = run_all(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""`spin`: each request a bandit over drafters (and no speculation), whose reward is goodput,
+warm-started from a shared prior, forgetting so it follows a request's stretches.
+
+Goodput of a choice is estimated as a ratio of means, E[tokens emitted] / E[seconds]: the
+long-run tokens/s of playing it (renewal-reward), not the mean of per-step ratios. The two
+halves are learned where they vary:
+
+- tokens emitted depend on the request and the drafter (how predictable the text is to it),
+  not on the load: per request and drafter, as three acceptance rates (`acceptance`) with
+  forgetting and a prior learned from earlier requests (`prior`). One step of any k informs
+  every k, and the step's k is the best for the rates;
+- seconds depend on the drafter, k and the load, not on the request: drafting seconds as a
+  line in k per drafter and load bucket, plus the request's marginal share of the forward
+  (`cost`), for the current batch size. Under a big batch each extra token's share grows
+  against the fixed part, so shorter drafts or none win by themselves.
+
+No speculation emits exactly one token for one forward share, so it needs no learning. The
+rule, the forgetting and the arm model are parameters so the simulator could compare them;
+the defaults are what it chose (docs/design.md, "Drafter selection").
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spinserve.config.speculative import MAX_DRAFT_TOKENS
+from spinserve.selection.arms import DrafterArms, FlatArms, RequestState, Shared
+from spinserve.selection.cost import DraftCost, ForwardCost, load_bucket
+from spinserve.selection.policy import (
+    NO_SPECULATION,
+    Choice,
+    Feedback,
+    LoadView,
+    RequestView,
+    StepTiming,
+)
+from spinserve.selection.prior import SharedPrior
+
+RULES = ("thompson", "ucb", "greedy")
+MODELS = ("drafter", "flat")
+REWARDS = ("factored", "direct")
+
+
+@dataclass(frozen=True)
+class SpinParams:
+    """``draft_lengths``: the k a step may ask for. ``model``: ``drafter`` (arms are drafters,
+    k derived from their acceptance rates) or ``flat`` (each drafter x k its own arm).
+    ``rule``: Thompson sampling, UCB, or epsilon-greedy with ``exploration`` as epsilon (for
+    the other two it widens the posterior). ``discount``: weight per step of a request's
+    older observations (1: keep all); ``window`` > 0 (flat only): the last steps instead.
+    ``max_prior_weight``: the prior never counts for more than this many of a request's own
+    observations; ``prior_memory``: how many finished requests it remembers. ``reward``
+    (flat only): ``factored`` or ``direct`` (per-step tokens / token-share seconds)."""
+
+    draft_lengths: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
+    model: str = "drafter"
+    rule: str = "thompson"
+    exploration: float = 1.0
+    discount: float = 0.9
+    window: int = 0
+    shared_prior: bool = True
+    max_prior_weight: float = 8.0
+    prior_memory: float = 200.0
+    reward: str = "factored"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        lengths = self.draft_lengths
+        if not lengths or not all(1 <= k <= MAX_DRAFT_TOKENS for k in lengths):
+            raise ValueError(f"draft_lengths must be in [1, {MAX_DRAFT_TOKENS}], got {lengths}")
+        for name, value, allowed in (
+            ("model", self.model, MODELS),
+            ("rule", self.rule, RULES),
+            ("reward", self.reward, REWARDS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.exploration < 0:
+            raise ValueError(f"exploration must be >= 0, got {self.exploration}")
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+        if self.window < 0:
+            raise ValueError(f"window must be >= 0, got {self.window}")
+        if self.model == "drafter" and (self.window or self.reward != "factored"):
+            raise ValueError("window and reward='direct' need model='flat'")
+
+
+class SpinPolicy:
+    name = "spin"
+
+    def __init__(self, drafters: Sequence[str], params: SpinParams | None = None) -> None:
+        if not drafters:
+            raise ValueError("spin needs at least one drafter")
+        self.params = p = params or SpinParams()
+        model_cls = DrafterArms if p.model == "drafter" else FlatArms
+        self.shared = Shared(p, ForwardCost(), DraftCost(), None, random.Random(p.seed))  # type: ignore[arg-type]
+        self.model = model_cls(drafters, self.shared)
+        self.shared.prior = SharedPrior(
+            self.model.default_prior, p.max_prior_weight, p.prior_memory
+        )
+        self._requests: dict[str, RequestState] = {}
+
+    def choose(self, requests: Sequence[RequestView], load: LoadView) -> list[Choice]:
+        bucket = load_bucket(load.num_running)
+        no_spec = 1.0 / max(self.shared.forward.share(load.num_running, 1.0), 1e-12)
+        choices = []
+        for view in requests:
+            state = self._requests.setdefault(view.request_id, RequestState())
+            state.step += 1
+            state.bucket = bucket
+            choices.append(self._choose_one(state, load.num_running, no_spec))
+        return choices
+
+    def _choose_one(self, state: RequestState, num_running: int, no_spec: float) -> Choice:
+        p, rng = self.params, self.shared.rng
+        if p.rule == "greedy" and rng.random() < p.exploration:
+            d = rng.choice([*self.model_drafters, None])
+            return NO_SPECULATION if d is None else Choice(d, rng.choice(p.draft_lengths))
+        choice, score = self.model.best(state, num_running)
+        direct = p.model == "flat" and p.reward == "direct"  # no speculation is learned then
+        return choice if direct or score > no_spec else NO_SPECULATION
+
+    @property
+    def model_drafters(self) -> list[str]:
+        if isinstance(self.model, DrafterArms):
+            return self.model.drafters
+        return sorted({a.drafter for a in self.model.arms if a.drafter is not None})
+
+    def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
+        self.shared.forward.add_step(timing)
+        for fb in feedback:
+            state = self._requests.setdefault(fb.request_id, RequestState())
+            if fb.choice.drafter is not None:
+                k = fb.choice.num_draft_tokens
+                self.shared.draft.add(fb.choice.drafter, state.bucket, k, fb.draft_seconds)
+            self.model.record(state, fb, timing)
+
+    def finish(self, request_id: str) -> None:
+        state = self._requests.pop(request_id, None)
+        if state is None or not self.params.shared_prior:
+            return
+        for key, (count, total, total_sq, drafted) in state.totals.items():
+            self.shared.prior.learn(key, int(count), total, total_sq, drafted)

@@ -1,0 +1,106 @@
+"""`build_app`: the FastAPI application in front of one `LLMEngine`.
+
+The app owns its engine thread (started and stopped by the lifespan), its Prometheus
+registry (several apps can live in one process), and error handlers that turn every
+failure into OpenAI's error shape: validation errors are 400 (not FastAPI's 422), unknown
+routes 404, anything unexpected 500 (logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
+
+from spinserve import __version__
+from spinserve.engine.engine import LLMEngine
+from spinserve.server.async_engine import AsyncEngine
+from spinserve.server.config import ServerConfig
+from spinserve.server.errors import ApiError, error_body
+from spinserve.server.handlers import ServerContext
+from spinserve.server.metrics import ServerMetrics
+from spinserve.server.routes import router
+from spinserve.types.errors import InvalidRequestError
+
+logger = logging.getLogger("spinserve.server")
+
+
+def build_app(engine: LLMEngine, model_name: str, config: ServerConfig | None = None) -> FastAPI:
+    """An app serving ``engine`` as model ``model_name``; nothing runs until it starts."""
+    config = config or ServerConfig()
+    drafters = tuple(engine.drafters)
+    metrics = ServerMetrics(CollectorRegistry(), model_name, drafters)
+    async_engine = AsyncEngine(engine, metrics, config.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async_engine.start()
+        yield
+        await async_engine.stop()
+
+    app = FastAPI(title="spinserve", version=__version__, lifespan=lifespan)
+    app.state.metrics = metrics
+    app.state.config = config
+    app.state.context = ServerContext(
+        engine=async_engine,
+        model_name=model_name,
+        drafters=drafters,
+        num_draft_tokens=engine.config.speculative.num_draft_tokens,
+        max_model_len=engine.max_model_len,
+        created=int(time.time()),
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(InvalidRequestError, _invalid_request)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _invalid_request(request: Request, exc: InvalidRequestError) -> JSONResponse:
+    return JSONResponse(error_body(str(exc)), status_code=400)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 becomes OpenAI's 400, naming the first bad field."""
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(part) for part in first.get("loc", ())]
+    in_body = loc[:1] == ["body"]
+    param = loc[1] if in_body and len(loc) > 1 else None
+    if first.get("type") == "json_invalid":
+        error = first.get("ctx", {}).get("error", "cannot parse the body")
+        message, param = f"malformed JSON: {error}", None
+    elif in_body and param is None:
+        message = "the request body must be a JSON object"
+    else:
+        where = ".".join(loc[1:] if in_body else loc)
+        message = f"{where}: {first.get('msg', 'invalid value')}"
+    return JSONResponse(error_body(message, param=param), status_code=400)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(
+        error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error in %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
