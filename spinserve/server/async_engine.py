@@ -1,7 +1,8 @@
 """`AsyncEngine`: the event loop's handle on the engine thread, and the admission gate.
 
     loop (handlers)                          engine thread (`EngineLoop`)
-    add(subrequests) --AddCommand------->    tokenize, engine.add_request (all or none)
+    add(subrequests): tokenize (a thread of its own, with a copy of the tokenizer)
+                     --AddCommand------->    engine.add_request (all or none)
        awaits reply   <--Future-----------   prompt lengths, or the 400 error
     RequestStream.updates() <--Update----    engine.step() outputs, one loop wake-up a step
     RequestStream.close() --AbortCommand->   engine.abort: the KV blocks are freed
@@ -19,11 +20,13 @@ streams end with finish_reason "abort"); `stop` ends the thread.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from spinserve.engine.engine import LLMEngine
@@ -36,6 +39,7 @@ from spinserve.server.messages import (
     AddCommand,
     SubRequest,
     Update,
+    tokenized,
 )
 from spinserve.server.metrics import ServerMetrics
 
@@ -73,6 +77,9 @@ class AsyncEngine:
         self._metrics = metrics
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # The engine's tokenizer is the engine thread's; this copy serves a thread of its own.
+        self._tokenizer = copy.deepcopy(engine.tokenizer)
+        self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="spinserve-tokenizer")
         self.max_queue = max_queue
         self.draining = False
         self.num_admitted = 0  # sub-requests admitted and not yet closed
@@ -89,16 +96,22 @@ class AsyncEngine:
         return self._thread is not None and self._thread.is_alive()
 
     async def add(self, subrequests: Sequence[SubRequest]) -> RequestStream:
-        """Admit and add; raises ApiError (429/503/400) or InvalidRequestError."""
+        """Admit, tokenize, add; raises ApiError (429/503/400) or InvalidRequestError."""
         self._admit(len(subrequests))
         stream = RequestStream([s.request_id for s in subrequests], self._release)
         self.num_admitted += len(subrequests)
-        command = AddCommand(list(subrequests), stream.queue)
-        self._commands.put(command)
+        sent = False
         try:
+            loop = asyncio.get_running_loop()
+            subs = await loop.run_in_executor(
+                self._tokenizing, tokenized, list(subrequests), self._tokenizer
+            )
+            command = AddCommand(subs, stream.queue)
+            self._commands.put(command)
+            sent = True
             stream.num_prompt_tokens = await asyncio.wrap_future(command.reply)
         except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
+            if not (sent and isinstance(exc, asyncio.CancelledError)):
                 stream.unfinished.clear()  # refused as a whole: nothing was added
             stream.close()
             raise
@@ -145,5 +158,6 @@ class AsyncEngine:
         """End the engine thread (aborting anything left) and wait for it."""
         self.draining = True
         self._commands.put(STOP)
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)

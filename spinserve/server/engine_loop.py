@@ -2,8 +2,8 @@
 
 Each iteration takes the pending commands (blocking when the engine is idle), runs one
 engine step when there is work, posts the step's updates to the event loop in one
-``call_soon_threadsafe`` call, and refreshes the gauges. Tokenization and chat templates run
-here too: the tokenizer belongs to the engine and is not thread-safe.
+``call_soon_threadsafe`` call, and refreshes the gauges. Prompts arrive as token ids
+(`AsyncEngine` tokenizes in a thread of its own), so a long prompt never delays a step.
 
 Failures stay contained: a request whose input the engine refuses is rejected at add time
 (its handler gets the error); an exception inside ``step()`` is logged with the ids of the
@@ -118,16 +118,16 @@ class EngineLoop:
         added: list[str] = []
         try:
             lengths = []
-            token_ids: dict[int, list[int]] = {}  # prompt object -> ids: n choices, one encode
             for sub in command.subrequests:
-                ids = token_ids.setdefault(
-                    id(sub.prompt), sub.prompt.to_ids(self._engine.tokenizer)
-                )
+                ids = list(sub.prompt.token_ids or ())  # tokenized before it was sent
                 self._add_one(sub, ids, command.sink)
                 added.append(sub.request_id)
                 lengths.append(len(ids))
         except Exception as exc:
-            self._drop(added)
+            try:
+                self._drop(added)
+            except Exception:
+                logger.exception("taking back %s failed", ", ".join(added))
             if not isinstance(exc, ApiError | ValueError):  # bad input: the handler reports it
                 logger.exception("adding %s failed", command.subrequests[0].request_id)
             command.reply.set_exception(exc)

@@ -26,6 +26,7 @@ from spinserve.server.streaming import EventStreamResponse, until_disconnect
 
 logger = logging.getLogger("spinserve.server")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; nobody receives it
+REQUEST_ID_HEADER = "X-Request-Id"  # the id the server's log lines carry
 
 
 @dataclass(frozen=True)
@@ -52,33 +53,45 @@ async def generate(
         raise model_not_found(body.model)
     prefix = "chatcmpl" if chat else "cmpl"
     envelope = Envelope(f"{prefix}-{secrets.token_hex(12)}", int(time.time()), ctx.model_name, chat)
-    param = "messages" if chat else "prompt"
-    try:
-        subs = subrequests(envelope.id, prompts, body, max_tokens, ctx.drafters, param)
-        stream = await ctx.engine.add(subs)
-    except Exception as exc:  # turned into a response by the app's error handlers
-        logger.info("%s rejected: %s", envelope.id, exc)
-        raise
+    stream = await _admit(ctx, envelope, body, prompts, max_tokens)
     n = body.n or 1
-    logger.info(
-        "%s admitted: %d choice(s), prompt tokens %s, max_tokens %s, stream %s",
-        envelope.id,
-        len(subs),
-        stream.num_prompt_tokens[::n],
-        max_tokens,
-        bool(body.stream),
-    )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = stream_events(stream, envelope, n, include_usage)
-        return EventStreamResponse(events, on_close=stream.close)
+        return EventStreamResponse(events, stream.close, {REQUEST_ID_HEADER: envelope.id})
     try:
         collected = await until_disconnect(raw, collect(stream, envelope, n))
     finally:
         stream.close()
     if collected is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    return JSONResponse(collected.body())
+    return JSONResponse(collected.body(), headers={REQUEST_ID_HEADER: envelope.id})
+
+
+async def _admit(
+    ctx: ServerContext,
+    envelope: Envelope,
+    body: SamplingFields,
+    prompts: Sequence[Prompt],
+    max_tokens: int | None,
+) -> RequestStream:
+    """Sub-requests added to the engine; raises (4xx) before anything is sent."""
+    param = "messages" if envelope.chat else "prompt"
+    try:
+        subs = subrequests(envelope.id, prompts, body, max_tokens, ctx.drafters, param)
+        stream = await ctx.engine.add(subs)
+    except Exception as exc:  # turned into a response by the app's error handlers
+        logger.info("%s rejected: %s", envelope.id, exc)
+        raise
+    logger.info(
+        "%s admitted: %d choice(s), prompt tokens %s, max_tokens %s, stream %s",
+        envelope.id,
+        len(subs),
+        stream.num_prompt_tokens[:: body.n or 1],
+        max_tokens,
+        bool(body.stream),
+    )
+    return stream
 
 
 async def collect(stream: RequestStream, envelope: Envelope, n: int) -> Collected:

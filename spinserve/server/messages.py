@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,7 +27,8 @@ class ChatTokenizer(Protocol):
 class Prompt:
     """One prompt as the client sent it: text, token ids or chat messages (exactly one).
 
-    Turned into token ids in the engine thread, which alone may use the tokenizer.
+    Turned into token ids (`tokenized`) by the server's tokenizer thread, before it reaches
+    the engine thread: a long prompt never stalls the engine's steps.
     """
 
     text: str | None = None
@@ -57,6 +59,18 @@ class SubRequest:
     max_tokens: int | None
     arrival_time: float
     prompt_param: str = "prompt"  # the request field the prompt came from, for errors
+
+
+def tokenized(subrequests: list[SubRequest], tokenizer: ChatTokenizer) -> list[SubRequest]:
+    """The sub-requests with token-id prompts; each distinct prompt is encoded once."""
+    encoded: dict[int, Prompt] = {}  # by identity: the n choices of a prompt share its object
+    out = []
+    for sub in subrequests:
+        key = id(sub.prompt)
+        if key not in encoded:
+            encoded[key] = Prompt(token_ids=tuple(sub.prompt.to_ids(tokenizer)))
+        out.append(dataclasses.replace(sub, prompt=encoded[key]))
+    return out
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ spinserve:kv_cache_usage_perc  (fraction of KV blocks, 0-1)  gauge
 spinserve:prompt_tokens_total  (per engine request)         counter
 spinserve:generation_tokens_total                           counter
 spinserve:request_success_total                             counter    finished_reason
-spinserve:request_rejected_total  (4xx/429/503 at the door) counter    reason
+spinserve:request_rejected_total  (429/503 at admission)   counter    reason
 spinserve:time_to_first_token_seconds                       histogram
 spinserve:inter_token_latency_seconds (per output token)    histogram
 spinserve:e2e_request_latency_seconds                       histogram
@@ -154,7 +154,9 @@ class ServerMetrics:
     def _show_zeros(self, drafters: Sequence[str]) -> None:
         """Create the label sets known up front, so they are exported (as 0) before use."""
         m = self._model
-        for metric in (self._prompt, self._generation, self._ttft, self._itl, self._e2e):
+        for metric in (self._running, self._waiting, self._kv, self._prompt, self._generation):
+            metric.labels(m)
+        for metric in (self._ttft, self._itl, self._e2e):
             metric.labels(m)
         for metric in (self._drafts, self._draft_tokens, self._accepted):
             metric.labels(m)

@@ -28,6 +28,9 @@ DEFAULT_TEMPERATURE = 1.0  # OpenAI's default
 
 def completion_prompts(request: CompletionRequest) -> list[Prompt]:
     prompt = request.prompt
+    for text in [prompt] if isinstance(prompt, str) else prompt:
+        if isinstance(text, str):
+            check_unicode(text, "prompt")
     if isinstance(prompt, str):
         return [Prompt(text=prompt)]
     if all(isinstance(p, int) for p in prompt):
@@ -37,9 +40,21 @@ def completion_prompts(request: CompletionRequest) -> list[Prompt]:
 
 def chat_prompt(request: ChatCompletionRequest) -> Prompt:
     try:
-        return Prompt(messages=message_dicts(request.messages))
+        messages = message_dicts(request.messages)
     except ValueError as exc:
         raise bad_request(str(exc), "messages") from exc
+    for message in messages:
+        for text in message.values():
+            check_unicode(text, "messages")
+    return Prompt(messages=messages)
+
+
+def check_unicode(text: str, param: str) -> None:
+    """JSON can carry lone surrogates (``"\\ud800"``), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise bad_request(f"{param} is not valid Unicode: {exc.reason}", param) from exc
 
 
 def subrequests(

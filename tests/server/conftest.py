@@ -22,6 +22,7 @@ from spinserve.loading.loader import LoadedModel
 from spinserve.server.app import build_app
 from spinserve.server.config import ServerConfig
 from spinserve.server.http_server import DrainingServer, make_server
+from spinserve.spec.cross_tokenizer import CrossTokenizerDrafter
 from spinserve.spec.drafter import Drafter
 from spinserve.spec.model_drafter import ModelDrafter
 from spinserve.spec.ngram import NgramDrafter
@@ -89,10 +90,10 @@ def model_drafter(name: str, drafter: LoadedModel, target: LoadedModel) -> Model
 
 
 @contextmanager
-def running_server(engine: LLMEngine, **config) -> Iterator[LiveServer]:
+def running_server(engine: LLMEngine, model: str = MODEL, **config) -> Iterator[LiveServer]:
     """Serve ``engine`` on 127.0.0.1 at a free port until the block ends (then drain)."""
     server_config = ServerConfig(log_level="warning", **config)
-    app = build_app(engine, MODEL, server_config)
+    app = build_app(engine, model, server_config)
     server = make_server(app, server_config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -114,12 +115,14 @@ def running_server(engine: LLMEngine, **config) -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def spec_engine(tiny_loaded, tiny_drafters) -> LLMEngine:
     """The llama target with drafters: ``same`` (the target itself: every draft accepted),
-    ``other`` (a different random model: most drafts rejected) and ``ngram``. Requests that
-    name no drafter use ``same``."""
+    ``other`` (a different random model: most drafts rejected), ``cross`` (another
+    tokenizer's numbering: drafts re-tokenized) and ``ngram``. Requests that name no drafter
+    use ``same``."""
     target = tiny_loaded["llama"]
     drafters = {
         "same": model_drafter("same", tiny_drafters["same"], target),
         "other": model_drafter("other", tiny_drafters["other"], target),
+        "cross": CrossTokenizerDrafter("cross", tiny_drafters["cross"], target.tokenizer, 0.01),
         "ngram": NgramDrafter(),
     }
     return tiny_engine(target, drafters)

@@ -11,7 +11,7 @@ from spinserve.loading.tokenizer import Tokenizer
 
 PROMPT = "The quick brown fox"
 GREEDY = {"temperature": 0, "max_tokens": 12}
-DRAFTERS = ("same", "other", "ngram")
+DRAFTERS = ("same", "other", "cross", "ngram")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,11 @@ def test_greedy_with_speculation_equals_target_alone(live, drafter):
 def test_default_drafter_is_the_first(live):
     out = complete(live, **GREEDY)
     assert out.choices[0].model_extra["spinserve"]["drafter"] == "same"
+
+
+def test_responses_carry_the_request_id(live):
+    raw = live.client().completions.with_raw_response.create(model=MODEL, prompt="a", max_tokens=2)
+    assert raw.headers["x-request-id"] == raw.parse().id
 
 
 @pytest.mark.parametrize("drafter", ["none", "other"])

@@ -67,6 +67,17 @@ BAD = [
     ("/v1/completions", OK | {"prompt": []}, 400, "prompt", None),
     ("/v1/completions", OK | {"prompt": [100000]}, 400, None, None),
     ("/v1/completions", OK | {"prompt": [-1]}, 400, None, None),
+    ("/v1/completions", b'{"prompt": "a\\ud800b"}', 400, "prompt", None),
+    ("/v1/completions", b'{"prompt": ["ok", "\\udfff"]}', 400, "prompt", None),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "\\ud800"}]}',
+        400,
+        "messages",
+        None,
+    ),
+    ("/v1/completions", OK | {"stop": ["s"] * 17}, 400, "stop", None),
+    ("/v1/completions", b'{"prompt": "x", "temperature": NaN}', 400, "temperature", None),
     ("/v1/completions", OK | {"logprobs": 2}, 400, "logprobs", "unsupported"),
     ("/v1/completions", OK | {"presence_penalty": 0.5}, 400, "presence_penalty", "unsupported"),
     (
@@ -205,3 +216,8 @@ def test_engine_failure_fails_its_requests_and_the_server_goes_on(failing):
     metrics = failing.wait_idle()
     assert metrics['spinserve:request_success_total{finished_reason="error"}'] == 2
     assert httpx2.get(failing.url + "/health").status_code == 200
+
+
+def test_error_message_of_a_union_field_names_the_right_branch(small):
+    error = small.post("/v1/completions", json=OK | {"stop": ["s"] * 17}).json()["error"]
+    assert error["message"].startswith("stop: List should have at most 16 items"), error

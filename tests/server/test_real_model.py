@@ -1,0 +1,55 @@
+"""End to end on real SmolLM2-135M-Instruct (fetched into the cache on first use) with the
+official openai client."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import running_server
+
+from spinserve.config.engine import CacheConfig, EngineConfig
+from spinserve.engine.engine import LLMEngine
+from spinserve.loading import zoo
+from spinserve.loading.loader import load
+from spinserve.spec.ngram import NgramDrafter
+
+pytestmark = pytest.mark.real_model
+NAME = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def smol():
+    zoo.fetch(NAME, zoo.resolve_cache_dir())
+    loaded = load(NAME, fetch_missing=False)
+    config = EngineConfig(cache=CacheConfig(kv_cache_gib=0.25))
+    engine = LLMEngine(loaded, config, drafters={"ngram": NgramDrafter()})
+    with running_server(engine, model=NAME) as server:
+        yield server
+
+
+def test_chat_on_smollm2(smol):
+    client = smol.client()
+    params = dict(
+        model=NAME,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
+    )
+    plain = client.chat.completions.create(**params, extra_body={"drafter": "none"})
+    spec = client.chat.completions.create(**params, extra_body={"drafter": "ngram"})
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(**params, stream=True)
+        if c.choices
+    )
+    answer = plain.choices[0].message.content
+    assert "Paris" in answer
+    assert spec.choices[0].message.content == streamed == answer
+    assert spec.choices[0].model_extra["spinserve"]["drafter"] == "ngram"
+    assert plain.usage.completion_tokens <= 24 and plain.usage.prompt_tokens > 10
+
+
+def test_completion_on_smollm2(smol):
+    out = smol.client().completions.create(
+        model=NAME, prompt="def fibonacci(n):", max_tokens=16, temperature=0
+    )
+    assert out.choices[0].text.strip() and out.usage.completion_tokens <= 16
