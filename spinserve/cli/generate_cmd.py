@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                 resolve(name, args.cache_dir, progress=progress)
     if not args.json:
         err.print(f"[dim]loaded {args.model} in {loaded.load_seconds:.1f} s[/dim]")
-    engine = LLMEngine(loaded, config)
+    engine = LLMEngine(loaded, config, cache_dir=args.cache_dir)
     prompts = [_prompt_ids(engine, p, args.chat) for p in args.prompts]
     start = time.perf_counter()
     for ids in prompts:

@@ -19,6 +19,7 @@ import itertools
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -60,7 +61,8 @@ class LLMEngine:
                 print(out.new_text, end="")
 
     ``drafters`` maps names to ready drafters; when None they are built from
-    ``config.speculative.drafters`` (see `spinserve.spec.registry`).
+    ``config.speculative.drafters`` (see `spinserve.spec.registry`), zoo models from
+    ``cache_dir`` (default: the zoo's).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class LLMEngine:
         loaded: LoadedModel,
         config: EngineConfig | None = None,
         drafters: dict[str, Drafter] | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.config = config or EngineConfig()
         self.tokenizer = loaded.tokenizer
@@ -87,7 +90,9 @@ class LLMEngine:
             self.config.scheduler.max_model_len or model_config.max_position_embeddings,
             num_blocks * cache.block_size,
         )
-        self.drafters = drafters if drafters is not None else self._build_drafters(loaded)
+        self.drafters = (
+            drafters if drafters is not None else self._build_drafters(loaded, cache_dir)
+        )
         self.drafter_stats: dict[str, SpecStats] = {name: SpecStats() for name in self.drafters}
         self._eos = frozenset(self.tokenizer.eos_token_ids)
         self._vocab_size = model_config.vocab_size
@@ -95,10 +100,10 @@ class LLMEngine:
         self._draft_probs: dict[str, torch.Tensor | None] = {}
         self._ids = itertools.count()
 
-    def _build_drafters(self, loaded: LoadedModel) -> dict[str, Drafter]:
+    def _build_drafters(self, loaded: LoadedModel, cache_dir: Path | None) -> dict[str, Drafter]:
         from spinserve.spec.registry import build_drafters
 
-        return build_drafters(self.config.speculative, loaded, self.config.runtime)
+        return build_drafters(self.config.speculative, loaded, self.config.runtime, cache_dir)
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -169,6 +174,10 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return bool(self._tracked)
+
+    def running_request_ids(self) -> list[str]:
+        """Ids of the requests the next step may run (those in the scheduler's running set)."""
+        return [r.request_id for r in self.scheduler.running]
 
     @property
     def num_running(self) -> int:
@@ -331,7 +340,7 @@ class LLMEngine:
             arrival_time=r.arrival_time,
             first_token_time=r.first_token_time,
             drafter=r.drafter,
-            spec_stats=r.spec_stats,
+            spec_stats=r.spec_stats.snapshot(),
         )
 
     def spec_summary(self) -> dict[str, dict]:

@@ -213,7 +213,7 @@ class EngineLoop:
 
     def _fail_running(self) -> None:
         """``step()`` raised: end the requests it was running with an error, keep serving."""
-        running = [r.request_id for r in self._engine.scheduler.running]
+        running = self._engine.running_request_ids()
         ids = running or list(self._live)  # nothing running: do not fail the same way forever
         logger.exception("engine step failed; failing requests %s", ", ".join(ids) or "(none)")
         for request_id in ids:

@@ -9,6 +9,7 @@ NAME|PATH    a model (zoo name, Hugging Face folder or .gguf): same tokenizer as
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 
 from spinserve.config.engine import RuntimeConfig
@@ -39,11 +40,12 @@ def build_drafter(
     target: LoadedModel,
     config: SpeculativeConfig,
     runtime: RuntimeConfig | None = None,
+    cache_dir: Path | None = None,
 ) -> Drafter:
     """Load and wrap drafter ``name`` for ``target``; raises ModelLoadError for bad models."""
     if name in MODEL_FREE:
         return MODEL_FREE[name]()
-    drafter = load(name, runtime)
+    drafter = load(name, runtime, cache_dir)
     kv = config.drafter_kv_cache_gib
     if drafter_kind(name, target, drafter) == "same-tokenizer":
         return ModelDrafter(name, drafter, target.tokenizer, target.config.vocab_size, kv)
@@ -51,6 +53,11 @@ def build_drafter(
 
 
 def build_drafters(
-    config: SpeculativeConfig, target: LoadedModel, runtime: RuntimeConfig | None = None
+    config: SpeculativeConfig,
+    target: LoadedModel,
+    runtime: RuntimeConfig | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Drafter]:
-    return {name: build_drafter(name, target, config, runtime) for name in config.drafters}
+    return {
+        name: build_drafter(name, target, config, runtime, cache_dir) for name in config.drafters
+    }

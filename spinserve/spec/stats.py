@@ -7,7 +7,7 @@ length counts the recovered or bonus token too: ``1 + accepted / steps`` tokens 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -30,6 +30,14 @@ class SpecStats:
         self.num_accepted_tokens += num_accepted
         _bump(self.drafted_per_position, num_drafted)
         _bump(self.accepted_per_position, num_accepted)
+
+    def snapshot(self) -> SpecStats:
+        """An independent copy (outputs must not share the engine's live counters)."""
+        return replace(
+            self,
+            drafted_per_position=list(self.drafted_per_position),
+            accepted_per_position=list(self.accepted_per_position),
+        )
 
     def merge(self, other: SpecStats) -> None:
         self.num_draft_steps += other.num_draft_steps
