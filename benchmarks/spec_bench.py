@@ -39,7 +39,10 @@ any difference is a bug, and the tables say so loudly). Tables: see `spec_report
 The machine is shared: before each prompt the script waits (up to ``--quiet-timeout`` s) for
 other processes to use at most ``--max-busy`` of the CPU, and times a prompt again (up to
 ``--retries`` times) when they took more meanwhile; a stateful drafter (suffix) is restored to
-its state before the first try, so a retry never sees its own earlier output.
+its state before the first try, so a retry never sees its own earlier output. At the end of
+each configuration, prompts still disturbed are timed again after a longer wait
+(``--redo-quiet-timeout``; suffix is rebuilt and fed the warm-up and the earlier prompts'
+sequences, the state it had the first time), and the less disturbed timing is kept.
 ``others_busy`` above ``--max-busy`` marks a timing to distrust.
 
 Time budget: after ``ours/target`` the script estimates the whole run as that stage's time
@@ -263,6 +266,24 @@ class Bench:
         if config.startswith("ours/") and not rec["same_as_target"]:
             log(f"!!! LOSSLESSNESS VIOLATION: {config} on {prompt.category}:{prompt.prompt_id}")
 
+    def disturbed(self, config: str) -> list[int]:
+        """Prompt indices of ``config`` whose timing others disturbed beyond --max-busy."""
+        return [
+            r["prompt_index"]
+            for r in self.report["results"]
+            if r["config"] == config and r["others_busy"] > self.args.max_busy
+        ]
+
+    def replace(self, config: str, index: int, rec: dict) -> None:
+        """Keep the less disturbed of the recorded timing and ``rec``."""
+        results = self.report["results"]
+        old = next(r for r in results if r["config"] == config and r["prompt_index"] == index)
+        if rec["others_busy"] >= old["others_busy"]:
+            log(f"{config} #{index}: redo as disturbed ({rec['others_busy']:.0%}); kept the first")
+            return
+        results.remove(old)
+        self.record(config, index, rec | {"redone_from_others_busy": old["others_busy"]})
+
     def save(self) -> None:
         self.report["summary"] = summarize(self.report["results"], self.weight_bytes)
         self.report["run_minutes"] = (time.monotonic() - self.start) / 60
@@ -319,6 +340,37 @@ def time_ours_sample(
         reset = restorer(drafters, name)
         rec = measured(lambda ids=ids: time_ours(engine, ids, params, spec), args, reset)
         bench.record(config, index, rec)
+    for index in bench.disturbed(config):
+        ids = bench.prompt_ids[index]
+        prepare = None
+        if name in MODEL_FREE:
+
+            def prepare(index: int = index) -> None:
+                replay(bench, engine, drafters, name, spec, index)
+
+            prepare()
+        rec = measured(lambda ids=ids: time_ours(engine, ids, params, spec), redo(args), prepare)
+        bench.replace(config, index, rec)
+
+
+def replay(
+    bench: Bench, engine: LLMEngine, drafters: dict, name: str, spec: SpecParams, index: int
+) -> None:
+    """Put a fresh model-free drafter in the state it had before prompt ``index``: the
+    warm-up, then every earlier prompt's sequence as it finished (suffix learns from them)."""
+    drafters[name] = MODEL_FREE[name]()
+    engine.generate([bench.warm_ids], SamplingParams(max_tokens=bench.args.warmup_tokens), spec)
+    config = f"ours/{name}"
+    for j in range(index):
+        output_ids = bench.reference(j, config)
+        drafters[name].finish(f"replay-{j}", bench.prompt_ids[j] + (output_ids or []))
+
+
+def redo(args: argparse.Namespace) -> argparse.Namespace:
+    """Settings of the second pass over disturbed prompts: a longer wait for quiet."""
+    return argparse.Namespace(
+        **vars(args) | {"quiet_timeout": args.redo_quiet_timeout, "retries": args.redo_retries}
+    )
 
 
 def restorer(drafters: dict, name: str | None) -> Callable[[], None] | None:
@@ -445,6 +497,12 @@ def run_hf_config(bench: Bench, model: torch.nn.Module, config: str, extra: dict
             lambda ids=ids: time_hf(model, ids, args.max_tokens, bench.eos, extra), args, None
         )
         bench.record(config, index, rec)
+    for index in bench.disturbed(config):
+        ids = bench.prompt_ids[index]
+        rec = measured(
+            lambda ids=ids: time_hf(model, ids, args.max_tokens, bench.eos, extra), redo(args), None
+        )
+        bench.replace(config, index, rec)
     bench.stage_seconds.append(time.monotonic() - stage_start)
 
 
@@ -475,6 +533,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quiet-timeout", type=float, default=60.0, help="seconds to wait for quiet per try"
     )
     p.add_argument("--retries", type=int, default=1, help="re-timings of a disturbed prompt")
+    p.add_argument(
+        "--redo-quiet-timeout",
+        type=float,
+        default=300.0,
+        help="wait for quiet when re-timing disturbed prompts at the end of a configuration",
+    )
+    p.add_argument("--redo-retries", type=int, default=1, help="tries of that second pass - 1")
     p.add_argument("--spec-bench", type=Path, default=SPEC_BENCH)
     p.add_argument(
         "--data-cache", type=Path, default=Path.home() / ".cache" / "spinserve" / "datasets"

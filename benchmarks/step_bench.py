@@ -1,6 +1,7 @@
 """Model-step benchmark: our `ModelRunner` against transformers' own model, side by side.
 
-Reproduce (from the repository root, ~10 minutes on the 2-core dev machine)::
+Reproduce (from the repository root; ~8 minutes on the quiet 2-core dev machine, longer while
+it waits for other processes to leave the CPU)::
 
     .venv/bin/python benchmarks/step_bench.py \\
         --models smollm2-135m-instruct qwen2.5-coder-1.5b-instruct \\
@@ -46,7 +47,7 @@ What the numbers mean:
 
 With ``--profile-steps N`` (default 3) the script also profiles N decode steps of each
 implementation and writes the top ops by self CPU time to the JSON and to
-``<out stem>_profile_<model>_<impl>.txt``.
+``<out stem>_profile_<model>_<impl>.txt``. The table goes to stdout and to ``<out stem>.md``.
 """
 
 from __future__ import annotations
@@ -532,11 +533,13 @@ def main(argv: list[str] | None = None) -> None:
         report["models"][name] = bench_model(name, args, bw["read_gb_per_s"])
         args.out.write_text(json.dumps(report, indent=2) + "\n")  # partial results survive
     log(f"wrote {args.out}")
-    print(
+    summary = (
         f"Memory bandwidth: copy {bw['copy_gb_per_s']:.2f} GB/s (read+write), "
-        f"read {bw['read_gb_per_s']:.2f} GB/s; threads {args.threads}, context {args.context}\n"
+        f"read {bw['read_gb_per_s']:.2f} GB/s; threads {args.threads}, context {args.context}\n\n"
+        + markdown_table(report)
     )
-    print(markdown_table(report))
+    args.out.with_suffix(".md").write_text(summary + "\n")
+    print(summary)
 
 
 if __name__ == "__main__":

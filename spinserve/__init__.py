@@ -3,7 +3,8 @@
 The package is layered; each subpackage may import only those below it:
 
     types <- config <- ops <- models <- loading
-                               models <- runtime <- spec <- engine <- cli
+                               models <- runtime <- spec <- engine <- server <- cli
+             config <- selection <- engine
 
 ``tests/test_architecture.py`` walks the imports and enforces this order.
 """

@@ -2,9 +2,11 @@
 
     types <- config <- ops <- models <- loading
                                models <- runtime <- spec <- engine <- server <- cli
+             config <- selection <- engine
 
-Bookkeeping (the plain-data layers and the engine's scheduler, block manager, request and
-detokenizer) must not import torch, so it stays testable and cheap without a model.
+Bookkeeping (the plain-data layers, drafter selection, and the engine's scheduler, block
+manager, request and detokenizer) must not import torch, so it stays testable and cheap
+without a model.
 """
 
 from __future__ import annotations
@@ -27,13 +29,36 @@ ALLOWED: dict[str, set[str]] = {
     "loading": {"types", "config", "ops", "models"},
     "runtime": {"types", "config", "ops", "models"},
     "spec": {"types", "config", "ops", "models", "loading", "runtime"},
-    "engine": {"types", "config", "ops", "models", "loading", "runtime", "spec"},
-    "server": {"types", "config", "ops", "models", "loading", "runtime", "spec", "engine"},
-    "cli": {"types", "config", "ops", "models", "loading", "runtime", "spec", "engine", "server"},
+    "selection": {"types", "config"},
+    "engine": {"types", "config", "ops", "models", "loading", "runtime", "spec", "selection"},
+    "server": {
+        "types",
+        "config",
+        "ops",
+        "models",
+        "loading",
+        "runtime",
+        "spec",
+        "selection",
+        "engine",
+    },
+    "cli": {
+        "types",
+        "config",
+        "ops",
+        "models",
+        "loading",
+        "runtime",
+        "spec",
+        "selection",
+        "engine",
+        "server",
+    },
 }
 NO_TORCH = [
     "types",
     "config",
+    "selection",
     "engine/request.py",
     "runtime/block_manager.py",
     "engine/scheduler.py",

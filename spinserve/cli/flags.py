@@ -30,6 +30,13 @@ HELP = {
     "kv_cache_gib": "KV cache pool size in GiB",
     "dtype": "compute dtype of the model",
     "num_threads": "CPU threads for torch (0: torch's default)",
+    "num_draft_tokens": "draft tokens per step (k) of a drafter; 0 turns speculation off",
+    "drafter_kv_cache_gib": "KV cache pool of each model drafter, in GiB",
+    "policy": "drafter selection: spin (learns per request), fixed:NAME, random, "
+    "round-robin, oracle",
+    "draft_lengths": "the k the spin policy may choose among (repeatable; default 1,2,3,4,6,8)",
+    "policy_seed": "seed of the random and spin policies",
+    "oracle_table": "JSON file of per-request choices for the oracle policy",
 }
 
 

@@ -24,6 +24,7 @@ from spinserve.config.engine import (
     SchedulerConfig,
 )
 from spinserve.config.sampling import SamplingParams
+from spinserve.config.selection import SelectionConfig
 from spinserve.config.speculative import SpeculativeConfig
 from spinserve.engine.engine import LLMEngine
 from spinserve.engine.outputs import RequestOutput
@@ -58,9 +59,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME",
         help="drafter: ngram, suffix, or a model name/path (same tokenizer or not: detected); "
-        "repeatable; the first is used",
+        "repeatable: the set the selection policy (--policy) chooses from",
     )
     add_flags(parser, SpeculativeConfig, exclude=("drafters",))
+    add_flags(parser, SelectionConfig)
     parser.set_defaults(run=run)
 
 
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         cache=from_flags(CacheConfig, args),
         runtime=from_flags(RuntimeConfig, args),
         speculative=from_flags(SpeculativeConfig, args),
+        selection=from_flags(SelectionConfig, args),
     )
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         summary = _summary(args, loaded.load_seconds, finals, wall)
         summary["speculation"] = engine.spec_summary()
+        summary["selection"] = {"policy": engine.policy.name, "choices": engine.choice_summary()}
         print(json.dumps(summary))
     else:
         _print_results(finals, wall, stream, err)
@@ -132,6 +136,7 @@ def _summary(
             "ttft_seconds": (o.first_token_time or o.arrival_time) - o.arrival_time,
             "drafter": o.drafter,
             "speculation": o.spec_stats.to_dict() if o.spec_stats else None,
+            "choices": o.choice_counts,
         }
         for o in finals
     ]
@@ -158,6 +163,10 @@ def _print_results(finals: list[RequestOutput], wall: float, streamed: bool, err
 
 
 def _print_speculation(engine: LLMEngine, err: Console) -> None:
+    choices = engine.choice_summary()
+    if choices:
+        shown = ", ".join(f"{label} {n}" for label, n in choices.items())
+        err.print(f"[dim]policy {engine.policy.name}: steps per choice: {shown}[/dim]")
     for name, stats in engine.drafter_stats.items():
         if stats.num_draft_steps:
             err.print(

@@ -26,6 +26,7 @@ from rich.progress import Progress
 
 from spinserve.cli.flags import _flag_type, add_flags, from_flags
 from spinserve.config.engine import CacheConfig, EngineConfig, RuntimeConfig, SchedulerConfig
+from spinserve.config.selection import SelectionConfig
 from spinserve.config.speculative import SpeculativeConfig
 from spinserve.engine.engine import LLMEngine
 from spinserve.loading import zoo
@@ -70,10 +71,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="drafters",
         action="append",
         metavar="NAME",
-        help="drafter: ngram, suffix, or a model name/path; repeatable; the first is the "
-        'default of requests that name none ("drafter" field of a request)',
+        help="drafter: ngram, suffix, or a model name/path; repeatable: the set the selection "
+        'policy chooses from for requests that name none ("drafter" field of a request)',
     )
     add_flags(parser, SpeculativeConfig, exclude=("drafters",))
+    add_flags(parser, SelectionConfig)
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +91,7 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 def _dests() -> list[str]:
     names = ["model", "cache_dir", "config", "drafters"]
-    for cls in (*_ENGINE_CONFIGS, ServerConfig, SpeculativeConfig):
+    for cls in (*_ENGINE_CONFIGS, ServerConfig, SpeculativeConfig, SelectionConfig):
         names += [f.name for f in dataclasses.fields(cls) if f.name != "drafters"]
     return names
 
@@ -102,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         cache=from_flags(CacheConfig, ns),
         runtime=from_flags(RuntimeConfig, ns),
         speculative=from_flags(SpeculativeConfig, ns),
+        selection=from_flags(SelectionConfig, ns),
     )
     logging.basicConfig(
         level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spinserve.config.selection import SelectionConfig
 from spinserve.config.speculative import SpeculativeConfig
 
 
@@ -72,3 +73,4 @@ class EngineConfig:
     cache: CacheConfig = CacheConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)

@@ -34,6 +34,8 @@ from spinserve.loading.loader import LoadedModel
 from spinserve.runtime.block_manager import BlockManager
 from spinserve.runtime.runner import ModelRunner
 from spinserve.runtime.sampler import Generators
+from spinserve.selection.policy import Choice, Feedback, LoadView, RequestView, StepTiming
+from spinserve.selection.registry import build_policy
 from spinserve.spec.drafter import Draft, Drafter, DraftRequest
 from spinserve.spec.stats import SpecStats
 from spinserve.spec.verify import verify_batch
@@ -94,6 +96,12 @@ class LLMEngine:
             drafters if drafters is not None else self._build_drafters(loaded, cache_dir)
         )
         self.drafter_stats: dict[str, SpecStats] = {name: SpecStats() for name in self.drafters}
+        self.policy = build_policy(
+            self.config.selection, list(self.drafters), self.config.speculative.num_draft_tokens
+        )
+        self.choice_counts: dict[str, int] = defaultdict(int)
+        self._choices: dict[str, Choice] = {}
+        self._draft_share: dict[str, float] = {}
         self._eos = frozenset(self.tokenizer.eos_token_ids)
         self._vocab_size = model_config.vocab_size
         self._tracked: dict[str, _Tracked] = {}
@@ -118,7 +126,12 @@ class LLMEngine:
         params = params or SamplingParams()
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self._validate(prompt_ids, request_id)
-        drafter, k = self._speculation(spec or SpecParams())
+        spec = spec or SpecParams()
+        if spec.drafter is None and params.seed is not None and not params.greedy:
+            # A seeded sample is reproducible only with the same drafts every time; the
+            # policy adapts to what other requests taught it, so seeds get a fixed drafter.
+            spec = SpecParams(next(iter(self.drafters), NO_DRAFTER), spec.num_draft_tokens)
+        drafter, k = self._speculation(spec)
         request_id = request_id or f"req-{next(self._ids)}"
         request = Request(
             request_id,
@@ -127,6 +140,8 @@ class LLMEngine:
             eos_token_ids=frozenset() if params.ignore_eos else self._eos,
             drafter=drafter,
             num_draft_tokens=k,
+            policy_managed=spec.drafter is None and bool(self.drafters),
+            drafters_used={drafter} if drafter else set(),
         )
         self._tracked[request_id] = _Tracked(
             request, IncrementalDetokenizer(self.tokenizer, params.stop)
@@ -150,10 +165,9 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
 
     def _speculation(self, spec: SpecParams) -> tuple[str | None, int]:
-        """(drafter name or None, k) for a request."""
+        """(drafter name or None, k) of a request that names its drafter; a request that
+        names none is left to the selection policy, step by step."""
         name = spec.drafter
-        if name is None:
-            name = next(iter(self.drafters), None)
         if name is None or name == NO_DRAFTER:
             return None, 0
         if name not in self.drafters:
@@ -191,6 +205,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """One target forward for every scheduled request; outputs for those that got tokens."""
+        self._choose()
         self._propose()
         batch = self.scheduler.schedule()
         if not batch:
@@ -206,7 +221,11 @@ class LLMEngine:
             [r.params for r in requests],
             [self.generators.get(r.request_id) for r in requests],
         )
-        self._charge_verify_time(batch.chunks, time.perf_counter() - start)
+        forward_seconds = time.perf_counter() - start
+        self._charge_verify_time(batch.chunks, forward_seconds)
+        self._observe(
+            rows, drafts, results, StepTiming(forward_seconds, batch.num_tokens, len(batch.chunks))
+        )
         rejected = {
             c.request_id: len(d) - res.num_accepted
             for c, d, res in zip(rows, drafts, results, strict=True)
@@ -217,6 +236,43 @@ class LLMEngine:
             self._record(request, len(draft), result.num_accepted)
             outputs.append(self._advance(request.request_id, result.token_ids))
         return outputs
+
+    def _choose(self) -> None:
+        """Ask the selection policy for this step's drafter and k of each decoding request
+        that left the choice to it."""
+        self._choices.clear()
+        self._draft_share.clear()
+        running = self.scheduler.running
+        decoding = [r for r in running if r.policy_managed and r.is_decoding]
+        if not decoding:
+            return
+        views = [
+            RequestView(r.request_id, r.num_prompt_tokens, r.num_output_tokens) for r in decoding
+        ]
+        choices = self.policy.choose(views, LoadView(len(running), len(self.scheduler.waiting)))
+        for request, choice in zip(decoding, choices, strict=True):
+            request.drafter, request.num_draft_tokens = choice.drafter, choice.num_draft_tokens
+            if choice.drafter is not None:
+                request.drafters_used.add(choice.drafter)
+            request.choice_counts[choice.label] = request.choice_counts.get(choice.label, 0) + 1
+            self.choice_counts[choice.label] += 1
+            self._choices[request.request_id] = choice
+
+    def _observe(
+        self, rows: list[SeqChunk], drafts: list[Draft], results: list, timing: StepTiming
+    ) -> None:
+        """Tell the policy what each request it chose for got from this step."""
+        feedback = []
+        for chunk, draft, result in zip(rows, drafts, results, strict=True):
+            choice = self._choices.get(chunk.request_id)
+            if choice is None or (choice.speculates and chunk.request_id not in self._draft_share):
+                continue  # not the policy's, or it had no room to draft this step
+            share = self._draft_share.get(chunk.request_id, 0.0)
+            feedback.append(
+                Feedback(chunk.request_id, choice, len(draft), result.num_accepted, share)
+            )
+        if feedback:
+            self.policy.observe(feedback, timing)
 
     def _propose(self) -> None:
         """Ask each drafter, in one batched call, for drafts for its decoding requests."""
@@ -240,6 +296,7 @@ class LLMEngine:
             for dr, draft in zip(draft_requests, drafts, strict=True):
                 request = self._tracked[dr.request_id].request
                 request.spec_stats.draft_seconds += seconds / len(draft_requests)
+                self._draft_share[dr.request_id] = seconds / len(draft_requests)
                 ids = self._valid_prefix(draft.token_ids[: dr.num_draft_tokens])
                 request.draft_ids = ids
                 self._draft_probs[dr.request_id] = (
@@ -318,10 +375,11 @@ class LLMEngine:
         self.scheduler.remove(request)
         self.generators.remove_request(request.request_id)
         self._draft_probs.pop(request.request_id, None)
-        if request.drafter is not None:
-            self.drafters[request.drafter].finish(
-                request.request_id, request.token_slice(0, request.num_tokens)
-            )
+        token_ids = request.token_slice(0, request.num_tokens)
+        for name in request.drafters_used:
+            self.drafters[name].finish(request.request_id, token_ids)
+        if request.policy_managed:
+            self.policy.finish(request.request_id)
         del self._tracked[request.request_id]
 
     @staticmethod
@@ -341,11 +399,16 @@ class LLMEngine:
             first_token_time=r.first_token_time,
             drafter=r.drafter,
             spec_stats=r.spec_stats.snapshot(),
+            choice_counts=dict(r.choice_counts) if r.policy_managed else None,
         )
 
     def spec_summary(self) -> dict[str, dict]:
         """Per-drafter speculation statistics since start, as plain dicts."""
         return {name: stats.to_dict() for name, stats in self.drafter_stats.items()}
+
+    def choice_summary(self) -> dict[str, int]:
+        """How often the selection policy chose each drafter@k (or none), over all steps."""
+        return dict(sorted(self.choice_counts.items()))
 
     def generate(
         self,

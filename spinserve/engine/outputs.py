@@ -27,3 +27,4 @@ class RequestOutput:
     first_token_time: float | None
     drafter: str | None = None
     spec_stats: SpecStats | None = None
+    choice_counts: dict[str, int] | None = None  # selection policy's choices: label -> steps

@@ -43,8 +43,11 @@ class Request:
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     first_token_time: float | None = None
-    drafter: str | None = None  # None: this request does not speculate
-    num_draft_tokens: int = 0  # k asked of the drafter each step
+    drafter: str | None = None  # this step's drafter; None: no speculation
+    num_draft_tokens: int = 0  # k asked of the drafter this step
+    policy_managed: bool = False  # the selection policy sets drafter and k each step
+    choice_counts: dict[str, int] = field(default_factory=dict)  # choice label -> steps
+    drafters_used: set[str] = field(default_factory=set)
     draft_ids: list[int] = field(default_factory=list)  # proposed for the coming step
     spec_stats: SpecStats = field(default_factory=SpecStats)
 

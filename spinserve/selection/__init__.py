@@ -4,9 +4,10 @@ included) each decoding request uses; after verification, learn from what happen
 A policy (`policy.SelectionPolicy`) is pure bookkeeping: it sees what a server may
 legitimately know about a request (its id and token counts, never its category), the load,
 and per-step outcomes (drafted, accepted, seconds), and answers with `Choice`s. `spin` is
-the learning policy (a discounted Thompson-sampling bandit per request over drafter x draft
-length, warm-started from a shared prior); `baselines` holds the fixed, random, round-robin
-and oracle policies; `simulate` is the pure-Python simulator the algorithm was chosen with.
+the learning policy (Thompson sampling per request over drafters, k derived, warm-started
+from a shared prior, restarted on a change of text); `baselines` holds the fixed, random,
+round-robin and oracle policies; `registry` builds any of them by name; `simulate` is the
+pure-Python simulator the algorithm was chosen with.
 This package must not import torch, touch models or time anything itself: the engine
 measures, the policy decides.
 """

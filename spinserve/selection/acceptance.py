@@ -41,7 +41,11 @@ class DrafterStats:
 
 def decay(stats: DrafterStats, step: int, gamma: float) -> DrafterStats:
     """``stats`` as seen from a later ``step``: each observation weighs gamma per step."""
-    f = 1.0 if gamma == 1.0 else gamma ** (step - stats.step)
+    return scale(stats, 1.0 if gamma == 1.0 else gamma ** (step - stats.step), step)
+
+
+def scale(stats: DrafterStats, f: float, step: int) -> DrafterStats:
+    """Every count times ``f`` (0: forget all), as of ``step``."""
     return DrafterStats(
         tuple(f * x for x in stats.trials),  # type: ignore[arg-type]
         tuple(f * x for x in stats.successes),  # type: ignore[arg-type]
@@ -90,6 +94,18 @@ class Rates:
 
     def expected_drafted(self, k: int) -> float:
         return self.propose * min(k, max(1.0, self.fill * k))
+
+    def variance_emitted(self, k: int) -> float:
+        """Variance of the tokens a step emits (whole positions only: m rounded).
+
+        >>> Rates(1.0, 1.0, 1.0).variance_emitted(4), Rates(0.0, 0.5, 0.5).variance_emitted(4)
+        (0.0, 0.0)
+        """
+        m = max(1, round(min(k, max(1.0, self.fill * k))))
+        tail = [self.propose * self.first * self.later**j for j in range(m)]  # P(X > j)
+        mean = sum(tail)
+        second = sum((2 * j + 1) * t for j, t in enumerate(tail))
+        return max(second - mean * mean, 0.0)
 
     def expected_emitted(self, k: int) -> float:
         """1 (the recovered or bonus token) + expected accepted draft tokens.

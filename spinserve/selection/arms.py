@@ -1,26 +1,36 @@
-"""How `spin` models a request's arms: per drafter with k derived (`DrafterArms`, the default),
-or every drafter x k as its own arm (`FlatArms`, kept for the comparison that chose the
-first). Both score a speculating choice by expected tokens / expected seconds and explore by
-the configured rule; `SpinPolicy` compares the best with not speculating.
+"""A request's bandit state and `spin`'s arm model: arms are drafters, each described by three
+acceptance rates (`acceptance`) with Beta beliefs, and each step's k is the best for the
+rates drawn. A choice is scored by expected tokens / expected seconds; `SpinPolicy` compares
+the best score with not speculating. (`flat_arms` holds the alternative it was measured
+against: every drafter x k its own arm.)
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections import defaultdict, deque
-from collections.abc import Hashable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spinserve.selection import acceptance as acc
 from spinserve.selection import estimators as est
-from spinserve.selection.cost import DraftCost, ForwardCost, token_share_seconds
+from spinserve.selection.cost import DraftCost, ForwardCost
 from spinserve.selection.policy import NO_SPECULATION, Choice, Feedback, StepTiming
 from spinserve.selection.prior import SharedPrior
 
 if TYPE_CHECKING:
     from spinserve.selection.spin import SpinParams
+
+OPTIMISTIC_RATE = 0.75
+DEFAULT_PRIOR_TRIALS = 1.0
+# Change detection: a CUSUM of standardized residuals with this drift, once a drafter has
+# this many recent steps; variance floored so a drafter that was always right still alarms.
+CHANGE_DRIFT = 0.5
+CHANGE_MIN_STEPS = 3.0
+CHANGE_MIN_VARIANCE = 0.25
+CHANGE_MAX_Z = 3.0
 
 
 @dataclass
@@ -29,10 +39,30 @@ class RequestState:
 
     step: int = 0
     bucket: int = 0
-    stats: dict[str, object] = field(default_factory=dict)  # arm or drafter -> statistics
+    num_tokens: int = 0  # prompt + output now
+    seen: dict[str, int] = field(default_factory=dict)  # drafter -> num_tokens it last saw
+    last_drafter: str | None = None  # the drafter of the last step (None: no speculation)
+    catchup: int = 0  # tokens the drafter of the pending step had to catch up on
+    cusum: dict[str, tuple[float, float]] = field(default_factory=dict)  # change detection
+    num_restarts: int = 0  # changes of text detected
+    stats: dict[str, Any] = field(default_factory=dict)  # drafter (or arm) -> its statistics
     totals: dict[Hashable, list[float]] = field(
         default_factory=lambda: defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     )  # prior key -> [count, total, total_sq, drafted], undiscounted: taught to the prior
+
+    def catchup_tokens(self, drafter: str) -> int:
+        """Tokens ``drafter`` must catch up on before drafting for this request (beyond the
+        last step's, which every step processes)."""
+        if drafter == self.last_drafter:
+            return 0
+        return self.num_tokens - self.seen.get(drafter, 0)
+
+    def chose(self, choice: Choice) -> None:
+        d = choice.drafter
+        self.catchup = 0 if d is None else self.catchup_tokens(d)
+        if d is not None:
+            self.seen[d] = self.num_tokens
+        self.last_drafter = d
 
     def tally(
         self, key: Hashable, count: int, total: float, total_sq: float, drafted: float = 0.0
@@ -54,23 +84,28 @@ class Shared:
     prior: SharedPrior
     rng: random.Random
 
+    def seconds(
+        self, state: RequestState, drafter: str, k: int, drafted: float, num_running: int
+    ) -> float:
+        """Expected cost of a step: drafting, a catch-up spread over the steps a switch is
+        expected to last (``switch_horizon``), and the marginal forward share."""
+        catchup = state.catchup_tokens(drafter) * self.draft.catchup(drafter)
+        return (
+            self.draft.seconds(drafter, state.bucket, k)
+            + catchup / self.params.switch_horizon
+            + self.forward.share(num_running, 1.0 + drafted)
+        )
 
-def explore(belief: est.Belief, total: float, shared: Shared) -> float:
-    """The configured rule applied to a Gaussian belief."""
-    p = shared.params
-    if p.rule == "thompson":
-        return est.thompson_value(belief, shared.rng, p.exploration)
-    if p.rule == "ucb":
-        return est.ucb_value(belief, total, p.exploration)
-    return est.greedy_value(belief)
 
-
-def explore_rate(successes: float, failures: float, prior: est.ArmPrior, total: float,
-                 shared: Shared) -> float:
-    """The configured rule applied to a Beta belief about a rate (prior as pseudo-counts)."""
+def beta_pseudo_counts(prior: est.ArmPrior) -> tuple[float, float]:
+    """A rate's prior as (successes, failures) pseudo-counts: noise / spread trials."""
     pseudo = prior.noise / prior.spread
-    a = max(prior.mean * pseudo + successes, 1e-3)
-    b = max((1.0 - prior.mean) * pseudo + failures, 1e-3)
+    return prior.mean * pseudo, (1.0 - prior.mean) * pseudo
+
+
+def explore_rate(a: float, b: float, total: float, shared: Shared) -> float:
+    """The configured rule applied to a Beta(a, b) belief about a rate."""
+    a, b = max(a, 1e-3), max(b, 1e-3)
     p = shared.params
     if p.rule == "thompson":
         widen = max(p.exploration, 1e-3) ** 2
@@ -82,26 +117,45 @@ def explore_rate(successes: float, failures: float, prior: est.ArmPrior, total: 
     return mean
 
 
+def _per_step(counts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(trials, successes) per rate, the later-token trials weighed as at most one per step
+    that reached them: tokens of one draft pass or fail together (a copied run), so a step
+    is one observation, not k; counted per token, the later rate of a stretch long gone
+    would outweigh the few steps since.
+
+    >>> _per_step([(10, 8), (8, 6), (30, 27)])
+    [(10, 8), (8, 6), (6, 5.4)]
+    """
+    (pt, ps), (ft, fs), (lt, ls) = counts
+    if lt > fs > 0:
+        ls, lt = ls * fs / lt, fs
+    return [(pt, ps), (ft, fs), (lt, ls)]
+
+
 class DrafterArms:
     """Arms are drafters; each step's k is the best for the drafter's (explored) rates."""
 
     def __init__(self, drafters: Sequence[str], shared: Shared) -> None:
-        self.drafters = list(drafters)
+        self.drafters = list(drafters)  # the drafters it chooses among
         self.lengths = sorted(set(shared.params.draft_lengths))
         self.s = shared
         self._fill: dict[str, float] = {}  # drafter -> moving average of drafted / asked
 
     def best(self, state: RequestState, num_running: int) -> tuple[Choice, float]:
+        """The drafter and k of the highest drawn goodput (the cost terms of `Shared.seconds`,
+        hoisted out of the loop over k: this runs per request per step)."""
         best, best_score = NO_SPECULATION, -1.0
         stats = {d: self._stats(state, d) for d in self.drafters}
         total = sum(s.trials[0] for s in stats.values()) + 1.0
+        forward_fixed, per_token = self.s.forward.coefficients
+        share = forward_fixed / num_running + per_token  # the last token's forward share
         for drafter in self.drafters:
-            rates = self._rates(drafter, stats[drafter], total)
+            rates = self._rates(state, drafter, stats[drafter], total)
+            draft_fixed, per_draft = self.s.draft.line(drafter, state.bucket)
+            catchup = state.catchup_tokens(drafter) * self.s.draft.catchup(drafter)
+            fixed = share + draft_fixed + catchup / self.s.params.switch_horizon
             for k in self.lengths:
-                drafted = rates.expected_drafted(k)
-                seconds = self.s.draft.seconds(drafter, state.bucket, k) + self.s.forward.share(
-                    num_running, 1.0 + drafted
-                )
+                seconds = fixed + per_draft * k + per_token * rates.expected_drafted(k)
                 score = rates.expected_emitted(k) / max(seconds, 1e-12)
                 if score > best_score:
                     best, best_score = Choice(drafter, k), score
@@ -109,25 +163,65 @@ class DrafterArms:
 
     def _stats(self, state: RequestState, drafter: str) -> acc.DrafterStats:
         old = state.stats.get(drafter, acc.DrafterStats())
-        return acc.decay(old, state.step, self.s.params.discount)  # type: ignore[arg-type]
+        return acc.decay(old, state.step, self.s.params.discount)
 
-    def _rates(self, drafter: str, stats: acc.DrafterStats, total: float) -> acc.Rates:
+    def _rates(
+        self,
+        state: RequestState,
+        drafter: str,
+        stats: acc.DrafterStats,
+        total: float,
+        explore: bool = True,
+    ) -> acc.Rates:
+        """Each rate's belief (the shared prior updated with the request's discounted steps),
+        drawn from by the exploration rule, or without ``explore`` its mean."""
+        recent = _per_step(list(zip(stats.trials, stats.successes, strict=True)))
         values = []
         for i, name in enumerate(acc.RATES):
-            prior = self.s.prior.prior((drafter, name))
-            n, won = stats.trials[i], stats.successes[i]
-            values.append(explore_rate(won, n - won, prior, total, self.s))
+            a, b = beta_pseudo_counts(self.s.prior.prior((drafter, name)))
+            n, won = recent[i]
+            a, b = a + won, b + n - won
+            values.append(explore_rate(a, b, total, self.s) if explore else a / (a + b))
         global_fill = self._fill.get(drafter, 1.0)
         fill = (stats.filled + global_fill) / (stats.trials[1] + 1.0)
         return acc.Rates(*values, fill=fill)
 
+    def _detect_change(self, state: RequestState, fb: Feedback) -> None:
+        """CUSUM of the played drafter's emitted tokens against its prediction; on an alarm
+        the text has changed under the request (a new stretch), so every drafter's recent
+        statistics of this request are dropped and the arms are explored afresh."""
+        threshold = self.s.params.change_threshold
+        d, k = fb.choice.drafter, fb.choice.num_draft_tokens
+        if not threshold or d is None:
+            return
+        stats = self._stats(state, d)
+        if stats.trials[0] < CHANGE_MIN_STEPS:
+            return
+        rates = self._rates(state, d, stats, 1.0, explore=False)
+        sd = max(rates.variance_emitted(k), CHANGE_MIN_VARIANCE) ** 0.5
+        z = (fb.num_emitted - rates.expected_emitted(k)) / sd
+        z = min(max(z, -CHANGE_MAX_Z), CHANGE_MAX_Z)  # one lucky long run is not a change
+        high, low = est.cusum(*state.cusum.get(d, (0.0, 0.0)), z, CHANGE_DRIFT)
+        state.cusum[d] = (high, low)
+        if max(high, low) > threshold:
+            for name, old in state.stats.items():
+                state.stats[name] = acc.scale(old, 0.0, state.step)
+            state.cusum.clear()
+            state.num_restarts += 1
+
     def record(self, state: RequestState, fb: Feedback, timing: StepTiming) -> None:
         if fb.choice.drafter is None:
             return  # one token, one forward share: nothing to learn
+        self._detect_change(state, fb)
         d, k = fb.choice.drafter, fb.choice.num_draft_tokens
         old = state.stats.get(d, acc.DrafterStats())
         state.stats[d] = acc.record(
-            old, k, fb.num_drafted, fb.num_accepted, state.step, self.s.params.discount  # type: ignore[arg-type]
+            old,
+            k,
+            fb.num_drafted,
+            fb.num_accepted,
+            state.step,
+            self.s.params.discount,
         )
         trials, successes = acc.outcome_counts(fb.num_drafted, fb.num_accepted)
         for name, n, won in zip(acc.RATES, trials, successes, strict=True):
@@ -138,76 +232,12 @@ class DrafterArms:
             self._fill[d] = old_fill + 0.05 * (fb.num_drafted / k - old_fill)
 
     @staticmethod
-    def default_prior(key: Hashable) -> est.ArmPrior:
-        """A rate nobody measured yet: mean 1/2, as sure as three trials."""
-        return est.ArmPrior(0.5, 1.0 / 12.0, 0.25, 0.0)
-
-
-class FlatArms:
-    """Every drafter x k is an arm whose value per step is tokens emitted (``factored``) or
-    tokens / token-share seconds in a running unit (``direct``, also learning no speculation)."""
-
-    def __init__(self, drafters: Sequence[str], shared: Shared) -> None:
-        self.s = shared
-        lengths = sorted(set(shared.params.draft_lengths))
-        self.arms = [Choice(d, k) for d in drafters for k in lengths]
-        self.direct = shared.params.reward == "direct"
-        if self.direct:
-            self.arms.append(NO_SPECULATION)
-        self._unit = 0.0  # running mean of direct rewards
-
-    def best(self, state: RequestState, num_running: int) -> tuple[Choice, float]:
-        best, best_score = NO_SPECULATION, -1.0
-        total = sum(self._stats(state, a.label).weight for a in self.arms) + 1.0
-        for arm in self.arms:
-            belief = est.posterior(self._stats(state, arm.label), self._prior(arm, state))
-            value = explore(belief, total, self.s)
-            if not self.direct:
-                value = min(max(value, 1.0), arm.num_draft_tokens + 1.0)
-                seconds = self.s.draft.seconds(
-                    arm.drafter, state.bucket, arm.num_draft_tokens  # type: ignore[arg-type]
-                ) + self.s.forward.share(num_running, belief.mean_drafted + 1.0)
-                value /= max(seconds, 1e-12)
-            if value > best_score:
-                best, best_score = arm, value
-        return best, best_score
-
-    def _stats(self, state: RequestState, label: str) -> est.ArmStats:
-        p = self.s.params
-        if p.window:
-            history = state.stats.get(label, ())
-            return est.window_stats(history, state.step, p.window)  # type: ignore[arg-type]
-        old = state.stats.get(label, est.ArmStats())
-        return est.decay(old, state.step, p.discount)  # type: ignore[arg-type]
-
-    def _key(self, label: str, state: RequestState) -> Hashable:
-        """Emitted tokens do not depend on the load; direct rewards do: per load bucket."""
-        return (label, state.bucket) if self.direct else label
-
-    def _prior(self, arm: Choice, state: RequestState) -> est.ArmPrior:
-        return self.s.prior.prior(self._key(arm.label, state))
-
-    def record(self, state: RequestState, fb: Feedback, timing: StepTiming) -> None:
-        if fb.choice.drafter is None and not self.direct:
-            return
-        value = float(fb.num_emitted)
-        if self.direct:
-            goodput = fb.num_emitted / max(token_share_seconds(fb, timing), 1e-12)
-            self._unit = goodput if not self._unit else self._unit + 0.01 * (goodput - self._unit)
-            value = goodput / self._unit
-        label, p = fb.choice.label, self.s.params
-        if p.window:
-            history = state.stats.setdefault(label, deque(maxlen=p.window))
-            history.append((state.step, value, fb.num_drafted))  # type: ignore[attr-defined]
-        else:
-            old = state.stats.get(label, est.ArmStats())
-            state.stats[label] = est.add(old, value, fb.num_drafted, state.step, p.discount)  # type: ignore[arg-type]
-        state.tally(self._key(label, state), 1, value, value * value, fb.num_drafted)
-
-    def default_prior(self, key: Hashable) -> est.ArmPrior:
-        """Emitted tokens uniform on [1, k + 1]; direct rewards 1 +- 1 in their running unit."""
-        if self.direct:
-            return est.ArmPrior(1.0, 1.0, 1.0, 0.0)
-        k = Choice.parse(key).num_draft_tokens  # type: ignore[arg-type]
-        uniform = max(k * k / 12.0, 0.25)
-        return est.ArmPrior(1.0 + k / 2.0, uniform, uniform, float(k))
+    def default_prior(params: SpinParams) -> Callable[[Hashable], est.ArmPrior]:
+        """A rate nobody measured yet: optimistic (3/4, as sure as one trial), so that every
+        drafter is tried early on. A pessimistic start can bury an expensive drafter after
+        one unlucky step, for every request after (measured: with 1/2 as sure as three
+        trials, the 0.5B was never chosen again on code, its best text)."""
+        mean = OPTIMISTIC_RATE
+        noise = mean * (1.0 - mean)
+        prior = est.ArmPrior(mean, noise / DEFAULT_PRIOR_TRIALS, noise, 0.0)
+        return lambda key: prior

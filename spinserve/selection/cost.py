@@ -14,6 +14,7 @@ comparison (the simulator measures both).
 from __future__ import annotations
 
 from bisect import bisect_right
+
 from spinserve.selection.policy import Feedback, StepTiming
 
 LOAD_BUCKET_EDGES = (1, 2, 5, 9, 17)  # buckets: 1, 2-4, 5-8, 9-16, 17+ running requests
@@ -29,26 +30,32 @@ def load_bucket(num_running: int) -> int:
 
 
 def fit_line(
-    weight: float, sum_n: float, sum_t: float, sum_nn: float, sum_nt: float
+    weight: float,
+    sum_n: float,
+    sum_t: float,
+    sum_nn: float,
+    sum_nt: float,
+    proportional: bool = False,
 ) -> tuple[float, float]:
-    """``(fixed, per_token)`` of the weighted least-squares line t = fixed + per_token * n.
+    """``(fixed, per_unit)`` of the weighted least-squares line t = fixed + per_unit * n.
 
     Both are kept >= 0 and the line passes through the mean point. Without spread in n the
-    data cannot tell the two apart and the whole mean is taken as fixed: that makes extra
-    tokens look free, so a policy tries them and the spread appears (a per-token guess would
-    instead make speculation look dear and never be tried).
+    data cannot tell the two apart, and the guess is the one that gets the spread measured:
+    for the forward, all fixed (extra tokens look free, so a policy tries them); for a
+    drafter (``proportional``), all per unit (shorter drafts look cheaper, so they get tried;
+    guessing fixed would price k = 1 like the k = 8 measured and never try it).
 
     >>> fit_line(2, 1 + 9, 5 + 13, 1 + 81, 5 + 117)  # points (1, 5), (9, 13)
     (4.0, 1.0)
-    >>> fit_line(3, 12, 30, 48, 120)  # n = 4 three times, t = 10
-    (10.0, 0.0)
+    >>> fit_line(3, 12, 30, 48, 120), fit_line(3, 12, 30, 48, 120, proportional=True)
+    ((10.0, 0.0), (0.0, 2.5))
     """
     if weight <= 0:
         return 0.0, 0.0
     mean_n, mean_t = sum_n / weight, sum_t / weight
     var_n = sum_nn / weight - mean_n * mean_n
     if var_n < 0.25:
-        return mean_t, 0.0
+        return (0.0, mean_t / mean_n) if proportional and mean_n > 0 else (mean_t, 0.0)
     slope = (sum_nt / weight - mean_n * mean_t) / var_n
     slope = min(max(slope, 0.0), mean_t / mean_n)
     return mean_t - slope * mean_n, slope
@@ -57,16 +64,19 @@ def fit_line(
 class CostLine:
     """Seconds as a line in a count, fitted on discounted sums of (count, seconds)."""
 
-    def __init__(self, discount: float = 0.995) -> None:
+    def __init__(self, discount: float = 0.995, proportional: bool = False) -> None:
         if not 0.0 < discount <= 1.0:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
         self.discount = discount
+        self.proportional = proportional  # the guess without spread, see `fit_line`
         self._sums = [0.0] * 5  # weight, n, t, nn, nt
+        self._fit: tuple[float, float] | None = None  # cached until the next add
 
     def add(self, n: float, seconds: float) -> None:
         g = self.discount
         for i, x in enumerate((1.0, n, seconds, n * n, n * seconds)):
             self._sums[i] = g * self._sums[i] + x
+        self._fit = None
 
     @property
     def known(self) -> bool:
@@ -78,7 +88,9 @@ class CostLine:
         `fit_line`), in a unit that other costs, unknown yet too, are measured in."""
         if not self.known:
             return 1.0, 0.0
-        return fit_line(*self._sums)
+        if self._fit is None:
+            self._fit = fit_line(*self._sums, proportional=self.proportional)
+        return self._fit
 
     def seconds(self, n: float) -> float:
         fixed, per_unit = self.coefficients
@@ -100,29 +112,63 @@ class ForwardCost(CostLine):
 class DraftCost:
     """Drafting seconds per request as a line in k, per drafter and load bucket (a drafter's
     batched call is shared by the requests in it, so its cost per request falls with load; a
-    model drafter's grows with k, one round per token)."""
+    model drafter's grows with k, one round per token), plus the cost of catching up.
 
-    def __init__(self, discount: float = 0.98) -> None:
+    A drafter that did not draft for a request in its last step must first process what it
+    has not seen (the whole prompt the first time: a prefill for a model drafter, an index
+    for the suffix drafter). That is paid once per switch, so it is learned apart, as
+    seconds per token caught up, from the steps that had to catch up; the line learns only
+    from steps that did not."""
+
+    def __init__(self, discount: float = 0.98, smoothing: float = 0.2) -> None:
         self.discount = discount
+        self.smoothing = smoothing
         self._lines: dict[tuple[str, int], CostLine] = {}
+        self._buckets: dict[str, list[int]] = {}  # drafter -> buckets with a line
+        self._catchup: dict[str, float] = {}  # drafter -> seconds per token caught up
 
     def add(self, drafter: str, bucket: int, k: int, seconds: float) -> None:
         key = (drafter, bucket)
         if key not in self._lines:
-            self._lines[key] = CostLine(self.discount)
+            self._lines[key] = CostLine(self.discount, proportional=True)
+            self._buckets.setdefault(drafter, []).append(bucket)
         self._lines[key].add(k, seconds)
+
+    def add_catchup(
+        self, drafter: str, bucket: int, k: int, num_tokens: int, seconds: float
+    ) -> None:
+        """A step that first caught up on ``num_tokens`` tokens took ``seconds``. Before the
+        drafter's line is known the step goes to the line instead (catching up is then
+        taken as free, and tried: switching is learned from the next switch)."""
+        if drafter not in self._buckets:
+            self.add(drafter, bucket, k, seconds)
+            return
+        extra = max(seconds - self.seconds(drafter, bucket, k), 0.0) / num_tokens
+        old = self._catchup.get(drafter)
+        self._catchup[drafter] = extra if old is None else old + self.smoothing * (extra - old)
+
+    def catchup(self, drafter: str) -> float:
+        """Seconds per token caught up (0 until measured: switching looks free once)."""
+        return self._catchup.get(drafter, 0.0)
 
     def seconds(self, drafter: str, bucket: int, k: int) -> float:
         """From this bucket's line, else the nearest bucket's, else 0 (not tried: free)."""
-        known = [b for (name, b) in self._lines if name == drafter]
-        if not known:
-            return 0.0
-        nearest = min(known, key=lambda b: (abs(b - bucket), b))
-        return self._lines[(drafter, nearest)].seconds(k)
+        fixed, per_token = self.line(drafter, bucket)
+        return fixed + per_token * k
+
+    def line(self, drafter: str, bucket: int) -> tuple[float, float]:
+        """``(fixed, per draft token)`` seconds of ``drafter`` in ``bucket`` (see `seconds`)."""
+        line = self._lines.get((drafter, bucket))
+        if line is None:
+            known = self._buckets.get(drafter)
+            if not known:
+                return 0.0, 0.0
+            nearest = min(known, key=lambda b: (abs(b - bucket), b))
+            line = self._lines[(drafter, nearest)]
+        return line.coefficients
 
 
 def token_share_seconds(feedback: Feedback, timing: StepTiming) -> float:
     """The naive split: drafting share plus the forward divided by tokens."""
     share = feedback.num_verified_tokens / timing.num_batched_tokens
     return feedback.draft_seconds + timing.forward_seconds * share
-

@@ -107,6 +107,16 @@ def posterior(own: ArmStats, prior: ArmPrior) -> Belief:
     return Belief(mean, 1.0 / precision, drafted, own.weight)
 
 
+def cusum(high: float, low: float, z: float, drift: float) -> tuple[float, float]:
+    """Two-sided CUSUM of standardized residuals ``z``: sums that grow while the outcomes
+    run above (``high``) or below (``low``) the prediction by more than ``drift``.
+
+    >>> cusum(0.0, 0.0, 2.0, 0.5), cusum(1.5, 0.0, -3.0, 0.5)
+    ((1.5, 0.0), (0.0, 2.5))
+    """
+    return max(0.0, high + z - drift), max(0.0, low - z - drift)
+
+
 # --- exploration rules: belief -> the value to rank the arm by -------------------------------
 
 

@@ -20,6 +20,7 @@ from spinserve.selection.spin import SpinParams, SpinPolicy
 from spinserve.selection.workloads import HARDWARE, make_requests
 
 K = 4  # the configured draft length of the fixed baselines
+ORACLE = "oracle (drafter@4)"  # the issue's oracle: best drafter per request, k = K
 LENGTHS = SpinParams().draft_lengths  # the arms of the regret and the oracles
 
 
@@ -46,25 +47,31 @@ FACTORIES: dict[str, PolicyFactory] = {
     **{f"fixed:{d}": _fixed(d) for d in HARDWARE["cpu"].drafter_names},
     "random": lambda hw, rq, c, seed: RandomPolicy(_drafter_arms(hw), seed),
     "round-robin": lambda hw, rq, c, seed: RoundRobinPolicy(_drafter_arms(hw)),
-    "oracle (drafter@4)": lambda hw, rq, c, seed: request_oracle(
-        rq, hw, [NO_SPECULATION, *_drafter_arms(hw)], c
-    ),
-    "oracle (all arms)": lambda hw, rq, c, seed: request_oracle(
-        rq, hw, all_arms(hw, LENGTHS), c
-    ),
+    ORACLE: lambda hw, rq, c, seed: request_oracle(rq, hw, [NO_SPECULATION, *_drafter_arms(hw)], c),
+    "oracle (all arms)": lambda hw, rq, c, seed: request_oracle(rq, hw, all_arms(hw, LENGTHS), c),
     "stretch-oracle": lambda hw, rq, c, seed: StretchOraclePolicy(rq, hw, all_arms(hw, LENGTHS)),
-    "spin (D-TS)": _spin(),
-    "TS, no forgetting": _spin(discount=1.0),
-    "D-UCB": _spin(rule="ucb"),
-    "UCB1": _spin(rule="ucb", discount=1.0),
-    "flat SW-UCB (w=20)": _spin(model="flat", draft_lengths=(2, 4, 8), rule="ucb", window=20),
-    "eps-greedy 0.1": _spin(rule="greedy", exploration=0.1),
-    "D-TS gamma 0.8": _spin(discount=0.8),
-    "D-TS gamma 0.95": _spin(discount=0.95),
-    "D-TS no prior": _spin(shared_prior=False),
-    "flat D-TS (drafter x {2,4,8})": _spin(model="flat", draft_lengths=(2, 4, 8)),
-    "flat D-TS k=4": _spin(model="flat", draft_lengths=(4,)),
-    "flat D-TS token-share reward": _spin(model="flat", draft_lengths=(2, 4, 8), reward="direct"),
+    "spin": _spin(),
+    "no change detection": _spin(change_threshold=0.0),
+    "no change detection, discount 0.95": _spin(change_threshold=0.0, discount=0.95),
+    "discount 0.95": _spin(discount=0.95),
+    "no discount (restarts only)": _spin(discount=1.0),
+    "TS, no forgetting": _spin(discount=1.0, change_threshold=0.0),
+    "exploration 1 (plain TS)": _spin(exploration=1.0),
+    "D-UCB c=0.5": _spin(rule="ucb"),
+    "UCB1 c=1, no forgetting": _spin(
+        rule="ucb", exploration=1.0, discount=1.0, change_threshold=0.0
+    ),
+    "eps-greedy 0.05": _spin(rule="greedy", exploration=0.05),
+    "no shared prior": _spin(shared_prior=False),
+    "catch-up ignored": _spin(switch_horizon=1e9),
+    "flat D-TS, drafter x {2,4,8}": _spin(model="flat", draft_lengths=(2, 4, 8), discount=0.95),
+    "flat D-TS, k=4": _spin(model="flat", draft_lengths=(4,), discount=0.95),
+    "flat SW-UCB (w=20), x {2,4,8}": _spin(
+        model="flat", draft_lengths=(2, 4, 8), rule="ucb", exploration=1.0, window=20
+    ),
+    "flat D-TS, token-share reward": _spin(
+        model="flat", draft_lengths=(2, 4, 8), reward="direct", discount=0.95
+    ),
 }
 
 
@@ -87,11 +94,31 @@ def run_all(args: argparse.Namespace) -> dict:
             key = f"{hw_name}/batch {concurrency}"
             results[key] = rows
             print(_table(key, rows, time.perf_counter() - start), flush=True)
+    print(summary(results))
     return results
 
 
+def summary(results: dict[str, dict[str, dict]]) -> str:
+    """One row per policy: tokens/s relative to the per-request oracle in every setting
+    (regret per request in parentheses), and the mean over settings."""
+    keys = list(results)
+    lines = [
+        "\n| policy | " + " | ".join(keys) + " | mean |",
+        "|---|" + "---:|" * (len(keys) + 1),
+    ]
+    for name in next(iter(results.values())):
+        ratios, cells = [], []
+        for key in keys:
+            row, oracle = results[key][name], results[key].get(ORACLE, results[key][name])
+            ratio = row["tokens_per_second"] / oracle["tokens_per_second"]
+            ratios.append(ratio)
+            cells.append(f"{ratio:.3f} ({row['regret_per_request']:.0f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(ratios) / len(ratios):.3f} |")
+    return "\n".join(lines)
+
+
 def _table(title: str, rows: dict[str, dict], seconds: float) -> str:
-    oracle = rows.get("oracle (drafter@4)", next(iter(rows.values())))["tokens_per_second"]
+    oracle = rows.get(ORACLE, next(iter(rows.values())))["tokens_per_second"]
     lines = [
         f"\n{title} ({seconds:.0f} s)\n",
         "| policy | tokens/s | / oracle | regret (tokens per request) | top choices |",
@@ -99,9 +126,7 @@ def _table(title: str, rows: dict[str, dict], seconds: float) -> str:
     ]
     for name, row in rows.items():
         tps = row["tokens_per_second"]
-        top = "; ".join(
-            f"{cat}: {next(iter(c))}" for cat, c in row["choices"].items() if c
-        )
+        top = "; ".join(f"{cat}: {next(iter(c))}" for cat, c in row["choices"].items() if c)
         lines.append(
             f"| {name} | {tps:.2f} | {tps / oracle:.3f} | {row['regret_per_request']:.1f} | {top} |"
         )

@@ -41,7 +41,7 @@ class SharedPrior:
     ...     p.learn("ngram@4", count=10, total=45.0, total_sq=205.0, drafted=40.0)
     >>> prior = p.prior("ngram@4")
     >>> round(prior.mean, 2), round(prior.noise, 2), round(prior.noise / prior.spread, 1)
-    (4.48, 0.28, 8.0)
+    (4.47, 0.28, 8.0)
     """
 
     def __init__(

@@ -17,6 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from spinserve.config.selection import (  # noqa: F401 (re-exported: the policies' names)
+    DEFAULT_POLICY,
+    POLICY_KINDS,
+    TAKES_ARG,
+    SelectionConfig,
+    parse_policy,
+)
 from spinserve.config.speculative import MAX_DRAFT_TOKENS, NO_DRAFTER
 from spinserve.selection.baselines import (
     FixedPolicy,
@@ -26,28 +33,6 @@ from spinserve.selection.baselines import (
 )
 from spinserve.selection.policy import NO_SPECULATION, Choice, SelectionPolicy
 from spinserve.selection.spin import SpinParams, SpinPolicy
-
-DEFAULT_POLICY = "spin"
-
-
-@dataclass(frozen=True)
-class SelectionConfig:
-    """How requests get their drafter. ``policy``: a name above. ``draft_lengths``: the k
-    `spin` may choose among (empty: 1, 2, 3, 4, 6, 8). ``policy_seed``: seeds the random
-    choices of ``random`` and ``spin``. ``oracle_table``: the file ``oracle`` reads."""
-
-    policy: str = DEFAULT_POLICY
-    draft_lengths: tuple[int, ...] = ()
-    policy_seed: int = 0
-    oracle_table: str | None = None
-
-    def __post_init__(self) -> None:
-        kind, arg = parse_policy(self.policy)
-        if kind == "oracle" and not self.oracle_table:
-            raise ValueError("policy 'oracle' needs oracle_table (see OraclePolicy.save)")
-        bad = [k for k in self.draft_lengths if not 1 <= k <= MAX_DRAFT_TOKENS]
-        if bad:
-            raise ValueError(f"draft_lengths must be in [1, {MAX_DRAFT_TOKENS}], got {bad}")
 
 
 @dataclass(frozen=True)
@@ -92,25 +77,8 @@ POLICIES: Mapping[str, Callable[[_Context], SelectionPolicy]] = MappingProxyType
         "oracle": _oracle,
     }
 )
-TAKES_ARG = frozenset({"fixed"})
+assert set(POLICIES) == set(POLICY_KINDS), "config.selection.POLICY_KINDS is out of date"
 NEEDS_DRAFTERS = frozenset({"random", "round-robin", "spin"})
-
-
-def parse_policy(name: str) -> tuple[str, str | None]:
-    """``"fixed:ngram"`` -> ``("fixed", "ngram")``; ``"spin"`` -> ``("spin", None)``.
-
-    >>> parse_policy("fixed:qwen2.5-coder-0.5b-instruct"), parse_policy("round-robin")
-    (('fixed', 'qwen2.5-coder-0.5b-instruct'), ('round-robin', None))
-    """
-    kind, sep, arg = name.partition(":")
-    if kind not in POLICIES:
-        others = ", ".join(k for k in POLICIES if k not in TAKES_ARG)
-        raise ValueError(f"unknown policy {name!r}; policies: fixed:NAME, {others}")
-    if kind in TAKES_ARG and not arg:
-        raise ValueError(f"policy {kind!r} needs a drafter: {kind}:NAME (or {kind}:none)")
-    if kind not in TAKES_ARG and sep:
-        raise ValueError(f"policy {kind!r} takes no argument, got {name!r}")
-    return kind, arg or None
 
 
 def build_policy(
@@ -121,7 +89,8 @@ def build_policy(
     kind, arg = parse_policy(config.policy)
     if not 0 <= num_draft_tokens <= MAX_DRAFT_TOKENS:
         raise ValueError(f"num_draft_tokens must be in [0, {MAX_DRAFT_TOKENS}]")
-    if kind in NEEDS_DRAFTERS and (not drafters or num_draft_tokens == 0 and kind != "spin"):
+    nothing_to_draft = not drafters or (num_draft_tokens == 0 and kind != "spin")
+    if kind in NEEDS_DRAFTERS and nothing_to_draft:
         return FixedPolicy(NO_SPECULATION)
     if kind == "fixed" and arg != NO_DRAFTER and num_draft_tokens == 0:
         raise ValueError(f"policy fixed:{arg} with num_draft_tokens = 0 never drafts")

@@ -6,7 +6,8 @@ so two policies see the same luck for the same choices.
 
 Per run: tokens/s (tokens emitted / simulated seconds), pseudo-regret (tokens lost against
 the best arm of the current stretch: per step, the expected cost of the chosen arm times the
-best goodput, minus the chosen arm's expected tokens) and which arm each category chose.
+best goodput, minus the chosen arm's expected tokens; catching up after a switch is not in
+it, but is in tokens/s) and which arm each category chose.
 
     python -m spinserve.selection.simulate            # the table in docs/design.md
 """
@@ -19,6 +20,7 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from spinserve.selection.baselines import OraclePolicy
 from spinserve.selection.policy import (
@@ -35,12 +37,21 @@ from spinserve.selection.workloads import (
     TEXTS,
     Hardware,
     SimRequest,
+    Skills,
     expected_emitted,
     expected_seconds,
     goodput,
 )
 
-PROMPT_TOKENS = 100  # what a RequestView says; no policy here looks at it
+
+class TraceStep(NamedTuple):
+    """One request's step: before it, ``num_output_tokens`` were out, in stretch ``text``."""
+
+    request_id: str
+    step: int
+    num_output_tokens: int
+    text: str
+    choice: Choice
 
 
 @dataclass
@@ -51,7 +62,7 @@ class SimResult:
     num_steps: int = 0  # request-steps
     regret: float = 0.0
     choices: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
-    trace: list[tuple[str, int, str]] = field(default_factory=list)  # (request, step, label)
+    trace: list[TraceStep] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -74,6 +85,18 @@ class _Running:
     rng: random.Random
     num_output_tokens: int = 0
     num_steps: int = 0
+    seen: dict[str, int] = field(default_factory=dict)  # drafter -> tokens it has processed
+    last_drafter: str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.request.num_prompt_tokens + self.num_output_tokens
+
+    def catchup(self, drafter: str) -> int:
+        """Tokens ``drafter`` must process before drafting, beyond last step's new ones."""
+        if drafter == self.last_drafter:
+            return 0
+        return self.num_tokens - self.seen.get(drafter, 0)
 
 
 def simulate(
@@ -84,9 +107,11 @@ def simulate(
     concurrency: int = 1,
     seed: int = 0,
     trace: bool = False,
+    skills: Skills = TEXTS,
 ) -> SimResult:
     """Run ``requests`` (in order, ``concurrency`` at a time) under ``policy``; ``arms`` is
-    the set the regret's best arm is taken from."""
+    the set the regret's best arm is taken from; ``skills`` how each drafter does on each
+    kind of text."""
     result = SimResult(policy.name)
     timing_rng = random.Random(f"{seed}/timing")
     queue = list(reversed(requests))
@@ -96,13 +121,14 @@ def simulate(
             r = queue.pop()
             running.append(_Running(r, random.Random(f"{seed}/{r.request_id}")))
         views = [
-            RequestView(s.request.request_id, PROMPT_TOKENS, s.num_output_tokens) for s in running
+            RequestView(s.request.request_id, s.request.num_prompt_tokens, s.num_output_tokens)
+            for s in running
         ]
         choices = policy.choose(views, LoadView(len(running), len(queue)))
-        feedback, step_seconds, num_tokens = _step(running, choices, hw, timing_rng)
+        feedback, step_seconds, num_tokens = _step(running, choices, hw, skills, timing_rng)
         forward = hw.forward_seconds(num_tokens) * timing_rng.lognormvariate(0.0, hw.noise)
         result.seconds += step_seconds + forward
-        _account(result, running, choices, hw, arms, trace)
+        _account(result, running, choices, hw, arms, skills, trace)
         policy.observe(feedback, StepTiming(forward, num_tokens, len(running)))
         for state, fb in zip(running, feedback, strict=True):
             remaining = state.request.num_tokens - state.num_output_tokens
@@ -117,7 +143,11 @@ def simulate(
 
 
 def _step(
-    running: list[_Running], choices: list[Choice], hw: Hardware, rng: random.Random
+    running: list[_Running],
+    choices: list[Choice],
+    hw: Hardware,
+    skills: Skills,
+    rng: random.Random,
 ) -> tuple[list[Feedback], float, int]:
     """Draft (one call per drafter) and verify: feedback, drafting seconds, forward tokens."""
     groups: dict[str, list[int]] = defaultdict(list)
@@ -128,25 +158,30 @@ def _step(
     draft_seconds = 0.0
     for name, members in groups.items():
         k = max(choices[i].num_draft_tokens for i in members)
-        call = hw.drafter(name).call_seconds(k, len(members)) * rng.lognormvariate(0, hw.noise)
+        drafter = hw.drafter(name)
+        catchup = sum(running[i].catchup(name) for i in members) * drafter.catchup
+        call = (drafter.call_seconds(k, len(members)) + catchup) * rng.lognormvariate(0, hw.noise)
         draft_seconds += call
         for i in members:
             share[i] = call / len(members)
     feedback, num_tokens = [], 0
     for i, (state, choice) in enumerate(zip(running, choices, strict=True)):
-        drafted, accepted = _verify(state, choice)
+        if choice.drafter is not None:
+            state.seen[choice.drafter] = state.num_tokens
+        state.last_drafter = choice.drafter
+        drafted, accepted = _verify(state, choice, skills)
         feedback.append(Feedback(state.request.request_id, choice, drafted, accepted, share[i]))
         num_tokens += drafted + 1
     return feedback, draft_seconds, num_tokens
 
 
-def _verify(state: _Running, choice: Choice) -> tuple[int, int]:
+def _verify(state: _Running, choice: Choice, skills: Skills) -> tuple[int, int]:
     """(drafted, accepted) for one request: drafts never run past the request's end, as the
     engine's draft budget does."""
     if choice.drafter is None:
         return 0, 0
     room = state.request.num_tokens - state.num_output_tokens - 1
-    skill = TEXTS[state.request.text_at(state.num_output_tokens)][choice.drafter]
+    skill = skills[state.request.text_at(state.num_output_tokens)][choice.drafter]
     if room <= 0 or state.rng.random() >= skill.propose:
         return 0, 0
     drafted = min(choice.num_draft_tokens, room)
@@ -162,18 +197,23 @@ def _account(
     choices: list[Choice],
     hw: Hardware,
     arms: Sequence[Choice],
+    skills: Skills,
     trace: bool,
 ) -> None:
     n = len(running)
     for state, choice in zip(running, choices, strict=True):
         text = state.request.text_at(state.num_output_tokens)
-        best = max(goodput(hw, text, a, n) for a in arms)
-        cost = expected_seconds(hw, text, choice, n)
-        result.regret += cost * best - expected_emitted(text, choice)
+        best = max(goodput(hw, text, a, n, skills) for a in arms)
+        cost = expected_seconds(hw, text, choice, n, skills)
+        result.regret += cost * best - expected_emitted(text, choice, skills)
         result.num_steps += 1
         result.choices[state.request.category][choice.label] += 1
         if trace:
-            result.trace.append((state.request.request_id, state.num_steps, choice.label))
+            result.trace.append(
+                TraceStep(
+                    state.request.request_id, state.num_steps, state.num_output_tokens, text, choice
+                )
+            )
 
 
 # --- reference policies that only a simulator can have ----------------------------------------
@@ -185,16 +225,22 @@ class StretchOraclePolicy:
 
     name = "stretch-oracle"
 
-    def __init__(self, requests: Sequence[SimRequest], hw: Hardware, arms: Sequence[Choice]):
+    def __init__(
+        self,
+        requests: Sequence[SimRequest],
+        hw: Hardware,
+        arms: Sequence[Choice],
+        skills: Skills = TEXTS,
+    ) -> None:
         self._requests = {r.request_id: r for r in requests}
-        self._hw, self._arms = hw, list(arms)
+        self._hw, self._arms, self._skills = hw, list(arms), skills
 
     def choose(self, requests: Sequence[RequestView], load: LoadView) -> list[Choice]:
-        out = []
-        for view in requests:
-            text = self._requests[view.request_id].text_at(view.num_output_tokens)
-            out.append(max(self._arms, key=lambda a: goodput(self._hw, text, a, load.num_running)))
-        return out
+        return [self._best(view, load.num_running) for view in requests]
+
+    def _best(self, view: RequestView, num_running: int) -> Choice:
+        text = self._requests[view.request_id].text_at(view.num_output_tokens)
+        return max(self._arms, key=lambda a: goodput(self._hw, text, a, num_running, self._skills))
 
     def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
         pass
@@ -204,20 +250,25 @@ class StretchOraclePolicy:
 
 
 def request_oracle(
-    requests: Sequence[SimRequest], hw: Hardware, arms: Sequence[Choice], concurrency: int
+    requests: Sequence[SimRequest],
+    hw: Hardware,
+    arms: Sequence[Choice],
+    concurrency: int,
+    skills: Skills = TEXTS,
 ) -> OraclePolicy:
     """The `oracle` policy as a benchmark fills it: every arm's tokens/s on every request
     (here expected, alone in its drafter's call), the best kept."""
-    runs = {}
-    for r in requests:
-        runs[r.request_id] = {
-            arm: r.num_tokens
-            / sum(
-                n / expected_emitted(text, arm) * expected_seconds(hw, text, arm, concurrency)
-                for text, n in r.segments
-            )
-            for arm in arms
-        }
+
+    def seconds(r: SimRequest, arm: Choice) -> float:
+        prefill = hw.drafter(arm.drafter).catchup * r.num_prompt_tokens if arm.drafter else 0.0
+        return prefill + sum(
+            n
+            / expected_emitted(text, arm, skills)
+            * expected_seconds(hw, text, arm, concurrency, skills)
+            for text, n in r.segments
+        )
+
+    runs = {r.request_id: {a: r.num_tokens / seconds(r, a) for a in arms} for r in requests}
     return OraclePolicy.from_runs(runs)
 
 

@@ -1,5 +1,5 @@
 """`spin`: each request a bandit over drafters (and no speculation), whose reward is goodput,
-warm-started from a shared prior, forgetting so it follows a request's stretches.
+warm-started from a shared prior, restarted when its text changes.
 
 Goodput of a choice is estimated as a ratio of means, E[tokens emitted] / E[seconds]: the
 long-run tokens/s of playing it (renewal-reward), not the mean of per-step ratios. The two
@@ -7,16 +7,21 @@ halves are learned where they vary:
 
 - tokens emitted depend on the request and the drafter (how predictable the text is to it),
   not on the load: per request and drafter, as three acceptance rates (`acceptance`) with
-  forgetting and a prior learned from earlier requests (`prior`). One step of any k informs
-  every k, and the step's k is the best for the rates;
+  Beta beliefs that start from a prior learned from finished requests (`prior`). One step
+  of any k informs every k, and the step's k is the best for the rates;
 - seconds depend on the drafter, k and the load, not on the request: drafting seconds as a
-  line in k per drafter and load bucket, plus the request's marginal share of the forward
-  (`cost`), for the current batch size. Under a big batch each extra token's share grows
+  line in k per drafter and load bucket, the cost of catching a drafter up after a switch
+  spread over ``switch_horizon`` steps, and the request's marginal share of the forward
+  (`cost`) at the current batch size. Under a big batch each extra token's share grows
   against the fixed part, so shorter drafts or none win by themselves.
 
-No speculation emits exactly one token for one forward share, so it needs no learning. The
-rule, the forgetting and the arm model are parameters so the simulator could compare them;
-the defaults are what it chose (docs/design.md, "Drafter selection").
+Each step draws the rates from the beliefs (Thompson sampling, the spread halved), takes the
+(drafter, k) of the highest drawn goodput, and speculates only if that beats one token per
+forward share (no speculation needs no learning). A CUSUM of the played drafter's tokens
+against its prediction detects a new stretch of text (easy to hard, prose to code) and drops
+the request's statistics; a slow discount (0.99 per step) retires what a request that stopped
+speculating knew. The rule, the forgetting and the arm model are parameters so the simulator
+could compare them; the defaults are what it chose (docs/design.md, "Drafter selection").
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spinserve.config.speculative import MAX_DRAFT_TOKENS
-from spinserve.selection.arms import DrafterArms, FlatArms, RequestState, Shared
+from spinserve.selection.arms import DrafterArms, RequestState, Shared
 from spinserve.selection.cost import DraftCost, ForwardCost, load_bucket
+from spinserve.selection.flat_arms import FlatArms
 from spinserve.selection.policy import (
     NO_SPECULATION,
     Choice,
@@ -45,24 +51,36 @@ REWARDS = ("factored", "direct")
 
 @dataclass(frozen=True)
 class SpinParams:
-    """``draft_lengths``: the k a step may ask for. ``model``: ``drafter`` (arms are drafters,
-    k derived from their acceptance rates) or ``flat`` (each drafter x k its own arm).
-    ``rule``: Thompson sampling, UCB, or epsilon-greedy with ``exploration`` as epsilon (for
-    the other two it widens the posterior). ``discount``: weight per step of a request's
-    older observations (1: keep all); ``window`` > 0 (flat only): the last steps instead.
-    ``max_prior_weight``: the prior never counts for more than this many of a request's own
-    observations; ``prior_memory``: how many finished requests it remembers. ``reward``
-    (flat only): ``factored`` or ``direct`` (per-step tokens / token-share seconds)."""
+    """The knobs of `spin`; the defaults are what the simulator chose.
+
+    - ``draft_lengths``: the k a step may ask for.
+    - ``model``: ``drafter`` (arms are drafters, k derived from their acceptance rates) or
+      ``flat`` (each drafter x k its own arm; for comparison).
+    - ``rule``: ``thompson`` (draw from the beliefs, their spread times ``exploration``),
+      ``ucb`` (``exploration`` standard deviations of optimism) or ``greedy`` (posterior
+      means, a random arm with probability ``exploration``).
+    - ``discount``: weight per step of a request's older observations (1: keep all);
+      ``window`` > 0 (flat only): only the last ``window`` steps instead.
+    - ``change_threshold``: CUSUM level at which a request's statistics restart because its
+      text changed (drafter model; 0: off).
+    - ``shared_prior``, ``max_prior_weight``, ``prior_memory``: learn a prior from finished
+      requests, worth at most this many of a request's own observations, remembering about
+      this many requests.
+    - ``switch_horizon``: the steps over which a drafter's catch-up cost is spread.
+    - ``reward`` (flat only): ``factored`` or ``direct`` (tokens / token-share seconds).
+    """
 
     draft_lengths: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     model: str = "drafter"
     rule: str = "thompson"
-    exploration: float = 1.0
-    discount: float = 0.9
+    exploration: float = 0.5
+    discount: float = 0.99
     window: int = 0
     shared_prior: bool = True
-    max_prior_weight: float = 8.0
+    max_prior_weight: float = 4.0
     prior_memory: float = 200.0
+    change_threshold: float = 6.5
+    switch_horizon: float = 20.0
     reward: str = "factored"
     seed: int = 0
 
@@ -83,6 +101,10 @@ class SpinParams:
             raise ValueError(f"discount must be in (0, 1], got {self.discount}")
         if self.window < 0:
             raise ValueError(f"window must be >= 0, got {self.window}")
+        if self.change_threshold < 0:
+            raise ValueError(f"change_threshold must be >= 0, got {self.change_threshold}")
+        if self.switch_horizon < 1:
+            raise ValueError(f"switch_horizon must be >= 1, got {self.switch_horizon}")
         if self.model == "drafter" and (self.window or self.reward != "factored"):
             raise ValueError("window and reward='direct' need model='flat'")
 
@@ -95,11 +117,9 @@ class SpinPolicy:
             raise ValueError("spin needs at least one drafter")
         self.params = p = params or SpinParams()
         model_cls = DrafterArms if p.model == "drafter" else FlatArms
-        self.shared = Shared(p, ForwardCost(), DraftCost(), None, random.Random(p.seed))  # type: ignore[arg-type]
+        prior = SharedPrior(model_cls.default_prior(p), p.max_prior_weight, p.prior_memory)
+        self.shared = Shared(p, ForwardCost(), DraftCost(), prior, random.Random(p.seed))
         self.model = model_cls(drafters, self.shared)
-        self.shared.prior = SharedPrior(
-            self.model.default_prior, p.max_prior_weight, p.prior_memory
-        )
         self._requests: dict[str, RequestState] = {}
 
     def choose(self, requests: Sequence[RequestView], load: LoadView) -> list[Choice]:
@@ -110,31 +130,30 @@ class SpinPolicy:
             state = self._requests.setdefault(view.request_id, RequestState())
             state.step += 1
             state.bucket = bucket
-            choices.append(self._choose_one(state, load.num_running, no_spec))
+            state.num_tokens = view.num_prompt_tokens + view.num_output_tokens
+            choice = self._choose_one(state, load.num_running, no_spec)
+            state.chose(choice)
+            choices.append(choice)
         return choices
 
     def _choose_one(self, state: RequestState, num_running: int, no_spec: float) -> Choice:
         p, rng = self.params, self.shared.rng
         if p.rule == "greedy" and rng.random() < p.exploration:
-            d = rng.choice([*self.model_drafters, None])
+            d = rng.choice([*self.model.drafters, None])
             return NO_SPECULATION if d is None else Choice(d, rng.choice(p.draft_lengths))
         choice, score = self.model.best(state, num_running)
         direct = p.model == "flat" and p.reward == "direct"  # no speculation is learned then
         return choice if direct or score > no_spec else NO_SPECULATION
 
-    @property
-    def model_drafters(self) -> list[str]:
-        if isinstance(self.model, DrafterArms):
-            return self.model.drafters
-        return sorted({a.drafter for a in self.model.arms if a.drafter is not None})
-
     def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
         self.shared.forward.add_step(timing)
         for fb in feedback:
             state = self._requests.setdefault(fb.request_id, RequestState())
-            if fb.choice.drafter is not None:
-                k = fb.choice.num_draft_tokens
-                self.shared.draft.add(fb.choice.drafter, state.bucket, k, fb.draft_seconds)
+            d, k = fb.choice.drafter, fb.choice.num_draft_tokens
+            if d is not None and state.catchup:
+                self.shared.draft.add_catchup(d, state.bucket, k, state.catchup, fb.draft_seconds)
+            elif d is not None:
+                self.shared.draft.add(d, state.bucket, k, fb.draft_seconds)
             self.model.record(state, fb, timing)
 
     def finish(self, request_id: str) -> None:

@@ -275,4 +275,5 @@ def _update(out: RequestOutput, index: int) -> Update:
         text=out.text if finished else "",
         drafter=out.drafter,
         speculation=out.spec_stats.to_dict() if finished and out.spec_stats else None,
+        choices=out.choice_counts if finished else None,
     )

@@ -91,6 +91,7 @@ class Update:
     text: str = ""
     drafter: str | None = None
     speculation: dict[str, Any] | None = None
+    choices: dict[str, int] | None = None  # the selection policy's drafter@k -> steps
     error: ApiError | None = None
 
 

@@ -30,7 +30,11 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def spinserve_info(update: Update) -> dict[str, Any]:
-    return {"drafter": update.drafter, "speculation": update.speculation}
+    return {
+        "drafter": update.drafter,
+        "speculation": update.speculation,
+        "choices": update.choices,
+    }
 
 
 @dataclass(frozen=True)

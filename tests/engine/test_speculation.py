@@ -160,3 +160,32 @@ def test_draft_probabilities_reach_verification(engine):
     assert probs is not None and probs.shape == (len(request.draft_ids), 264)
     torch.testing.assert_close(probs.sum(-1), torch.ones(len(request.draft_ids)))
     engine.abort(request.request_id)
+
+
+@pytest.mark.parametrize(
+    "policy", ["spin", "random", "round-robin", "fixed:same", "fixed:ngram", "fixed:none"]
+)
+def test_every_selection_policy_keeps_greedy_output(tiny_loaded, tiny_drafters, expected, policy):
+    """Requests that leave the drafter to the policy: it may switch drafter and k every step;
+    the output is still the target's."""
+    from spinserve.config.selection import SelectionConfig
+
+    target = tiny_loaded["llama"]
+    config = SpeculativeConfig(drafter_kv_cache_gib=0.01)
+    drafters = {
+        "same": _wrap("same", tiny_drafters["same"], target, config),
+        "other": _wrap("other", tiny_drafters["other"], target, config),
+        "ngram": build_drafter("ngram", target, config),
+    }
+    engine = LLMEngine(
+        target, EngineConfig(selection=SelectionConfig(policy=policy)), drafters=drafters
+    )
+    outs = engine.generate(PROMPTS, GREEDY)
+    assert [o.token_ids for o in outs] == expected
+    chosen = engine.choice_summary()
+    assert sum(chosen.values()) > 0
+    if policy == "fixed:none":
+        assert set(chosen) == {"none"}
+    if policy == "spin":  # it explores: more than one arm is tried
+        assert len({label.split("@")[0] for label in chosen}) > 1
+    assert all(o.choice_counts for o in outs)

@@ -118,7 +118,7 @@ def test_smollm2_speculation_is_lossless(smollm2, gemma, drafter):
         prompts = prompts[1:]
     params = SamplingParams(max_tokens=24, ignore_eos=True)
     alone = engine.generate(prompts, params, SpecParams(drafter="none"))
-    spec = engine.generate(prompts, params)
+    spec = engine.generate(prompts, params, SpecParams(drafter=drafter))
     assert [o.token_ids for o in spec] == [o.token_ids for o in alone]
     stats = engine.drafter_stats[drafter]
     assert stats.num_draft_steps > 0 and stats.num_accepted_tokens > 0

@@ -1,0 +1,88 @@
+"""Cost lines and the split of a shared forward."""
+
+from __future__ import annotations
+
+import pytest
+
+from spinserve.selection.cost import (
+    CostLine,
+    DraftCost,
+    ForwardCost,
+    fit_line,
+    load_bucket,
+    token_share_seconds,
+)
+from spinserve.selection.policy import Choice, Feedback, StepTiming
+
+
+def sums(points):
+    return (
+        len(points),
+        sum(n for n, _ in points),
+        sum(t for _, t in points),
+        sum(n * n for n, _ in points),
+        sum(n * t for n, t in points),
+    )
+
+
+@pytest.mark.parametrize(
+    "points, fixed, per_token",
+    [
+        ([(1, 0.41), (8, 0.96)], 0.41 - 0.55 / 7, 0.55 / 7),  # step_bench's Qwen 1.5B on CPU
+        ([(1, 2.0), (2, 3.0), (3, 4.0)], 1.0, 1.0),
+        ([(4, 10.0)] * 3, 10.0, 0.0),  # no spread: all fixed
+        ([(1, 5.0), (9, 1.0)], 3.0, 0.0),  # falling: slope clamped to 0
+        ([(1, 0.0), (2, 10.0)], 0.0, 10.0 / 3.0),  # fixed would be < 0: all per token
+    ],
+)
+def test_fit_line(points, fixed, per_token):
+    assert fit_line(*sums(points)) == pytest.approx((fixed, per_token))
+
+
+def test_cost_line_before_data_makes_extra_units_free():
+    line = CostLine()
+    assert not line.known and line.coefficients == (1.0, 0.0)
+    line.add(2, 4.0)
+    assert line.seconds(8) == 4.0
+
+
+def test_forward_shares_add_up_to_the_forward():
+    forward = ForwardCost(discount=1.0)
+    for n in (1, 5, 9, 20, 40):
+        forward.add_step(StepTiming(0.3 + 0.01 * n, n, 1))
+    tokens = [5, 1, 1, 9]  # four requests, one speculating with 4 drafts, one with 8
+    shares = [forward.share(len(tokens), n) for n in tokens]
+    assert sum(shares) == pytest.approx(0.3 + 0.01 * sum(tokens))
+    # the naive split charges the request with 4 drafts 5/16 of the forward instead
+    naive = token_share_seconds(Feedback("r", Choice("x", 4), 4, 0, 0.0), StepTiming(0.46, 16, 4))
+    assert naive == pytest.approx(0.46 * 5 / 16)
+    assert shares[0] == pytest.approx(0.3 / 4 + 0.05)
+
+
+def test_draft_cost_per_bucket_with_fallback():
+    draft = DraftCost(discount=1.0)
+    assert draft.seconds("qwen", 0, 4) == 0.0  # never tried: free, so it gets tried
+    for k in (2, 4):
+        draft.add("qwen", 0, k, 0.1 * k)
+    assert draft.seconds("qwen", 0, 8) == pytest.approx(0.8)
+    assert draft.seconds("qwen", 3, 8) == pytest.approx(0.8)  # nearest bucket measured
+    draft.add("qwen", 2, 4, 0.1)
+    assert draft.seconds("qwen", 3, 4) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "num_running, bucket", [(1, 0), (2, 1), (4, 1), (5, 2), (8, 2), (9, 3), (16, 3), (17, 4)]
+)
+def test_load_bucket(num_running, bucket):
+    assert load_bucket(num_running) == bucket
+
+
+def test_catchup_is_learned_apart_from_the_line():
+    draft = DraftCost(discount=1.0)
+    draft.add_catchup("qwen", 0, 4, 100, 0.5)  # line unknown yet: the step goes to the line
+    assert draft.catchup("qwen") == 0.0 and draft.seconds("qwen", 0, 4) == pytest.approx(0.5)
+    draft.add("qwen", 0, 2, 0.25)
+    draft.add_catchup("qwen", 0, 4, 200, 0.5 + 200 * 0.01)
+    assert draft.catchup("qwen") == pytest.approx(0.01)
+    draft.add_catchup("qwen", 0, 4, 100, 0.1)  # faster than the line: no negative cost
+    assert 0.0 <= draft.catchup("qwen") < 0.01
