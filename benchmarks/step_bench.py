@@ -112,16 +112,23 @@ def time_calls(
     return times
 
 
-def measure_bandwidth(warmup: int = 3, repeats: int = 5) -> dict:
+def measure_bandwidth(args: argparse.Namespace, warmup: int = 3, repeats: int = 5) -> dict:
     """Copy (read + write) and pure-read bandwidth of a 1 GiB fp32 tensor, in GB/s.
 
-    Several warm-up passes: the first passes over fresh memory read 20-30% slow here.
+    Several warm-up passes: the first passes over fresh memory read 20-30% slow here. Retried
+    like a case when other processes took more than ``--max-busy`` of the CPU meanwhile.
     """
     src = torch.empty(GIB // 4, dtype=torch.float32).fill_(1.0)  # fill: fault the pages in
     dst = torch.empty_like(src).fill_(0.0)
-    before = cpu_sample()
-    copy_ms = time_calls(lambda: dst.copy_(src), warmup, repeats)
-    read_ms = time_calls(src.sum, warmup, repeats)
+    for attempt in range(1, args.retries + 2):
+        wait_for_quiet(args.max_busy, args.quiet_timeout)
+        before = cpu_sample()
+        copy_ms = time_calls(lambda: dst.copy_(src), warmup, repeats)
+        read_ms = time_calls(src.sum, warmup, repeats)
+        busy = others_share(before, cpu_sample())
+        if busy <= args.max_busy:
+            break
+        log(f"other processes took {busy:.0%} of the CPU during timing (attempt {attempt})")
     return {
         "tensor_bytes": GIB,
         "repeats": repeats,
@@ -130,7 +137,8 @@ def measure_bandwidth(warmup: int = 3, repeats: int = 5) -> dict:
         "read_ms": float(np.median(read_ms)),
         "read_gb_per_s": GIB / (np.median(read_ms) * 1e-3) / 1e9,
         "read_gb_per_s_best": GIB / (min(read_ms) * 1e-3) / 1e9,
-        "others_busy": others_share(before, cpu_sample()),
+        "others_busy": busy,
+        "attempts": attempt,
     }
 
 
@@ -525,8 +533,7 @@ def main(argv: list[str] | None = None) -> None:
         "cache_dir": str(args.cache_dir),
     }
     log("measuring memory bandwidth (1 GiB fp32)")
-    wait_for_quiet(args.max_busy, args.quiet_timeout)
-    report["bandwidth"] = measure_bandwidth()
+    report["bandwidth"] = measure_bandwidth(args)
     bw = report["bandwidth"]
     log(f"copy {bw['copy_gb_per_s']:.2f} GB/s (read+write), read {bw['read_gb_per_s']:.2f} GB/s")
     for name in args.models:

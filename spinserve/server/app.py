@@ -56,6 +56,7 @@ def build_app(engine: LLMEngine, model_name: str, config: ServerConfig | None = 
         num_draft_tokens=engine.config.speculative.num_draft_tokens,
         max_model_len=engine.max_model_len,
         created=int(time.time()),
+        policy=engine.policy.name,
     )
     install_error_handlers(app)
     app.include_router(router)

@@ -39,6 +39,7 @@ class ServerContext:
     num_draft_tokens: int
     max_model_len: int
     created: int
+    policy: str = "spin"
 
 
 async def generate(
@@ -78,7 +79,7 @@ async def _admit(
     """Sub-requests added to the engine; raises (4xx) before anything is sent."""
     param = "messages" if envelope.chat else "prompt"
     try:
-        subs = subrequests(envelope.id, prompts, body, max_tokens, ctx.drafters, param)
+        subs = subrequests(envelope.id, prompts, body, max_tokens, ctx.drafters, param, ctx.policy)
         stream = await ctx.engine.add(subs)
     except Exception as exc:  # turned into a response by the app's error handlers
         logger.info("%s rejected: %s", envelope.id, exc)

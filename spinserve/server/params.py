@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from spinserve.config.sampling import SamplingParams
+from spinserve.config.selection import parse_policy
 from spinserve.config.speculative import NO_DRAFTER, SpecParams
 from spinserve.server.errors import ApiError, bad_request
 from spinserve.server.messages import Prompt, SubRequest
@@ -64,9 +65,11 @@ def subrequests(
     max_tokens: int | None,
     drafters: Sequence[str],
     prompt_param: str,
+    policy: str = "spin",
 ) -> list[SubRequest]:
     """``len(prompts) * n`` sub-requests; choice ``p * n + i`` is prompt p's i-th."""
     check_supported(request, drafters)
+    drafter = requested_drafter(request, policy)
     n = request.n or 1
     arrival = time.monotonic()
     return [
@@ -75,7 +78,7 @@ def subrequests(
             index=p * n + i,
             prompt=prompt,
             params=sampling_params(request, max_tokens, i),
-            spec=SpecParams(request.drafter, request.num_draft_tokens),
+            spec=SpecParams(drafter, request.num_draft_tokens),
             max_tokens=max_tokens,
             arrival_time=arrival,
             prompt_param=prompt_param,
@@ -85,16 +88,41 @@ def subrequests(
     ]
 
 
+def requested_drafter(request: SamplingFields, server_policy: str) -> str | None:
+    """The drafter a request names, through ``drafter`` or ``policy`` (None: the server's
+    selection policy chooses, step by step)."""
+    if request.policy is None or request.policy == server_policy:
+        return request.drafter
+    if request.drafter is not None:
+        raise bad_request("give drafter or policy, not both", "policy")
+    if request.policy == NO_DRAFTER:
+        return NO_DRAFTER
+    try:
+        kind, arg = parse_policy(request.policy)
+    except ValueError as exc:
+        raise bad_request(str(exc), "policy") from exc
+    if kind != "fixed":
+        raise bad_request(
+            f"a request may ask for the server's policy ({server_policy}), fixed:NAME or "
+            f'"{NO_DRAFTER}", not {request.policy!r}',
+            "policy",
+        )
+    return arg
+
+
 def check_supported(request: SamplingFields, drafters: Sequence[str]) -> None:
     field = unsupported_field(request)
     if field is not None:
         raise bad_request(f"{field} is not supported by spinserve", field, "unsupported")
-    if request.drafter not in (None, NO_DRAFTER, *drafters):
+    named, param = request.drafter, "drafter"
+    if request.policy and request.policy.startswith("fixed:"):
+        named, param = request.policy.partition(":")[2], "policy"
+    if named not in (None, NO_DRAFTER, *drafters):
         loaded = ", ".join(drafters) or "none"
         raise bad_request(
-            f"unknown drafter {request.drafter!r}; loaded drafters: {loaded} "
+            f"unknown drafter {named!r}; loaded drafters: {loaded} "
             f'(or "{NO_DRAFTER}" for no speculation)',
-            "drafter",
+            param,
         )
 
 

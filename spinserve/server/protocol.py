@@ -50,6 +50,11 @@ class SamplingFields(BaseModel):
         None, description='a loaded drafter (see GET /v1/models), or "none" for no speculation'
     )
     num_draft_tokens: int | None = Field(None, ge=0, le=MAX_DRAFT_TOKENS)
+    policy: str | None = Field(
+        None,
+        description="drafter selection for this request: the server's policy (default), "
+        'fixed:NAME (same as drafter=NAME), or fixed:none / "none" (no speculation)',
+    )
     user: str | None = None
     # OpenAI fields spinserve cannot honour: allowed only when off (see unsupported_field).
     logprobs: Any = None

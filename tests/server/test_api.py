@@ -21,7 +21,7 @@ def tokenizer(tiny_folders) -> Tokenizer:
 
 
 def complete(live, prompt=PROMPT, **kw):
-    extra = {k: kw.pop(k) for k in ("drafter", "ignore_eos", "top_k") if k in kw}
+    extra = {k: kw.pop(k) for k in ("drafter", "policy", "ignore_eos", "top_k") if k in kw}
     return live.client().completions.create(
         model=MODEL, prompt=prompt, extra_body=extra or None, **kw
     )
@@ -61,6 +61,15 @@ def test_requests_naming_no_drafter_are_left_to_the_policy(live):
     assert info["choices"] and sum(info["choices"].values()) > 0
     loaded = {"same", "other", "cross", "ngram", "none"}
     assert {label.split("@")[0] for label in info["choices"]} <= loaded
+
+
+@pytest.mark.parametrize(("policy", "drafter"), [("fixed:ngram", "ngram"), ("none", None)])
+def test_per_request_policy(live, policy, drafter):
+    """A request may fix its drafter through ``policy`` (or turn speculation off)."""
+    info = complete(live, policy=policy, **GREEDY).choices[0].model_extra["spinserve"]
+    assert info["drafter"] == drafter and info["choices"] is None
+    baseline = complete(live, drafter="none", **GREEDY).choices[0].text
+    assert complete(live, policy=policy, **GREEDY).choices[0].text == baseline
 
 
 def test_responses_carry_the_request_id(live):
