@@ -77,3 +77,22 @@ def from_flags(cls: type[T], args: argparse.Namespace) -> T:
         if value is not None:  # None keeps the dataclass default
             values[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
+
+
+def drafter_names(given: list[str] | None, model: str) -> list[str]:
+    """The ``--drafter`` flags as a list: not given -> the model's default set
+    (`spinserve.loading.zoo.default_drafters`); ``--drafter none`` alone -> no speculation.
+
+    >>> drafter_names(["none"], "smollm2-135m-instruct"), drafter_names(None, "./x.gguf")
+    ([], ['ngram', 'suffix'])
+    """
+    from spinserve.config.speculative import NO_DRAFTER
+    from spinserve.loading.zoo import default_drafters
+
+    if given is None:
+        return list(default_drafters(model))
+    if NO_DRAFTER in given:
+        if len(given) > 1:
+            raise ValueError(f"--drafter {NO_DRAFTER} turns speculation off; give it alone")
+        return []
+    return list(given)

@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from spinserve.cli.flags import add_flags, from_flags
+from spinserve.cli.flags import add_flags, drafter_names, from_flags
 from spinserve.config.engine import (
     CacheConfig,
     EngineConfig,
@@ -59,7 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME",
         help="drafter: ngram, suffix, or a model name/path (same tokenizer or not: detected); "
-        "repeatable: the set the selection policy (--policy) chooses from",
+        "repeatable: the set the selection policy (--policy) chooses from; default: the "
+        "model's own set (Qwen2.5-Coder-1.5B: its 0.5B, SmolLM2, ngram, suffix; any other "
+        "model: ngram, suffix); 'none' turns speculation off",
     )
     add_flags(parser, SpeculativeConfig, exclude=("drafters",))
     add_flags(parser, SelectionConfig)
@@ -67,6 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.drafters = drafter_names(args.drafters, args.model)
     params = from_flags(SamplingParams, args)
     config = EngineConfig(
         scheduler=from_flags(SchedulerConfig, args),

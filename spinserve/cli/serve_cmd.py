@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from spinserve.cli.flags import _flag_type, add_flags, from_flags
+from spinserve.cli.flags import _flag_type, add_flags, drafter_names, from_flags
 from spinserve.config.engine import CacheConfig, EngineConfig, RuntimeConfig, SchedulerConfig
 from spinserve.config.selection import SelectionConfig
 from spinserve.config.speculative import SpeculativeConfig
@@ -72,7 +72,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME",
         help="drafter: ngram, suffix, or a model name/path; repeatable: the set the selection "
-        'policy chooses from for requests that name none ("drafter" field of a request)',
+        'policy chooses from for requests that name none ("drafter" field of a request); '
+        "default: the model's own set (Qwen2.5-Coder-1.5B: its 0.5B, SmolLM2, ngram, suffix; "
+        "any other model: ngram, suffix); 'none' turns speculation off",
     )
     add_flags(parser, SpeculativeConfig, exclude=("drafters",))
     add_flags(parser, SelectionConfig)
@@ -98,6 +100,7 @@ def _dests() -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(**_merged(args))
+    ns.drafters = drafter_names(ns.drafters, ns.model)
     server = from_flags(ServerConfig, ns)
     config = EngineConfig(
         scheduler=from_flags(SchedulerConfig, ns),

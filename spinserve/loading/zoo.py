@@ -40,6 +40,7 @@ from rich.progress import Progress
 from spinserve import __version__
 from spinserve.types.errors import ModelLoadError
 
+MODEL_FREE_DRAFTERS = ("ngram", "suffix")
 CACHE_ENV_VAR = "SPINSERVE_CACHE"
 MARKER_FILE = "spinserve.json"
 DEFAULT_TARGET = "qwen2.5-coder-1.5b-instruct"
@@ -77,6 +78,8 @@ class ModelSource:
     gguf_filename: str
     license: str
     description: str
+    # The drafters served with this model when the user names none (see `default_drafters`).
+    default_drafters: tuple[str, ...] = MODEL_FREE_DRAFTERS
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name):
@@ -134,6 +137,11 @@ ZOO: Mapping[str, ModelSource] = MappingProxyType(
                 gguf_filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
                 license="Apache-2.0",
                 description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (the default target)",
+                default_drafters=(
+                    "qwen2.5-coder-0.5b-instruct",
+                    "smollm2-135m-instruct",
+                    *MODEL_FREE_DRAFTERS,
+                ),
             ),
             ModelSource(
                 name="qwen2.5-coder-0.5b-instruct",
@@ -177,6 +185,14 @@ ZOO: Mapping[str, ModelSource] = MappingProxyType(
 
 
 # --- names and paths -------------------------------------------------------------------------
+
+
+def default_drafters(model: str, zoo: Mapping[str, ModelSource] = ZOO) -> tuple[str, ...]:
+    """The drafters to serve ``model`` with when none are named: a zoo model's own set (for
+    the Qwen2.5-Coder-1.5B target: the 0.5B, SmolLM2, n-gram and suffix), else the
+    model-free drafters, which suit any target."""
+    source = zoo.get(model)
+    return source.default_drafters if source is not None else MODEL_FREE_DRAFTERS
 
 
 def lookup(name: str, zoo: Mapping[str, ModelSource] = ZOO) -> ModelSource:

@@ -99,3 +99,46 @@ def test_models_list(tmp_path):
 def test_models_fetch_unknown_name(tmp_path):
     proc = spinserve("models", "fetch", "nope", cache=tmp_path)
     assert proc.returncode == 2 and "unknown model 'nope'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "model", "expected"),
+    [
+        (
+            None,
+            "qwen2.5-coder-1.5b-instruct",
+            ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "ngram", "suffix"],
+        ),
+        (None, "smollm2-135m-instruct", ["ngram", "suffix"]),
+        (None, "/models/any.gguf", ["ngram", "suffix"]),
+        (["none"], "qwen2.5-coder-1.5b-instruct", []),
+        (["ngram"], "qwen2.5-coder-1.5b-instruct", ["ngram"]),
+    ],
+)
+def test_default_drafter_sets(given, model, expected):
+    from spinserve.cli.flags import drafter_names
+
+    assert drafter_names(given, model) == expected
+
+
+def test_none_with_other_drafters_is_an_error():
+    from spinserve.cli.flags import drafter_names
+
+    with pytest.raises(ValueError, match="give it alone"):
+        drafter_names(["none", "ngram"], "x")
+
+
+def test_generate_json_reports_the_default_drafters_and_policy(tiny_folders):
+    proc = spinserve(
+        "generate", "--model", str(tiny_folders["llama"]), "--json", "--max-tokens", "12",
+        "--ignore-eos", "abcabcabcabcabc",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result["speculation"]) == {"ngram", "suffix"}
+    assert result["selection"]["policy"] == "spin"
+    plain = spinserve(
+        "generate", "--model", str(tiny_folders["llama"]), "--json", "--max-tokens", "12",
+        "--ignore-eos", "--drafter", "none", "abcabcabcabcabc",
+    )  # fmt: skip
+    assert json.loads(plain.stdout)["token_ids"] == result["token_ids"]
