@@ -40,6 +40,39 @@ def merge_spec(stats: list[dict]) -> dict | None:
     steps = sum(s["num_draft_steps"] for s in stats)
     drafted = sum(s["num_draft_tokens"] for s in stats)
     accepted = sum(s["num_accepted_tokens"] for s in stats)
+    if all("drafted_per_position" in s for s in stats):
+        by_pos = _rates(
+            _sum_lists([s["drafted_per_position"] for s in stats]),
+            _sum_lists([s["accepted_per_position"] for s in stats]),
+        )
+    else:
+        by_pos = _approx_rates(stats)
+    return {
+        "num_draft_steps": steps,
+        "num_draft_tokens": drafted,
+        "num_accepted_tokens": accepted,
+        "mean_accepted_length": 1.0 + accepted / steps if steps else 0.0,
+        "acceptance_rate": accepted / drafted if drafted else 0.0,
+        "acceptance_by_position": by_pos,
+        "draft_seconds": sum(s["draft_seconds"] for s in stats),
+        "verify_seconds": sum(s["verify_seconds"] for s in stats),
+    }
+
+
+def _sum_lists(lists: list[list[int]]) -> list[int]:
+    out = [0] * max((len(x) for x in lists), default=0)
+    for x in lists:
+        for j, v in enumerate(x):
+            out[j] += v
+    return out
+
+
+def _rates(drafted: list[int], accepted: list[int]) -> list[float]:
+    return [a / d if d else 0.0 for a, d in zip(accepted, drafted, strict=False)]
+
+
+def _approx_rates(stats: list[dict]) -> list[float]:
+    """Per-position rates weighted by draft steps, for results saved without raw counts."""
     width = max((len(s["acceptance_by_position"]) for s in stats), default=0)
     by_pos = []
     for j in range(width):
@@ -51,16 +84,7 @@ def merge_spec(stats: list[dict]) -> dict | None:
                 num += rates[j] * s["num_draft_steps"]
                 den += s["num_draft_steps"]
         by_pos.append(num / den if den else 0.0)
-    return {
-        "num_draft_steps": steps,
-        "num_draft_tokens": drafted,
-        "num_accepted_tokens": accepted,
-        "mean_accepted_length": 1.0 + accepted / steps if steps else 0.0,
-        "acceptance_rate": accepted / drafted if drafted else 0.0,
-        "acceptance_by_position_approx": by_pos,
-        "draft_seconds": sum(s["draft_seconds"] for s in stats),
-        "verify_seconds": sum(s["verify_seconds"] for s in stats),
-    }
+    return by_pos
 
 
 def aggregate(rows: list[dict], weight_bytes: int | None) -> dict:
@@ -93,7 +117,8 @@ def aggregate(rows: list[dict], weight_bytes: int | None) -> dict:
 def summarize(results: list[dict], weight_bytes: int | None = None) -> dict:
     """{config: {category or "all": aggregate}} in the order configs and categories appear."""
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
+    # category order is the sample's, whatever order the timings (and re-timings) came in
+    for r in sorted(results, key=lambda r: r["category_index"]):
         groups[r["config"]][r["category"]].append(r)
     summary = {}
     for config, by_cat in groups.items():
@@ -206,7 +231,7 @@ def latency_table(summary: dict) -> str:
     for config, by_cat in summary.items():
         a = by_cat[ALL]
         spec = a["spec"]
-        by_pos = " ".join(f"{x:.2f}" for x in spec["acceptance_by_position_approx"]) if spec else ""
+        by_pos = " ".join(f"{x:.2f}" for x in spec["acceptance_by_position"]) if spec else ""
         lines.append(
             f"| {config} | {a['tokens_per_s']:.2f} | {_fmt(a['ttft_p50_s'], '.2f')} "
             f"| {_fmt(a['itl_p50_ms'], '.0f')} | {_fmt(a['itl_p99_ms'], '.0f')} "
