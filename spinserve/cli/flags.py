@@ -12,6 +12,10 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from spinserve.config.engine import CacheConfig, EngineConfig, RuntimeConfig, SchedulerConfig
+from spinserve.config.selection import SelectionConfig
+from spinserve.config.speculative import SpeculativeConfig
+
 T = TypeVar("T")
 
 HELP = {
@@ -96,3 +100,35 @@ def drafter_names(given: list[str] | None, model: str) -> list[str]:
             raise ValueError(f"--drafter {NO_DRAFTER} turns speculation off; give it alone")
         return []
     return list(given)
+
+
+# The config dataclasses behind an engine, in the order their flag groups are shown.
+ENGINE_CONFIGS = (SchedulerConfig, CacheConfig, RuntimeConfig, SpeculativeConfig, SelectionConfig)
+DRAFTER_HELP = (
+    "drafter: ngram, suffix, or a model name/path (same tokenizer or not: detected); "
+    "repeatable: the set the selection policy (--policy) chooses from for requests that name "
+    "no drafter; default: the model's own set (Qwen2.5-Coder-1.5B: its 0.5B, SmolLM2, ngram, "
+    "suffix; any other model: ngram, suffix); 'none' turns speculation off"
+)
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of every engine config, plus the repeatable ``--drafter``."""
+    for cls in ENGINE_CONFIGS:
+        add_flags(parser, cls, exclude=("drafters",))
+    parser.add_argument(
+        "--drafter", dest="drafters", action="append", metavar="NAME", help=DRAFTER_HELP
+    )
+
+
+def engine_config_from_flags(args: argparse.Namespace) -> EngineConfig:
+    """The `EngineConfig` the flags describe; ``args.model`` picks the default drafters."""
+    args = argparse.Namespace(**vars(args))
+    args.drafters = drafter_names(args.drafters, args.model)
+    return EngineConfig(
+        scheduler=from_flags(SchedulerConfig, args),
+        cache=from_flags(CacheConfig, args),
+        runtime=from_flags(RuntimeConfig, args),
+        speculative=from_flags(SpeculativeConfig, args),
+        selection=from_flags(SelectionConfig, args),
+    )

@@ -16,16 +16,8 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from spinserve.cli.flags import add_flags, drafter_names, from_flags
-from spinserve.config.engine import (
-    CacheConfig,
-    EngineConfig,
-    RuntimeConfig,
-    SchedulerConfig,
-)
+from spinserve.cli.flags import add_engine_flags, add_flags, engine_config_from_flags, from_flags
 from spinserve.config.sampling import SamplingParams
-from spinserve.config.selection import SelectionConfig
-from spinserve.config.speculative import SpeculativeConfig
 from spinserve.engine.engine import LLMEngine
 from spinserve.engine.outputs import RequestOutput
 from spinserve.loading import zoo
@@ -49,35 +41,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object, no stream")
     parser.add_argument("--cache-dir", default=None, help="model cache folder")
     add_flags(parser, SamplingParams)
-    add_flags(parser, SchedulerConfig)
-    add_flags(parser, CacheConfig)
-    add_flags(parser, RuntimeConfig)
-    spec = parser.add_argument_group("speculative decoding")
-    spec.add_argument(
-        "--drafter",
-        dest="drafters",
-        action="append",
-        metavar="NAME",
-        help="drafter: ngram, suffix, or a model name/path (same tokenizer or not: detected); "
-        "repeatable: the set the selection policy (--policy) chooses from; default: the "
-        "model's own set (Qwen2.5-Coder-1.5B: its 0.5B, SmolLM2, ngram, suffix; any other "
-        "model: ngram, suffix); 'none' turns speculation off",
-    )
-    add_flags(parser, SpeculativeConfig, exclude=("drafters",))
-    add_flags(parser, SelectionConfig)
+    add_engine_flags(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    args.drafters = drafter_names(args.drafters, args.model)
     params = from_flags(SamplingParams, args)
-    config = EngineConfig(
-        scheduler=from_flags(SchedulerConfig, args),
-        cache=from_flags(CacheConfig, args),
-        runtime=from_flags(RuntimeConfig, args),
-        speculative=from_flags(SpeculativeConfig, args),
-        selection=from_flags(SelectionConfig, args),
-    )
+    config = engine_config_from_flags(args)
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
     err = Console(stderr=True)

@@ -24,10 +24,14 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from spinserve.cli.flags import _flag_type, add_flags, drafter_names, from_flags
-from spinserve.config.engine import CacheConfig, EngineConfig, RuntimeConfig, SchedulerConfig
-from spinserve.config.selection import SelectionConfig
-from spinserve.config.speculative import SpeculativeConfig
+from spinserve.cli.flags import (
+    ENGINE_CONFIGS,
+    _flag_type,
+    add_engine_flags,
+    engine_config_from_flags,
+    from_flags,
+)
+from spinserve.config.engine import EngineConfig
 from spinserve.engine.engine import LLMEngine
 from spinserve.loading import zoo
 from spinserve.loading.loader import load, resolve
@@ -39,7 +43,6 @@ from spinserve.spec.registry import MODEL_FREE, build_drafter
 # The default of every flag (None for the repeatable one, which appends to its default):
 # tells "not given" from "given the default value".
 _UNSET = object()
-_ENGINE_CONFIGS = (SchedulerConfig, CacheConfig, RuntimeConfig)
 _ALIASES = {"drafter": "drafters"}
 
 
@@ -63,21 +66,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="model cache folder")
     parser.add_argument("--config", default=None, metavar="FILE", help="JSON file of flag values")
     _add_server_flags(parser)
-    for cls in _ENGINE_CONFIGS:
-        add_flags(parser, cls)
-    spec = parser.add_argument_group("speculative decoding")
-    spec.add_argument(
-        "--drafter",
-        dest="drafters",
-        action="append",
-        metavar="NAME",
-        help="drafter: ngram, suffix, or a model name/path; repeatable: the set the selection "
-        'policy chooses from for requests that name none ("drafter" field of a request); '
-        "default: the model's own set (Qwen2.5-Coder-1.5B: its 0.5B, SmolLM2, ngram, suffix; "
-        "any other model: ngram, suffix); 'none' turns speculation off",
-    )
-    add_flags(parser, SpeculativeConfig, exclude=("drafters",))
-    add_flags(parser, SelectionConfig)
+    add_engine_flags(parser)
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
@@ -93,22 +82,15 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 def _dests() -> list[str]:
     names = ["model", "cache_dir", "config", "drafters"]
-    for cls in (*_ENGINE_CONFIGS, ServerConfig, SpeculativeConfig, SelectionConfig):
+    for cls in (*ENGINE_CONFIGS, ServerConfig):
         names += [f.name for f in dataclasses.fields(cls) if f.name != "drafters"]
     return names
 
 
 def run(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(**_merged(args))
-    ns.drafters = drafter_names(ns.drafters, ns.model)
     server = from_flags(ServerConfig, ns)
-    config = EngineConfig(
-        scheduler=from_flags(SchedulerConfig, ns),
-        cache=from_flags(CacheConfig, ns),
-        runtime=from_flags(RuntimeConfig, ns),
-        speculative=from_flags(SpeculativeConfig, ns),
-        selection=from_flags(SelectionConfig, ns),
-    )
+    config = engine_config_from_flags(ns)
     logging.basicConfig(
         level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
