@@ -8,7 +8,9 @@ Reproduce (from the repository root, ~30-45 minutes on the 2-core dev machine)::
         --max-tokens 128 --num-draft-tokens 4 --per-category 1 --threads 2 \\
         --out results/spec_bench.json
 
-Target ``--target`` (default qwen2.5-coder-1.5b-instruct, fp32), batch 1, greedy. Prompts:
+Target ``--target`` (default qwen2.5-coder-1.5b-instruct; our models' linear weights in
+``--weights`` form: ``auto``, the default, is the int4 CPU path, ``float32`` the fp32 reference
+that transformers also runs), batch 1, greedy. Prompts:
 ``--per-category`` prompts of each category of `spec_prompts` (Spec-Bench dev: translation,
 summarization, qa, math_reasoning, rag, mt_bench; and humaneval), a seeded sample that is the
 same for every configuration. Every prompt goes through the target's chat template; the token
@@ -80,12 +82,11 @@ from step_bench import (
     others_share,
     wait_for_model,
     wait_for_quiet,
-    weight_bytes,
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
-from spinserve.config.engine import CacheConfig, EngineConfig, RuntimeConfig
+from spinserve.config.engine import WEIGHT_FORMS, CacheConfig, EngineConfig, RuntimeConfig
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import NO_DRAFTER, SpecParams, SpeculativeConfig
 from spinserve.engine.engine import LLMEngine
@@ -395,7 +396,7 @@ def restorer(drafters: dict, name: str | None) -> Callable[[], None] | None:
 
 
 def runtime(args: argparse.Namespace) -> RuntimeConfig:
-    return RuntimeConfig(dtype="float32", num_threads=args.threads)
+    return RuntimeConfig(dtype="float32", weights=args.weights, num_threads=args.threads)
 
 
 def check_budget(bench: Bench, num_configs: int) -> None:
@@ -438,7 +439,7 @@ def run_ours(bench: Bench) -> None:
     target = loader.load(args.target, runtime(args), args.cache_dir, fetch_missing=False)
     log(f"{args.target}: loaded in {target.load_seconds:.1f} s")
     model = target.model
-    bench.weight_bytes = weight_bytes(model, model.model.embed_tokens.weight, model.lm_head.weight)
+    bench.weight_bytes = model.weight_bytes()
     bench.report["settings"]["target_weight_bytes"] = bench.weight_bytes
     bench.eos = list(target.tokenizer.eos_token_ids)
     chat = target.tokenizer.apply_chat_template
@@ -525,6 +526,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-hf", action="store_true", help="skip transformers' configurations")
     p.add_argument("--max-tokens", type=int, default=128, help="most new tokens per prompt")
     p.add_argument("--num-draft-tokens", type=int, default=4, help="k of our drafters")
+    p.add_argument(
+        "--weights",
+        default="auto",
+        choices=WEIGHT_FORMS,
+        help="our models' linear weights (RuntimeConfig.weights; float32 = the reference)",
+    )
     p.add_argument("--per-category", type=int, default=1, help="prompts per category")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt sample")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")

@@ -65,12 +65,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import llamacpp_step
 import numpy as np
 import torch
 import transformers
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM
 
+from spinserve.config.engine import RuntimeConfig
 from spinserve.loading import loader, zoo
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
@@ -81,6 +83,9 @@ NUM_REQUESTS = 8  # batch size of batch_8x1, and the number of prompts prepared
 VERIFY_TOKENS = 8  # tokens of verify_1x8: 7 draft tokens + the bonus position
 BLOCK_SIZE = 16
 CASES = ("decode_1x1", "verify_1x8", "batch_8x1")
+# Our weight forms (RuntimeConfig.weights), transformers fp32, llama.cpp on the GGUF.
+OURS_WEIGHTS = {"ours-int4": "auto", "ours-fp32": "float32"}
+IMPLS = (*OURS_WEIGHTS, "hf", "llamacpp")
 CASE_TOKENS = {"decode_1x1": 1, "verify_1x8": VERIFY_TOKENS, "batch_8x1": NUM_REQUESTS}
 PROFILE_ROWS = 15
 GIB = 1 << 30
@@ -271,12 +276,13 @@ class CaseResult:
 
 
 def run_ours(
-    name: str, work: Workload, args: argparse.Namespace
+    name: str, work: Workload, args: argparse.Namespace, weights: str
 ) -> tuple[dict[str, CaseResult], int, dict]:
-    loaded = loader.load(name, cache_dir=args.cache_dir, fetch_missing=False)
+    runtime = RuntimeConfig(weights=weights)
+    loaded = loader.load(name, runtime, cache_dir=args.cache_dir, fetch_missing=False)
     model = loaded.model
-    log(f"{name}/ours: loaded in {loaded.load_seconds:.1f} s")
-    wbytes = weight_bytes(model, model.model.embed_tokens.weight, model.lm_head.weight)
+    log(f"{name}/ours-{weights}: loaded in {loaded.load_seconds:.1f} s")
+    wbytes = model.weight_bytes()
     per_req = math.ceil((work.context + VERIFY_TOKENS) / BLOCK_SIZE)
     runner = ModelRunner(model, NUM_REQUESTS * per_req, BLOCK_SIZE)
 
@@ -299,7 +305,7 @@ def run_ours(
         out: list[torch.Tensor] = []
         timing = timed_case(lambda b=batch, o=out: o.append(runner.execute(b)), args)
         results[case] = CaseResult(timing, out[-1])
-        log(f"{name}/ours/{case}: median {np.median(timing.times_ms):.1f} ms")
+        log(f"{name}/ours-{weights}/{case}: median {np.median(timing.times_ms):.1f} ms")
     prof = profile_steps(lambda: runner.execute(batches["decode_1x1"]), args)
     return results, wbytes, prof  # the model is freed when this frame goes: see bench_model
 
@@ -374,6 +380,44 @@ def time_hf(
     return CaseResult(timing, rows(out[-1]).float())
 
 
+# ---------------------------------------------------------------- llama.cpp
+
+
+def run_llamacpp(
+    name: str, work: Workload, args: argparse.Namespace
+) -> tuple[dict[str, CaseResult], int]:
+    gguf = zoo.gguf_path(name, args.cache_dir)
+    step = llamacpp_step.LlamaCppStep(gguf, args.threads, NUM_REQUESTS, work.context + 64)
+    try:
+        start = time.perf_counter()
+        step.prefill(work.prompts.tolist())
+        log(
+            f"{name}/llamacpp: prefilled {NUM_REQUESTS}x{work.context} in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
+        c = work.context
+        cases = {
+            "decode_1x1": ([work.new_ids[0, :1].tolist()], 1),
+            "verify_1x8": ([work.new_ids[0].tolist()], 1),
+            "batch_8x1": (
+                [work.new_ids[r, :1].tolist() for r in range(NUM_REQUESTS)],
+                NUM_REQUESTS,
+            ),
+        }
+        results = {}
+        for case, (new_ids, seqs) in cases.items():
+            run = step.case(new_ids, c)
+            out: list[np.ndarray] = []
+            timing = timed_case(
+                lambda r=run, o=out: o.append(r()), args, reset=lambda n=seqs: step.roll_back(n, c)
+            )
+            results[case] = CaseResult(timing, torch.from_numpy(out[-1]))
+            log(f"{name}/llamacpp/{case}: median {np.median(timing.times_ms):.1f} ms")
+    finally:
+        step.close()
+    return results, llamacpp_step.gguf_weight_bytes(gguf)
+
+
 # ---------------------------------------------------------------- profile and report
 
 
@@ -430,16 +474,14 @@ def summarize_impl(results: dict[str, CaseResult], wbytes: int, read_bw: float) 
 def markdown_table(report: dict) -> str:
     head = (
         "| model | impl | case | median ms | p90 ms | tok/s | GB/s | x floor | / decode_1x1 "
-        "| ours / hf | others busy |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| / hf | others busy |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for name, m in report["models"].items():
-        for impl in ("ours", "hf"):
+        for impl in (i for i in IMPLS if i in m):
             for case in CASES:
                 s = m[impl]["cases"][case]
-                vs = (
-                    s["median_ms"] / m["hf"]["cases"][case]["median_ms"] if impl == "ours" else None
-                )
+                vs = s["median_ms"] / m["hf"]["cases"][case]["median_ms"] if "hf" in m else None
                 lines.append(
                     f"| {name} | {impl} | {case} | {s['median_ms']:.1f} | {s['p90_ms']:.1f} "
                     f"| {s['tokens_per_s']:.1f} | {s['gb_per_s']:.2f} | {s['x_floor']:.2f} "
@@ -453,30 +495,37 @@ def bench_model(name: str, args: argparse.Namespace, read_bw: float) -> dict:
     folder = wait_for_model(name, args.cache_dir, args.wait_timeout)
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
     work = Workload.make(vocab, args.context)
-    ours, ours_bytes, ours_prof = run_ours(name, work, args)
-    gc.collect()  # never hold our copy and transformers' copy of a model at once
-    hf, hf_bytes, hf_prof, attn_impl = run_hf(folder, work, args)
-    gc.collect()
-    hf_summary = summarize_impl(hf, hf_bytes, read_bw)
-    for case in CASES:
-        diff = (hf[case].logits - ours[case].logits).abs().max().item()
-        hf_summary[case]["max_abs_logit_diff"] = diff
-    write_profiles(args.out, name, {"ours": ours_prof, "hf": hf_prof})
-    return {
-        "folder": str(folder),
-        "vocab_size": vocab,
-        "ours": {
-            "weight_bytes": ours_bytes,
-            "cases": summarize_impl(ours, ours_bytes, read_bw),
-            "profile_decode_1x1": ours_prof,
-        },
-        "hf": {
-            "weight_bytes": hf_bytes,
-            "attn_implementation": attn_impl,
-            "cases": hf_summary,
-            "profile_decode_1x1": hf_prof,
-        },
-    }
+    runs: dict[str, tuple[dict[str, CaseResult], int]] = {}
+    profiles: dict[str, dict] = {}
+    out: dict = {"folder": str(folder), "vocab_size": vocab}
+    # One model copy in memory at a time: each run's model is freed before the next loads.
+    for impl in args.impls:
+        if impl.startswith("ours-"):
+            results, wbytes, prof = run_ours(name, work, args, OURS_WEIGHTS[impl])
+            runs[impl], profiles[impl] = (results, wbytes), prof
+        elif impl == "hf":
+            results, wbytes, prof, attn_impl = run_hf(folder, work, args)
+            runs[impl], profiles[impl] = (results, wbytes), prof
+            out["hf_attn_implementation"] = attn_impl
+        else:
+            runs[impl] = run_llamacpp(name, work, args)
+        gc.collect()
+    for impl, (results, wbytes) in runs.items():
+        cases = summarize_impl(results, wbytes, read_bw)
+        if "hf" in runs and impl != "hf":
+            for case in CASES:
+                ref = runs["hf"][0][case].logits
+                cases[case]["max_abs_logit_diff_vs_hf"] = (
+                    (ref - results[case].logits.float()).abs().max().item()
+                )
+                cases[case]["argmax_agree_vs_hf"] = (
+                    (ref.argmax(-1) == results[case].logits.argmax(-1)).float().mean().item()
+                )
+        out[impl] = {"weight_bytes": wbytes, "cases": cases}
+        if profiles.get(impl):
+            out[impl]["profile_decode_1x1"] = profiles[impl]
+    write_profiles(args.out, name, profiles)
+    return out
 
 
 def write_profiles(out: Path, name: str, profiles: dict[str, dict]) -> None:
@@ -500,6 +549,13 @@ def write_profiles(out: Path, name: str, profiles: dict[str, dict]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        choices=IMPLS,
+        default=list(IMPLS),
+        help="implementations (llamacpp is skipped when llama-cpp-python is not installed)",
+    )
     p.add_argument("--context", type=int, default=128, help="prompt tokens in the KV cache")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per case")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per case")
@@ -519,6 +575,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.context, args.repeats, args.threads) < 1 or min(args.warmup, args.retries) < 0:
         p.error("--context, --repeats and --threads must be >= 1, --warmup and --retries >= 0")
     args.cache_dir = zoo.resolve_cache_dir(str(args.cache_dir) if args.cache_dir else None)
+    if "llamacpp" in args.impls and not llamacpp_step.available():
+        log("llama-cpp-python is not installed: skipping llamacpp")
+        args.impls.remove("llamacpp")
     return args
 
 

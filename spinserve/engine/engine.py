@@ -31,6 +31,7 @@ from spinserve.engine.outputs import RequestOutput
 from spinserve.engine.request import FinishReason, Request
 from spinserve.engine.scheduler import Scheduler
 from spinserve.loading.loader import LoadedModel
+from spinserve.runtime.backend import ModelBackend
 from spinserve.runtime.block_manager import BlockManager
 from spinserve.runtime.runner import ModelRunner
 from spinserve.runtime.sampler import Generators
@@ -82,7 +83,7 @@ class LLMEngine:
         num_blocks = cache.num_blocks(per_token)
         if num_blocks < 1:
             raise ValueError(f"kv_cache_gib={cache.kv_cache_gib} holds no block of this model")
-        self.runner = ModelRunner(loaded.model, num_blocks, cache.block_size)
+        self.runner: ModelBackend = ModelRunner(loaded.model, num_blocks, cache.block_size)
         self.blocks = BlockManager(num_blocks, cache.block_size)
         self.scheduler = Scheduler(self.config.scheduler, self.blocks)
         self.generators = Generators()
@@ -373,6 +374,7 @@ class LLMEngine:
 
     def _retire(self, request: Request) -> None:
         self.scheduler.remove(request)
+        self.runner.release(request.request_id)
         self.generators.remove_request(request.request_id)
         self._draft_probs.pop(request.request_id, None)
         token_ids = request.token_slice(0, request.num_tokens)

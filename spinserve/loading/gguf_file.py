@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader
-from gguf.quants import dequantize
+from gguf.quants import Q4_K, dequantize
 
 from spinserve.config.model import SUPPORTED_ARCHITECTURES
+from spinserve.ops.quant import Int4Weight
 from spinserve.types.errors import ModelLoadError
 
 # Tokens that end generation, by their text: llama.cpp detects end-of-generation tokens the
@@ -170,21 +171,111 @@ def _unpermute(w: np.ndarray, num_heads: int) -> np.ndarray:
     )
 
 
-def iter_tensors(reader: GGUFReader, hf: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor dequantized to fp32, with its Hugging Face name and layout."""
+def iter_tensors(
+    reader: GGUFReader,
+    hf: dict[str, Any],
+    int4: frozenset[str] = frozenset(),
+    only: frozenset[str] | None = None,
+) -> Iterator[tuple[str, torch.Tensor | Int4Weight]]:
+    """Every tensor (or those named in ``only``) with its Hugging Face name and layout: those
+    named in ``int4`` whose GGUF type is a 4-bit block type (`int4_names`) as an
+    `Int4Weight`, the rest dequantized to fp32."""
     arch = _field(reader, "general.architecture")
     for t in reader.tensors:
         name = hf_tensor_name(t.name, arch)
+        if only is not None and name not in only:
+            continue
+        qtype = GGMLQuantizationType(t.tensor_type)
+        rows_permuted = arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight"))
+        heads = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
+        if name in int4 and qtype in INT4_TYPES:
+            parts = int4_blocks(t.data, qtype, int(t.shape[-1]))
+            if rows_permuted:
+                parts = tuple(_unpermute(p, heads) for p in parts)
+            q, scale, offset = (torch.from_numpy(np.ascontiguousarray(p)) for p in parts)
+            yield name, Int4Weight.from_blocks(q, scale, offset)
+            continue
         try:
-            data = np.asarray(dequantize(t.data, GGMLQuantizationType(t.tensor_type)), np.float32)
+            data = np.asarray(dequantize(t.data, qtype), np.float32)
         except (NotImplementedError, ValueError) as exc:
             raise ModelLoadError(
                 f"cannot dequantize {t.name} ({t.tensor_type.name}): {exc}"
             ) from exc
         data = data.reshape(tuple(reversed([int(d) for d in t.shape])))
-        if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
-            heads = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
+        if rows_permuted:
             data = _unpermute(data, heads)
         if arch == "gemma3" and name.endswith("norm.weight"):
             data = data - 1.0
         yield name, torch.from_numpy(np.require(data, np.float32, ["C", "W"]))
+
+
+def int4_names(reader: GGUFReader, candidates: frozenset[str]) -> frozenset[str]:
+    """The Hugging Face names among ``candidates`` whose GGUF tensor is in 4-bit blocks of a
+    shape the int4 kernel takes (output rows a multiple of `INT4_ROW_MULTIPLE`)."""
+    arch = _field(reader, "general.architecture")
+    return frozenset(
+        name
+        for t in reader.tensors
+        if (name := hf_tensor_name(t.name, arch)) in candidates
+        and GGMLQuantizationType(t.tensor_type) in INT4_TYPES
+        and int(t.shape[-1]) % INT4_ROW_MULTIPLE == 0
+    )
+
+
+# The GGUF types whose blocks map one to one onto `spinserve.ops.quant.Int4Weight` groups.
+INT4_TYPES = frozenset(
+    {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q4_K}
+)
+_INT4_GROUP = 32
+INT4_ROW_MULTIPLE = 16  # torch's int4 packing needs the output rows in multiples of 16
+
+
+def int4_blocks(
+    data: np.ndarray, qtype: GGMLQuantizationType, rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 4-bit tensor's raw blocks as (q [rows, cols] uint8 in 0..15, scale, offset
+    [rows, cols / 32] fp32), with ``w = scale * q + offset`` per group of 32 columns.
+
+    The values are those `gguf.quants.dequantize` computes from the same blocks.
+    """
+    blocks = data.reshape(-1, data.shape[-1]).view(np.uint8).reshape(rows, -1)
+    if qtype == GGMLQuantizationType.Q4_K:
+        q, scale, offset = _q4_k(blocks.reshape(-1, 144))
+    elif qtype in (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1):
+        q, scale, offset = _q4_0_1(
+            blocks.reshape(-1, 18 if qtype == GGMLQuantizationType.Q4_0 else 20), qtype
+        )
+    else:
+        raise ValueError(f"{qtype.name} is not a 4-bit block type")
+    return q.reshape(rows, -1), scale.reshape(rows, -1), offset.reshape(rows, -1)
+
+
+def _f16(raw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(raw).view(np.float16).astype(np.float32)
+
+
+def _q4_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # 256 weights: f16 d, f16 dmin, 12 bytes of 6-bit (scale, min) per 32, 128 bytes of nibbles;
+    # sub-block 2i holds the low nibbles of bytes 32i..32i+31, sub-block 2i+1 the high ones.
+    n = blocks.shape[0]
+    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    sc, mins = Q4_K.get_scale_min(blocks[:, 4:16])
+    nibbles = blocks[:, 16:144].reshape(n, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(
+        1, 1, 2, 1
+    )
+    q = (nibbles & np.uint8(0x0F)).reshape(n, 8 * 32)
+    return q, d * sc.astype(np.float32), -(dmin * mins.astype(np.float32))
+
+
+def _q4_0_1(
+    blocks: np.ndarray, qtype: GGMLQuantizationType
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # 32 weights: f16 d (Q4_1: then f16 m), 16 bytes: low nibbles are weights 0..15, high 16..31.
+    n = blocks.shape[0]
+    d = _f16(blocks[:, 0:2])
+    if qtype == GGMLQuantizationType.Q4_0:
+        offset, qs = -8.0 * d, blocks[:, 2:18]
+    else:
+        offset, qs = _f16(blocks[:, 2:4]), blocks[:, 4:20]
+    q = (qs.reshape(n, 1, 16) >> np.array([0, 4], np.uint8).reshape(1, 2, 1)) & np.uint8(0x0F)
+    return q.reshape(n, _INT4_GROUP), d, offset

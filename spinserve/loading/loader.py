@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from gguf import GGUFReader
 from rich.progress import Progress
+from safetensors import SafetensorError
 
 from spinserve.config.engine import RuntimeConfig
 from spinserve.config.model import ModelConfig
 from spinserve.loading import zoo
-from spinserve.loading.gguf_file import hf_config, iter_tensors, open_gguf
+from spinserve.loading.gguf_file import hf_config, int4_names, iter_tensors, open_gguf
 from spinserve.loading.hf_folder import iter_safetensors, read_config
+from spinserve.loading.packed import packed_path, read_packed, write_packed
 from spinserve.loading.tokenizer import Tokenizer
 from spinserve.models.decoder import Decoder
+from spinserve.ops.quant import Int4Weight
 from spinserve.types.errors import ModelLoadError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,19 +77,66 @@ def load(
     runtime = runtime or RuntimeConfig()
     path = resolve(name_or_path, cache_dir, fetch_missing, progress)
     start = time.perf_counter()
+    gguf = path if path.suffix == ".gguf" else zoo.source_gguf(path)
+    if runtime.weights == "int4" and gguf is None:
+        raise ModelLoadError(
+            f"{path}: --weights int4 keeps a GGUF's 4-bit blocks, and this model has no GGUF "
+            "(use auto, bfloat16 or float32)"
+        )
+    reader = open_gguf(gguf) if gguf is not None else None
+    hf = hf_config(reader) if reader is not None else None
     dtype = _DTYPES[runtime.dtype]
-    if path.is_dir():
-        model = Decoder(read_config(path), dtype)
-        _fill(model, iter_safetensors(path), path)
-        tokenizer = Tokenizer.from_folder(path, model.config.eos_token_ids)
+    linear_dtype = _linear_dtype(runtime.weights, reader is not None, dtype)
+    config = read_config(path) if path.is_dir() else _config(hf, path)
+    model = Decoder(config, dtype, linear_dtype)
+    int4 = (
+        int4_names(reader, model.linear_weight_names())
+        if reader is not None and runtime.weights in ("auto", "int4")
+        else frozenset()
+    )
+    if path.is_dir() and int4:
+        linears = _packed_linears(path, reader, hf, model, int4)
+        tensors = itertools.chain(
+            ((name, t) for name, t in iter_safetensors(path) if name not in linears),
+            linears.items(),
+        )
+        tokenizer = Tokenizer.from_folder(path, config.eos_token_ids)
+    elif path.is_dir():
+        tensors = iter_safetensors(path)
+        tokenizer = Tokenizer.from_folder(path, config.eos_token_ids)
     else:
-        reader = open_gguf(path)
-        hf = hf_config(reader)
-        model = Decoder(_config(hf, path), dtype)
-        _fill(model, iter_tensors(reader, hf), path)
-        tokenizer = Tokenizer.from_gguf(path, model.config.eos_token_ids)
+        tensors = iter_tensors(reader, hf, int4)
+        tokenizer = Tokenizer.from_gguf(path, config.eos_token_ids)
+    _fill(model, tensors, path)
     model.eval()
     return LoadedModel(name_or_path, model, tokenizer, time.perf_counter() - start)
+
+
+def _packed_linears(
+    folder: Path, reader: GGUFReader, hf: dict, model: Decoder, int4: frozenset[str]
+) -> dict[str, torch.Tensor | Int4Weight]:
+    """Every linear weight in its run-time form: from the saved file, or packed now and saved."""
+    path = packed_path(folder)
+    if path.is_file():
+        try:
+            return dict(read_packed(path))
+        except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
+            raise ModelLoadError(
+                f"cannot read {path} ({exc}); delete it and load again to repack"
+            ) from exc
+    linears = model.linear_weight_names()
+    weights: dict[str, torch.Tensor | Int4Weight] = dict(iter_tensors(reader, hf, int4, only=int4))
+    for name, tensor in iter_safetensors(folder):
+        if name in linears and name not in int4:
+            weights[name] = tensor.to(model.linear_dtype)
+    write_packed(path, weights)
+    return weights
+
+
+def _linear_dtype(weights: str, has_gguf: bool, dtype: torch.dtype) -> torch.dtype:
+    if weights == "auto":
+        return torch.bfloat16 if has_gguf else dtype
+    return torch.bfloat16 if weights in ("int4", "bfloat16") else torch.float32
 
 
 def _config(hf: dict, path: Path) -> ModelConfig:

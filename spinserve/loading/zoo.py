@@ -218,6 +218,17 @@ def model_dir(name: str, cache_dir: Path) -> Path:
     return cache_dir / "models" / name
 
 
+def source_gguf(folder: Path) -> Path | None:
+    """The kept GGUF a converted zoo folder came from, or None (not a zoo folder, or the GGUF
+    is gone)."""
+    try:
+        marker = json.loads((folder / MARKER_FILE).read_text())
+        path = folder.parent.parent / "gguf" / marker["gguf_file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if path.is_file() else None
+
+
 def gguf_path(name: str, cache_dir: Path, zoo: Mapping[str, ModelSource] = ZOO) -> Path:
     return cache_dir / "gguf" / lookup(name, zoo).gguf_filename
 

@@ -9,8 +9,9 @@ from torch import nn
 
 from spinserve.config.model import ModelConfig
 from spinserve.models.kv_cache import KVCache
-from spinserve.models.layers import DecoderLayer, RMSNorm
+from spinserve.models.layers import DecoderLayer, Linear, RMSNorm
 from spinserve.ops.attention import AttentionMetadata
+from spinserve.ops.quant import Int4Weight
 from spinserve.ops.rope import RopeTable
 
 
@@ -27,28 +28,37 @@ class Decoder(nn.Module):
     """``forward(input_ids, positions, attn, kv_cache, logits_indices) -> logits``.
 
     Parameters start on the meta device and are filled by `load_weights`, so a model never
-    holds two copies of its weights.
+    holds two copies of its weights. ``dtype`` is the activations' and KV cache's dtype;
+    ``linear_dtype`` that of dense linear weights (default: ``dtype``). A linear weight given as
+    an `Int4Weight` is kept in its 4-bit blocks.
     """
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        dtype: torch.dtype = torch.float32,
+        linear_dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.dtype = dtype
+        self.linear_dtype = linear_dtype or dtype
         self.model = DecoderBody(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device="meta")
-        self.lm_head.requires_grad_(False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self._rope: dict[tuple[float, float], RopeTable] = {}
         for layer in range(config.num_layers):
             key = (config.layer_rope_theta(layer), config.layer_rope_factor(layer))
             if key not in self._rope:
                 self._rope[key] = RopeTable(config.head_dim, *key)
 
-    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Take each named tensor (Hugging Face names) as a parameter, cast to ``self.dtype``.
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor | Int4Weight]]) -> None:
+        """Take each named tensor (Hugging Face names) as a parameter, cast to ``self.dtype``
+        (linear weights to ``self.linear_dtype``; an `Int4Weight` stays packed).
 
         Raises ValueError naming any unknown, missing or misshapen tensor.
         """
         params = dict(self.named_parameters(remove_duplicate=False))
+        linears = self.linear_weight_names()
         if self.config.tie_word_embeddings:
             params.pop("lm_head.weight")
         seen: set[str] = set()
@@ -64,13 +74,36 @@ class Decoder(nn.Module):
                     f"tensor {name!r} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(params[name].shape)}"
                 )
-            self._set_param(name, tensor.to(self.dtype))
+            if isinstance(tensor, Int4Weight):
+                if name not in linears:
+                    raise ValueError(f"tensor {name!r} cannot be kept in 4-bit blocks")
+                self.get_submodule(name.rpartition(".")[0]).set_int4(tensor)
+            else:
+                self._set_param(
+                    name, tensor.to(self.linear_dtype if name in linears else self.dtype)
+                )
             seen.add(name)
         missing = sorted(set(params) - seen)
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
         if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+            embedding = self.model.embed_tokens.weight
+            if self.linear_dtype == embedding.dtype:
+                self.lm_head.weight = embedding
+            else:
+                self._set_param("lm_head.weight", embedding.to(self.linear_dtype))
+
+    def linear_weight_names(self) -> frozenset[str]:
+        """Names of the weights that linear layers multiply by (``lm_head.weight`` included)."""
+        return frozenset(
+            f"{name}.weight" for name, m in self.named_modules() if isinstance(m, Linear)
+        )
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights a forward reads for one row (embedding lookups aside)."""
+        return sum(m.weight_bytes for m in self.modules() if isinstance(m, Linear)) + sum(
+            p.nbytes for n, p in self.named_parameters() if n.endswith(("norm.weight", "bias"))
+        )
 
     def _set_param(self, name: str, tensor: torch.Tensor) -> None:
         owner_name, _, leaf = name.rpartition(".")
@@ -98,8 +131,33 @@ class Decoder(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> [rows, vocab] fp32, after the final norm and any soft-capping."""
-        logits = self.lm_head(self.model.norm(hidden)).float()
+        normed = self.model.norm(hidden)
+        logits = self.lm_head(normed).float()
+        weight = self.lm_head.weight
+        if weight is not None and weight.dtype != torch.float32:
+            _refine_top(logits, normed.float(), weight)
         cap = self.config.final_logit_softcapping
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+
+# Logits within this much of a row's maximum are recomputed in full precision (see
+# `_refine_top`); bf16 rounding moves a logit of 30 by about 0.1.
+REFINE_MARGIN = 1.0
+
+
+def _refine_top(logits: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    """Recompute in place, from the fp32 hidden state, the logits near each row's maximum.
+
+    A bf16 lm_head returns bf16 logits (the kernel has no fp32 output), and at a logit of 25
+    bf16 steps by 0.125: the top tokens tie or swap where fp32 would tell them apart (a
+    SmolLM2 chat answered "L'Étoile" instead of "The capital of France is Paris"). The rows of
+    the weight for the few candidates are multiplied in float64, whose products are exact and
+    whose sums do not depend on how many candidates a step has, so the result stays
+    batch-invariant.
+    """
+    top = logits.max(dim=-1, keepdim=True).values
+    rows, cols = torch.nonzero(logits >= top - REFINE_MARGIN, as_tuple=True)
+    exact = (weight[cols].double() * hidden[rows].double()).sum(dim=-1)
+    logits[rows, cols] = exact.float()

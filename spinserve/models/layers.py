@@ -6,12 +6,14 @@ Parameter names follow Hugging Face checkpoints so state dicts load without rena
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spinserve.config.model import ModelConfig
 from spinserve.ops.activation import gated_activation
 from spinserve.ops.attention import AttentionMetadata, ragged_attention, write_kv
 from spinserve.ops.norm import rms_norm
+from spinserve.ops.quant import Int4Weight, int4_linear
 from spinserve.ops.rope import apply_rope
 
 
@@ -26,10 +28,39 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps, self.weight_offset)
 
 
-def _linear(n_in: int, n_out: int, bias: bool) -> nn.Linear:
-    layer = nn.Linear(n_in, n_out, bias=bias, device="meta")
-    layer.requires_grad_(False)
-    return layer
+class Linear(nn.Module):
+    """``y = x W^T + b`` in the activations' dtype, whatever form W is kept in.
+
+    W is a dense parameter (fp32, or bf16 to halve the bytes read: the input is cast to it and
+    the product cast back) or, after `set_int4`, GGUF 4-bit blocks run by torch's int4 kernel.
+    """
+
+    def __init__(self, n_in: int, n_out: int, bias: bool) -> None:
+        super().__init__()
+        self.weight: nn.Parameter | None = nn.Parameter(
+            torch.empty(n_out, n_in, device="meta"), requires_grad=False
+        )
+        self.bias = (
+            nn.Parameter(torch.empty(n_out, device="meta"), requires_grad=False) if bias else None
+        )
+        self.int4: Int4Weight | None = None
+
+    def set_int4(self, weight: Int4Weight) -> None:
+        self.int4, self.weight = weight, None
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights one forward reads."""
+        return self.int4.nbytes if self.int4 is not None else self.weight.nbytes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int4 is not None:
+            y = int4_linear(x, self.int4)
+        elif self.weight.dtype != x.dtype:
+            y = F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+        else:
+            y = F.linear(x, self.weight)
+        return y if self.bias is None else y + self.bias
 
 
 class Attention(nn.Module):
@@ -37,10 +68,10 @@ class Attention(nn.Module):
         super().__init__()
         c = config
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
-        self.q_proj = _linear(c.hidden_size, c.num_heads * c.head_dim, c.attention_bias)
-        self.k_proj = _linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.attention_bias)
-        self.v_proj = _linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.attention_bias)
-        self.o_proj = _linear(c.num_heads * c.head_dim, c.hidden_size, False)
+        self.q_proj = Linear(c.hidden_size, c.num_heads * c.head_dim, c.attention_bias)
+        self.k_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.attention_bias)
+        self.v_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.attention_bias)
+        self.o_proj = Linear(c.num_heads * c.head_dim, c.hidden_size, False)
         if c.qk_norm:
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, c.norm_weight_offset)
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, c.norm_weight_offset)
@@ -73,9 +104,9 @@ class GatedMLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         c = config
-        self.gate_proj = _linear(c.hidden_size, c.intermediate_size, False)
-        self.up_proj = _linear(c.hidden_size, c.intermediate_size, False)
-        self.down_proj = _linear(c.intermediate_size, c.hidden_size, False)
+        self.gate_proj = Linear(c.hidden_size, c.intermediate_size, False)
+        self.up_proj = Linear(c.hidden_size, c.intermediate_size, False)
+        self.down_proj = Linear(c.intermediate_size, c.hidden_size, False)
         self.act = c.hidden_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

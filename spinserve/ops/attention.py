@@ -20,13 +20,15 @@ class SeqSpan:
     ``q_start:q_end`` are its rows in the flat batch. ``kv_slots`` selects the cache slots of the
     keys it may see (a slice when they are contiguous, else an index tensor ``[num_keys]``).
     ``mask`` ``[num_queries, num_keys]`` (True = attend) is None when every query may see every
-    key, as in a single-token decode.
+    key, as in a single-token decode. ``row_keys``, when given, holds for each query the range
+    ``(lo, hi)`` of keys it sees, and each query is then computed on its own (`ragged_attention`).
     """
 
     q_start: int
     q_end: int
     kv_slots: slice | torch.Tensor
     mask: torch.Tensor | None
+    row_keys: list[tuple[int, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,23 @@ def write_kv(
     v_cache.index_copy_(0, slot_mapping, v)
 
 
+def row_keys(
+    start_pos: int, num_queries: int, first_key_pos: int, window: int | None
+) -> list[tuple[int, int]]:
+    """For each query, the range of keys (indices from ``first_key_pos``) it sees.
+
+    >>> row_keys(start_pos=2, num_queries=2, first_key_pos=0, window=None)
+    [(0, 3), (0, 4)]
+    >>> row_keys(start_pos=5, num_queries=2, first_key_pos=3, window=3)
+    [(0, 3), (1, 4)]
+    """
+    ranges = []
+    for pos in range(start_pos, start_pos + num_queries):
+        lo = first_key_pos if window is None else max(first_key_pos, pos - window + 1)
+        ranges.append((lo - first_key_pos, pos + 1 - first_key_pos))
+    return ranges
+
+
 def ragged_attention(
     q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
     k_cache: torch.Tensor,  # [num_slots, num_kv_heads, head_dim]
@@ -80,10 +99,20 @@ def ragged_attention(
     spans: list[SeqSpan],
     scale: float,
 ) -> torch.Tensor:
-    """[num_tokens, num_heads, head_dim]: each span's queries against its own keys."""
+    """[num_tokens, num_heads, head_dim]: each span's queries against its own keys.
+
+    A span with ``row_keys`` is computed one query at a time, each against exactly the keys
+    it sees, so a query's result does not depend on how many others share its step: the same
+    position gives the same bits in a decode, a verification of drafts, or a prefill chunk.
+    (torch's attention kernels pick their blocking by query count, which changes rounding; a
+    model with bf16 activations turns such last-bit changes into changed tokens.)
+    """
     out = torch.empty_like(q)
     gqa = q.shape[1] != k_cache.shape[1]
     for span in spans:
+        if span.row_keys is not None:
+            _attend_rows(q, k_cache, v_cache, span, scale, gqa, out)
+            continue
         qs = q[span.q_start : span.q_end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
         ks = k_cache[span.kv_slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, ctx, D]
         vs = v_cache[span.kv_slots].transpose(0, 1).unsqueeze(0)
@@ -92,3 +121,25 @@ def ragged_attention(
         )
         out[span.q_start : span.q_end] = o.squeeze(0).transpose(0, 1)
     return out
+
+
+def _attend_rows(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    span: SeqSpan,
+    scale: float,
+    gqa: bool,
+    out: torch.Tensor,
+) -> None:
+    slots = span.kv_slots
+    for row, (lo, hi) in zip(range(span.q_start, span.q_end), span.row_keys, strict=True):
+        if isinstance(slots, slice):
+            keys = slice(slots.start + lo, slots.start + hi)
+        else:
+            keys = slots[lo:hi]
+        ks = k_cache[keys].transpose(0, 1).unsqueeze(0)  # [1, KVH, n_keys, D]
+        vs = v_cache[keys].transpose(0, 1).unsqueeze(0)
+        qs = q[row : row + 1].transpose(0, 1).unsqueeze(0)  # [1, H, 1, D]
+        o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=gqa)
+        out[row] = o[0, :, 0]

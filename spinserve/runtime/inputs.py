@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spinserve.ops.attention import AttentionMetadata, SeqSpan, causal_mask
+from spinserve.ops.attention import AttentionMetadata, SeqSpan, causal_mask, row_keys
 from spinserve.types.batch import SeqChunk, StepBatch
 
 
@@ -39,18 +39,27 @@ def slots_for(block_ids: list[int], block_size: int, lo: int, hi: int) -> slice 
     return slots[lo - offset : hi - offset]
 
 
-def _span(chunk: SeqChunk, q_start: int, block_size: int, window: int | None) -> SeqSpan:
+def _span(
+    chunk: SeqChunk, q_start: int, block_size: int, window: int | None, per_row: bool
+) -> SeqSpan:
     lo = 0 if window is None else max(0, chunk.start_pos - window + 1)
+    per_row = per_row and chunk.num_tokens > 1  # a single query is computed on its own anyway
     return SeqSpan(
         q_start=q_start,
         q_end=q_start + chunk.num_tokens,
         kv_slots=slots_for(chunk.block_ids, block_size, lo, chunk.end_pos),
-        mask=causal_mask(chunk.start_pos, chunk.num_tokens, lo, window),
+        mask=None if per_row else causal_mask(chunk.start_pos, chunk.num_tokens, lo, window),
+        row_keys=row_keys(chunk.start_pos, chunk.num_tokens, lo, window) if per_row else None,
     )
 
 
-def build_step_inputs(batch: StepBatch, block_size: int, sliding_window: int | None) -> StepInputs:
-    """Flatten the batch; one span per request for full layers and, if any, sliding layers."""
+def build_step_inputs(
+    batch: StepBatch, block_size: int, sliding_window: int | None, per_row: bool = True
+) -> StepInputs:
+    """Flatten the batch; one span per request for full layers and, if any, sliding layers.
+
+    ``per_row``: attention computes each query on its own (batch-invariant, see
+    `spinserve.ops.attention.ragged_attention`); off, a chunk's queries go in one call."""
     ids: list[int] = []
     positions: list[int] = []
     slot_parts: list[torch.Tensor] = []
@@ -63,9 +72,9 @@ def build_step_inputs(batch: StepBatch, block_size: int, sliding_window: int | N
         positions.extend(range(chunk.start_pos, chunk.end_pos))
         new_slots = slots_for(chunk.block_ids, block_size, chunk.start_pos, chunk.end_pos)
         slot_parts.append(_as_index(new_slots))
-        full.append(_span(chunk, q_start, block_size, None))
+        full.append(_span(chunk, q_start, block_size, None, per_row))
         if sliding_window is not None:
-            sliding.append(_span(chunk, q_start, block_size, sliding_window))
+            sliding.append(_span(chunk, q_start, block_size, sliding_window, per_row))
         end = q_start + chunk.num_tokens
         logits_rows.extend(range(end - chunk.num_logits, end))
     return StepInputs(

@@ -11,7 +11,13 @@ from spinserve.types.batch import StepBatch
 
 
 class ModelRunner:
-    """Owns a model and its KV cache pool; runs whatever the scheduler hands it."""
+    """The torch `ModelBackend`: owns a model and its paged KV pool; runs whatever the
+    scheduler hands it.
+
+    The pool's slots belong to the engine's block manager, which hands each request its block
+    table: KV past a chunk's ``start_pos`` is simply overwritten, and a released request's
+    blocks are already back in the pool, so `release` has nothing to do.
+    """
 
     def __init__(self, model: Decoder, num_blocks: int, block_size: int) -> None:
         self.model = model
@@ -35,3 +41,6 @@ class ModelRunner:
         return self.model(
             inputs.input_ids, inputs.positions, inputs.attn, self.kv_cache, inputs.logits_indices
         )
+
+    def release(self, request_id: str) -> None:
+        del request_id  # the block manager has freed the request's blocks

@@ -8,6 +8,7 @@ import torch
 from spinserve.config.engine import CacheConfig, EngineConfig, SchedulerConfig
 from spinserve.config.sampling import SamplingParams
 from spinserve.engine.engine import LLMEngine
+from spinserve.runtime.backend import ModelBackend
 from spinserve.types.errors import InvalidRequestError
 
 PROMPTS = [list(range(10, 10 + n)) for n in (3, 17, 1, 9, 30, 5, 12, 24)]
@@ -162,3 +163,49 @@ def test_abort_frees_blocks(tiny_loaded):
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
     assert not engine.has_unfinished()
     assert engine.abort(rid) is None
+
+
+class _RecordingBackend:
+    """The real torch runner, with the `release` calls it receives written down."""
+
+    def __init__(self, inner: ModelBackend) -> None:
+        self.inner = inner
+        self.released: list[str] = []
+        self.start_positions: list[tuple[str, int]] = []
+
+    @property
+    def vocab_size(self) -> int:
+        return self.inner.vocab_size
+
+    def execute(self, batch):
+        self.start_positions += [(c.request_id, c.start_pos) for c in batch.chunks]
+        return self.inner.execute(batch)
+
+    def release(self, request_id: str) -> None:
+        self.released.append(request_id)
+        self.inner.release(request_id)
+
+
+def test_engine_uses_its_model_only_through_the_backend_contract(tiny_loaded, expected):
+    """The torch runner satisfies `ModelBackend`; the engine releases every finished or
+    aborted request, and a preempted request comes back at position 0 (the truncation the
+    contract implies), with outputs unchanged."""
+    loaded = tiny_loaded["llama"]
+    per_token = loaded.config.kv_bytes_per_token(4)
+    cache = CacheConfig(block_size=4, kv_cache_gib=12 * 4 * per_token / 2**30)  # preempts
+    engine = LLMEngine(loaded, EngineConfig(cache=cache))
+    assert isinstance(engine.runner, ModelBackend)
+    backend = engine.runner = _RecordingBackend(engine.runner)
+    outs = engine.generate(PROMPTS, GREEDY)
+    assert [o.token_ids for o in outs] == expected["llama"]
+    assert sorted(backend.released) == sorted(o.request_id for o in outs)
+    restarted = {
+        rid
+        for i, (rid, pos) in enumerate(backend.start_positions)
+        if pos == 0 and any(r == rid and p > 0 for r, p in backend.start_positions[:i])
+    }
+    assert restarted, "the pool was meant to force a preemption"
+    rid = engine.add_request(PROMPTS[4], GREEDY)
+    engine.step()
+    engine.abort(rid)
+    assert backend.released[-1] == rid

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from spinserve.config.engine import RuntimeConfig
 from spinserve.loading import zoo
 from spinserve.loading.loader import LoadedModel, load
 
@@ -28,8 +29,18 @@ def reference_from_gguf(name: str) -> torch.nn.Module:
     return model.eval()
 
 
+FP32 = RuntimeConfig(weights="float32")  # the reference form, as transformers computes
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> LoadedModel:
+    _fetched("smollm2-135m-instruct")
+    return load("smollm2-135m-instruct", FP32, fetch_missing=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_int4() -> LoadedModel:
+    """The fast CPU form (the default): Q4_1 blocks on the int4 kernel, the rest bf16."""
     _fetched("smollm2-135m-instruct")
     return load("smollm2-135m-instruct", fetch_missing=False)
 
@@ -42,7 +53,7 @@ def smollm2_ref() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def gemma() -> LoadedModel:
     _fetched("gemma-3-270m")
-    return load("gemma-3-270m", fetch_missing=False)
+    return load("gemma-3-270m", FP32, fetch_missing=False)
 
 
 @pytest.fixture(scope="session")

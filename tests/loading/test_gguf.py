@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
-from tiny_models import hf_model, write_gguf
+from gguf.quants import dequantize, quantize
+from safetensors.torch import save_file
+from tiny_models import hf_model, write_gguf, write_hf_folder
 from transformers import AutoModelForCausalLM
 
+from spinserve.config.engine import RuntimeConfig
 from spinserve.config.model import ModelConfig
-from spinserve.loading.gguf_file import hf_config, hf_tensor_name, iter_tensors, open_gguf
+from spinserve.loading.gguf_file import (
+    hf_config,
+    hf_tensor_name,
+    int4_blocks,
+    iter_tensors,
+    open_gguf,
+)
 from spinserve.loading.loader import load
+from spinserve.loading.packed import packed_path
 from spinserve.models.decoder import Decoder
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
@@ -129,3 +141,93 @@ def test_folder_with_unsupported_architecture(tmp_path: Path):
 def test_unknown_model_name_lists_known_ones():
     with pytest.raises(ModelLoadError, match=r"known models: .*smollm2-135m-instruct"):
         load("no-such-model")
+
+
+@pytest.mark.parametrize("quant", [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1])
+def test_int4_blocks_are_what_gguf_dequantizes(quant):
+    data = np.random.default_rng(0).standard_normal((48, 96)).astype(np.float32)
+    raw = quantize(data, quant)
+    q, scale, offset = int4_blocks(raw, quant, 48)
+    expected = dequantize(raw, quant).reshape(48, 96)
+    assert q.shape == (48, 96) and q.max() <= 15 and scale.shape == (48, 3)
+    rebuilt = np.repeat(scale, 32, axis=1) * q + np.repeat(offset, 32, axis=1)
+    np.testing.assert_array_equal(rebuilt, expected)
+
+
+def test_int4_blocks_of_q4_k_are_what_gguf_dequantizes():
+    """Q4_K from random bytes (gguf cannot quantize to it): every bit pattern of the 6-bit
+    scales and mins and of the nibbles must unpack as llama.cpp's dequantizer does."""
+    rng = np.random.default_rng(1)
+    rows, blocks_per_row = 8, 2
+    raw = rng.integers(0, 256, (rows, blocks_per_row, 144), dtype=np.uint8)
+    halves = rng.uniform(1e-3, 1e-2, (rows, blocks_per_row, 2)).astype(np.float16)
+    raw[..., 0:4] = halves.view(np.uint8).reshape(rows, blocks_per_row, 4)
+    raw = raw.reshape(rows, blocks_per_row * 144)
+    q, scale, offset = int4_blocks(raw, GGMLQuantizationType.Q4_K, rows)
+    expected = dequantize(raw, GGMLQuantizationType.Q4_K).reshape(rows, 512)
+    rebuilt = np.repeat(scale, 32, axis=1) * q + np.repeat(offset, 32, axis=1)
+    np.testing.assert_allclose(rebuilt, expected, rtol=1e-6, atol=0)
+
+
+def _logits(model, ids):
+    batch = StepBatch([SeqChunk("a", ids, 0, [0, 1, 2, 3], len(ids))])
+    return ModelRunner(model, 8, 8).execute(batch)
+
+
+def _zoo_like(arch: str, root: Path, quant: GGMLQuantizationType) -> Path:
+    """A folder laid out as the zoo converts one: fp32 shards, tokenizer, and a marker naming
+    the GGUF kept in ``../../gguf``."""
+    (root / "gguf").mkdir(parents=True)
+    reader = open_gguf(write_gguf(arch, root / "gguf" / "m.gguf", quant))
+    folder = write_hf_folder(arch, root / "models" / "m")  # for its config and tokenizer
+    for shard in folder.glob("*.safetensors"):
+        shard.unlink()
+    save_file(dict(iter_tensors(reader, hf_config(reader))), folder / "model.safetensors")
+    (folder / "spinserve.json").write_text(json.dumps({"gguf_file": "m.gguf"}))
+    return folder
+
+
+@pytest.mark.parametrize("quant", [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1])
+def test_4bit_gguf_runs_on_the_int4_kernel_close_to_the_fp32_reference(arch, tmp_path, quant):
+    folder = _zoo_like(arch, tmp_path, quant)
+    fast = load(str(folder))  # weights=auto
+    reader = open_gguf(tmp_path / "gguf" / "m.gguf")
+    reference = Decoder(ModelConfig.from_hf_dict(hf_config(reader)))  # the GGUF in fp32
+    reference.load_weights(iter_tensors(reader, hf_config(reader)))
+    q_proj = fast.model.model.layers[0].self_attn.q_proj
+    assert q_proj.int4 is not None and q_proj.weight is None
+    assert fast.model.weight_bytes() < reference.weight_bytes() / 4
+    ids = list(range(3, 33))
+    got, expected = _logits(fast.model, ids), _logits(reference, ids)
+    # bf16 activations and outputs around exact 4-bit weights: close, not equal.
+    torch.testing.assert_close(got, expected, rtol=0, atol=3e-2 * expected.abs().max().item())
+    bf16 = load(str(folder), RuntimeConfig(weights="bfloat16")).model
+    assert bf16.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+
+
+def test_int4_without_a_gguf_is_a_clear_error(tiny_folders):
+    with pytest.raises(ModelLoadError, match="no GGUF"):
+        load(str(tiny_folders["llama"]), RuntimeConfig(weights="int4"))
+    auto = load(str(tiny_folders["llama"])).model  # auto: as stored
+    assert auto.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+
+
+def test_unknown_weight_form_is_a_clear_error():
+    with pytest.raises(ValueError, match="weights must be one of"):
+        RuntimeConfig(weights="int3")
+
+
+def test_zoo_folder_packs_its_linears_once(tmp_path):
+    """The first load packs and saves the linear weights, the next reads them back; both
+    compute the same logits. A damaged file is a clear error naming the fix."""
+    folder = _zoo_like("qwen2", tmp_path, GGMLQuantizationType.Q4_1)
+    first = load(str(folder))
+    saved = packed_path(folder)
+    assert saved.is_file() and not list(saved.parent.glob(".*tmp*"))
+    second = load(str(folder))
+    ids = list(range(3, 20))
+    assert torch.equal(_logits(first.model, ids), _logits(second.model, ids))
+    assert second.model.model.layers[1].mlp.down_proj.int4 is not None
+    saved.write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="delete it"):
+        load(str(folder))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spinserve.ops.attention import SeqSpan, causal_mask, ragged_attention, write_kv
+from spinserve.ops.attention import (
+    SeqSpan,
+    causal_mask,
+    ragged_attention,
+    row_keys,
+    write_kv,
+)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +73,7 @@ def build_case(
     window: int | None,
     num_heads: int,
     num_kv_heads: int,
+    per_row: bool = False,
     seed: int = 0,
     head_dim: int = 8,
 ):
@@ -90,7 +97,14 @@ def build_case(
             slots, perm = perm[:end], perm[end:]
         lo = 0 if window is None else max(0, start_pos - window + 1)
         kv_slots = slice(int(slots[lo]), int(slots[-1]) + 1) if layout == "slice" else slots[lo:]
-        spans.append(SeqSpan(q_start, q_start + n, kv_slots, causal_mask(start_pos, n, lo, window)))
+        if per_row:
+            spans.append(
+                SeqSpan(q_start, q_start + n, kv_slots, None, row_keys(start_pos, n, lo, window))
+            )
+        else:
+            spans.append(
+                SeqSpan(q_start, q_start + n, kv_slots, causal_mask(start_pos, n, lo, window))
+            )
         q_rows = q[q_start : q_start + n]
         expected.append(
             reference_attention(q_rows, k_cache[slots], v_cache[slots], start_pos, scale, window)
@@ -110,9 +124,10 @@ SEQS = {
 @pytest.mark.parametrize("layout", ["slice", "index"])
 @pytest.mark.parametrize("window", [None, 4])
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(4, 4), (4, 2), (6, 1)])
-def test_ragged_attention_matches_reference(seqs, layout, window, num_heads, num_kv_heads):
+@pytest.mark.parametrize("per_row", [False, True], ids=["batched", "per-row"])
+def test_ragged_attention_matches_reference(seqs, layout, window, num_heads, num_kv_heads, per_row):
     q, k_cache, v_cache, spans, scale, expected = build_case(
-        SEQS[seqs], layout, window, num_heads, num_kv_heads
+        SEQS[seqs], layout, window, num_heads, num_kv_heads, per_row
     )
     out = ragged_attention(q, k_cache, v_cache, spans, scale)
     assert out.shape == q.shape
@@ -140,3 +155,25 @@ def test_write_kv_puts_each_token_in_its_slot():
     write_kv(k_cache, v_cache, k, -k, torch.tensor([4, 0, 5]))
     assert k_cache[:, 0].tolist() == [[2, 3], [0, 0], [0, 0], [0, 0], [0, 1], [4, 5]]
     torch.testing.assert_close(v_cache, -k_cache)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_per_row_attention_gives_a_query_the_same_bits_in_any_chunk(window):
+    """A position verified among drafts or prefilled in a chunk gets exactly the output it
+    gets when decoded alone (batch invariance: the basis of lossless greedy speculation)."""
+    gen = torch.Generator().manual_seed(5)
+    heads, kv_heads, dim, end = 4, 2, 16, 12
+    k_cache = torch.randn(end, kv_heads, dim, generator=gen)
+    v_cache = torch.randn(end, kv_heads, dim, generator=gen)
+    q = torch.randn(end, heads, dim, generator=gen)  # the query of every position
+    for start in range(end):  # a chunk covering positions start..end-1
+        lo = 0 if window is None else max(0, start - window + 1)
+        span = SeqSpan(
+            0, end - start, slice(lo, end), None, row_keys(start, end - start, lo, window)
+        )
+        chunk = ragged_attention(q[start:], k_cache, v_cache, [span], 0.25)
+        for pos in range(start, end):
+            first = 0 if window is None else max(0, pos - window + 1)
+            alone = SeqSpan(0, 1, slice(first, pos + 1), None)
+            decode = ragged_attention(q[pos : pos + 1], k_cache, v_cache, [alone], 0.25)
+            assert torch.equal(chunk[pos - start], decode[0]), (start, pos)

@@ -99,9 +99,12 @@ def test_multi_chunk_flat_tensors():
     assert inputs.attn.sliding is None
 
 
+@pytest.mark.parametrize("per_row", [False, True])
 @pytest.mark.parametrize("window", [None, 1, 3, 100])
-def test_multi_chunk_spans(window):
-    inputs = build_step_inputs(MULTI, block_size=4, sliding_window=window)
+def test_multi_chunk_spans(window, per_row):
+    """Batched spans carry the causal (and window) mask; per-row spans carry, for each query,
+    the range of keys that mask lets it see."""
+    inputs = build_step_inputs(MULTI, block_size=4, sliding_window=window, per_row=per_row)
     kinds = [(inputs.attn.full, None)]
     if window is not None:
         kinds.append((inputs.attn.sliding, window))
@@ -112,8 +115,14 @@ def test_multi_chunk_spans(window):
             lo = 0 if w is None else max(0, chunk.start_pos - w + 1)
             assert (span.q_start, span.q_end) == (q_start, q_start + chunk.num_tokens)
             assert as_list(span.kv_slots) == expected_slots(chunk.block_ids, 4, lo, chunk.end_pos)
-            mask = None if span.mask is None else span.mask.tolist()
-            assert mask == expected_mask(chunk.start_pos, chunk.num_tokens, lo, w)
+            expected = expected_mask(chunk.start_pos, chunk.num_tokens, lo, w)
+            if span.row_keys is None:
+                assert (None if span.mask is None else span.mask.tolist()) == expected
+            else:
+                assert per_row and span.mask is None and chunk.num_tokens > 1
+                num_keys = chunk.end_pos - lo
+                seen = [[a <= j < b for j in range(num_keys)] for a, b in span.row_keys]
+                assert seen == (expected or [[True] * num_keys] * chunk.num_tokens)
             q_start += chunk.num_tokens
 
 
@@ -162,7 +171,9 @@ def test_sliding_span_starts_a_window_before_the_first_query(
 ):
     block_ids = [3, 9, 4, 1]  # 16 slots of block_size 4, scattered
     chunk = SeqChunk("a", list(range(num_tokens)), start_pos, block_ids, num_logits=1)
-    inputs = build_step_inputs(StepBatch([chunk]), block_size=4, sliding_window=window)
+    inputs = build_step_inputs(
+        StepBatch([chunk]), block_size=4, sliding_window=window, per_row=False
+    )
     (span,) = inputs.attn.sliding
     end = start_pos + num_tokens
     assert as_list(span.kv_slots) == expected_slots(block_ids, 4, first_key, end)

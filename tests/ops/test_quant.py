@@ -1,0 +1,55 @@
+"""The int4 weight form: GGUF-style 4-bit blocks packed for torch's CPU kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spinserve.ops.quant import GROUP_SIZE, Int4Weight, int4_linear
+
+
+def _blocks(out_features: int, in_features: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (out_features, in_features), generator=g, dtype=torch.uint8)
+    groups = in_features // GROUP_SIZE
+    scale = torch.rand(out_features, groups, generator=g) * 0.02 + 0.001
+    offset = -8 * scale + torch.randn(out_features, groups, generator=g) * 0.01
+    dense = scale.repeat_interleave(GROUP_SIZE, 1) * q.float() + offset.repeat_interleave(
+        GROUP_SIZE, 1
+    )
+    return q, scale, offset, dense
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 33])
+def test_int4_linear_computes_scale_times_q_plus_offset(rows):
+    q, scale, offset, dense = _blocks(96, 128)
+    weight = Int4Weight.from_blocks(q, scale, offset)
+    x = torch.randn(rows, 128)
+    got = int4_linear(x, weight)
+    expected = x @ dense.t()
+    assert got.dtype == torch.float32 and got.shape == (rows, 96)
+    # bf16 activations, scales, zeros and output: ~3 significant digits.
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-2 * expected.abs().max().item())
+
+
+def test_int4_linear_keeps_leading_dimensions_and_dtype():
+    q, scale, offset, _ = _blocks(64, 64)
+    weight = Int4Weight.from_blocks(q, scale, offset)
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16)
+    assert int4_linear(x, weight).shape == (2, 5, 64)
+    assert int4_linear(x, weight).dtype == torch.bfloat16
+
+
+def test_dequantize_reads_back_the_blocks():
+    q, scale, offset, dense = _blocks(64, 96, seed=3)
+    weight = Int4Weight.from_blocks(q, scale, offset)
+    torch.testing.assert_close(weight.dequantize(), dense, rtol=1e-2, atol=1e-3)
+    assert weight.nbytes == 64 * 96 // 2 + (96 // GROUP_SIZE) * 64 * 2 * 2
+
+
+def test_bad_block_shapes_are_clear_errors():
+    q, scale, offset, _ = _blocks(64, 64)
+    with pytest.raises(ValueError, match="in % 32"):
+        Int4Weight.from_blocks(q[:, :48], scale, offset)
+    with pytest.raises(ValueError, match="offsets"):
+        Int4Weight.from_blocks(q, scale, offset[:, :1])
