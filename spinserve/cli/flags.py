@@ -33,8 +33,11 @@ HELP = {
     "block_size": "tokens per KV cache block",
     "kv_cache_gib": "KV cache pool size in GiB",
     "dtype": "compute dtype of the model",
-    "weights": "form of linear weights: auto (GGUF 4-bit blocks on the int4 kernel, other "
-    "quantized ones bfloat16; models without a GGUF as stored), int4, bfloat16, float32",
+    "weights": "form of the target's linear weights: auto (GGUF 4-bit blocks on the int4 "
+    "kernel, other quantized ones bfloat16; models without a GGUF as stored), int4, int8 (auto "
+    "with the rest re-quantized to int8: not exact), bfloat16, float32 (the reference)",
+    "drafter_weights": "form of model drafters' linear weights (as --weights); int8 by "
+    "default: a drafter's numerics change only its acceptance, never the output",
     "num_threads": "CPU threads for torch (0: torch's default)",
     "num_draft_tokens": "draft tokens per step (k) of a drafter; 0 turns speculation off",
     "drafter_kv_cache_gib": "KV cache pool of each model drafter, in GiB",

@@ -51,7 +51,7 @@ class SchedulerConfig:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
 
 
-WEIGHT_FORMS = ("auto", "int4", "bfloat16", "float32")
+WEIGHT_FORMS = ("auto", "int4", "int8", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -59,24 +59,29 @@ class RuntimeConfig:
     """How the model runs: activation dtype, the form linear weights are kept in, CPU threads
     (0 = torch's default).
 
-    ``weights``: ``auto`` keeps a GGUF model's 4-bit blocks for torch's int4 kernel and its
-    other quantized linear weights in bfloat16 (the fast CPU path), and a model without a
-    GGUF as stored; ``int4`` is ``auto`` that fails without GGUF 4-bit blocks;
-    ``bfloat16``/``float32`` dequantize every linear weight to that dtype (``float32`` is
-    the reference).
+    ``weights`` (the target's): ``auto`` keeps a GGUF model's 4-bit blocks for torch's int4
+    kernel and its other quantized linear weights in bfloat16 (the fast CPU path), and a model
+    without a GGUF as stored; ``int4`` is ``auto`` that fails without a GGUF;
+    ``bfloat16``/``float32`` dequantize every linear weight to that dtype (``float32`` is the
+    reference); ``int8`` is ``auto`` with the non-4-bit linear weights re-quantized to
+    per-row int8 (faster, not exact).
+    ``drafter_weights``: the same for model drafters; ``int8`` by default, since a drafter's
+    numerics only move its acceptance, never the output.
     """
 
     dtype: str = "float32"
     weights: str = "auto"
+    drafter_weights: str = "int8"
     num_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.weights not in WEIGHT_FORMS:
-            raise ValueError(
-                f"weights must be one of {', '.join(WEIGHT_FORMS)}, got {self.weights!r}"
-            )
+        for name in ("weights", "drafter_weights"):
+            if getattr(self, name) not in WEIGHT_FORMS:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(WEIGHT_FORMS)}, got {getattr(self, name)!r}"
+                )
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
 

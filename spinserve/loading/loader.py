@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from gguf import GGUFReader
 from rich.progress import Progress
 from safetensors import SafetensorError
 
@@ -20,7 +19,7 @@ from spinserve.loading.hf_folder import iter_safetensors, read_config
 from spinserve.loading.packed import packed_path, read_packed, write_packed
 from spinserve.loading.tokenizer import Tokenizer
 from spinserve.models.decoder import Decoder
-from spinserve.ops.quant import Int4Weight
+from spinserve.ops.quant import Int8Weight, QuantizedWeight
 from spinserve.types.errors import ModelLoadError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -83,40 +82,38 @@ def load(
             f"{path}: --weights int4 keeps a GGUF's 4-bit blocks, and this model has no GGUF "
             "(use auto, bfloat16 or float32)"
         )
-    reader = open_gguf(gguf) if gguf is not None else None
-    hf = hf_config(reader) if reader is not None else None
     dtype = _DTYPES[runtime.dtype]
-    linear_dtype = _linear_dtype(runtime.weights, reader is not None, dtype)
-    config = read_config(path) if path.is_dir() else _config(hf, path)
-    model = Decoder(config, dtype, linear_dtype)
-    int4 = (
-        int4_names(reader, model.linear_weight_names())
-        if reader is not None and runtime.weights in ("auto", "int4")
-        else frozenset()
-    )
-    if path.is_dir() and int4:
-        linears = _packed_linears(path, reader, hf, model, int4)
-        tensors = itertools.chain(
-            ((name, t) for name, t in iter_safetensors(path) if name not in linears),
-            linears.items(),
-        )
-        tokenizer = Tokenizer.from_folder(path, config.eos_token_ids)
-    elif path.is_dir():
+    linear_dtype = _linear_dtype(runtime.weights, gguf is not None, dtype)
+    packs = gguf is not None and runtime.weights in ("auto", "int4", "int8")
+    if path.is_dir():
+        model = Decoder(read_config(path), dtype, linear_dtype)
         tensors = iter_safetensors(path)
-        tokenizer = Tokenizer.from_folder(path, config.eos_token_ids)
+        if packs:  # the GGUF is opened (seconds: its vocabulary) only to pack
+            linears = _packed_linears(path, gguf, model, runtime.weights)
+            tensors = itertools.chain(
+                ((name, t) for name, t in tensors if name not in linears), linears.items()
+            )
+        tokenizer = Tokenizer.from_folder(path, model.config.eos_token_ids)
     else:
+        reader = open_gguf(path)
+        hf = hf_config(reader)
+        model = Decoder(_config(hf, path), dtype, linear_dtype)
+        int4 = int4_names(reader, model.linear_weight_names()) if packs else frozenset()
         tensors = iter_tensors(reader, hf, int4)
-        tokenizer = Tokenizer.from_gguf(path, config.eos_token_ids)
+        if runtime.weights == "int8":
+            tensors = _int8_linears(tensors, model.linear_weight_names())
+        tokenizer = Tokenizer.from_gguf(path, model.config.eos_token_ids)
     _fill(model, tensors, path)
     model.eval()
     return LoadedModel(name_or_path, model, tokenizer, time.perf_counter() - start)
 
 
 def _packed_linears(
-    folder: Path, reader: GGUFReader, hf: dict, model: Decoder, int4: frozenset[str]
-) -> dict[str, torch.Tensor | Int4Weight]:
-    """Every linear weight in its run-time form: from the saved file, or packed now and saved."""
-    path = packed_path(folder)
+    folder: Path, gguf: Path, model: Decoder, form: str
+) -> dict[str, torch.Tensor | QuantizedWeight]:
+    """Every linear weight in its run-time form: from the saved file, or packed now from the
+    GGUF's blocks and the folder's fp32 tensors, and saved."""
+    path = packed_path(folder, form)
     if path.is_file():
         try:
             return dict(read_packed(path))
@@ -124,17 +121,33 @@ def _packed_linears(
             raise ModelLoadError(
                 f"cannot read {path} ({exc}); delete it and load again to repack"
             ) from exc
+    reader = open_gguf(gguf)
+    hf = hf_config(reader)
     linears = model.linear_weight_names()
-    weights: dict[str, torch.Tensor | Int4Weight] = dict(iter_tensors(reader, hf, int4, only=int4))
-    for name, tensor in iter_safetensors(folder):
-        if name in linears and name not in int4:
-            weights[name] = tensor.to(model.linear_dtype)
+    int4 = int4_names(reader, linears)
+    weights: dict[str, torch.Tensor | QuantizedWeight] = dict(
+        iter_tensors(reader, hf, int4, only=int4)
+    )
+    rest = ((n, t) for n, t in iter_safetensors(folder) if n in linears and n not in int4)
+    if form == "int8":
+        weights.update(_int8_linears(rest, linears))
+    else:
+        weights.update((name, tensor.to(model.linear_dtype)) for name, tensor in rest)
     write_packed(path, weights)
     return weights
 
 
+def _int8_linears(tensors, linears: frozenset[str]):
+    """``tensors`` with every dense linear weight re-quantized to per-row int8."""
+    for name, tensor in tensors:
+        if name in linears and isinstance(tensor, torch.Tensor):
+            yield name, Int8Weight.quantize(tensor)
+        else:
+            yield name, tensor
+
+
 def _linear_dtype(weights: str, has_gguf: bool, dtype: torch.dtype) -> torch.dtype:
-    if weights == "auto":
+    if weights in ("auto", "int8"):
         return torch.bfloat16 if has_gguf else dtype
     return torch.bfloat16 if weights in ("int4", "bfloat16") else torch.float32
 

@@ -18,34 +18,55 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from spinserve.ops.quant import Int4Weight
+from spinserve.ops.quant import Int4Weight, Int8Weight, QuantizedWeight
 
 PACKED_DIR = "packed"
 _PACKED = ".int4_packed"
 _SCALES = ".int4_scales_zeros"
+_INT8 = ".int8_weight"
+_INT8_SCALES = ".int8_scales"
+_ALIGNMENT = 64
 log = logging.getLogger(__name__)
 
-Weights = dict[str, "torch.Tensor | Int4Weight"]
+Weights = dict[str, "torch.Tensor | QuantizedWeight"]
 
 
-def packed_path(folder: Path) -> Path:
-    return folder / PACKED_DIR / f"linears-torch-{torch.__version__.split('+')[0]}.safetensors"
+def packed_path(folder: Path, form: str = "auto") -> Path:
+    """Where the linear weights of ``form`` (``RuntimeConfig.weights``) are saved."""
+    kind = "" if form in ("auto", "int4") else f"{form}-"
+    version = torch.__version__.split("+")[0]
+    return folder / PACKED_DIR / f"linears-{kind}torch-{version}.safetensors"
 
 
-def read_packed(path: Path) -> Iterator[tuple[str, torch.Tensor | Int4Weight]]:
-    """The saved linear weights: `Int4Weight` for packed ones, bf16 tensors for the rest."""
+def read_packed(path: Path) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+    """The saved linear weights: quantized ones as `Int4Weight`/`Int8Weight`, the rest as the
+    tensors they were saved as."""
     with safe_open(path, framework="pt") as f:
         keys = list(f.keys())
         for key in keys:
-            if key.endswith(_SCALES):
+            if key.endswith((_SCALES, _INT8_SCALES)):
                 continue
             if key.endswith(_PACKED):
                 name = key.removesuffix(_PACKED)
-                packed = f.get_tensor(key)
+                packed = _aligned(f.get_tensor(key))
                 shape = (packed.shape[0], 2 * packed.shape[1])
-                yield name, Int4Weight(packed, f.get_tensor(name + _SCALES), shape)
+                yield name, Int4Weight(packed, _aligned(f.get_tensor(name + _SCALES)), shape)
+            elif key.endswith(_INT8):
+                name = key.removesuffix(_INT8)
+                weight = _aligned(f.get_tensor(key))
+                yield name, Int8Weight(weight, _aligned(f.get_tensor(name + _INT8_SCALES)))
             else:
                 yield key, f.get_tensor(key)
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, copied when its data does not start on a 64-byte boundary.
+
+    A tensor read from a safetensors file lies wherever the file put it; torch's int8 kernel
+    (``_weight_int8pack_mm``) crashed the process with a general protection fault on such
+    data (vector loads that need alignment). torch's allocator aligns to 64 bytes.
+    """
+    return tensor if tensor.data_ptr() % _ALIGNMENT == 0 else tensor.clone()
 
 
 def write_packed(path: Path, weights: Weights) -> None:
@@ -54,6 +75,8 @@ def write_packed(path: Path, weights: Weights) -> None:
     for name, w in weights.items():
         if isinstance(w, Int4Weight):
             flat[name + _PACKED], flat[name + _SCALES] = w.packed, w.scales_zeros
+        elif isinstance(w, Int8Weight):
+            flat[name + _INT8], flat[name + _INT8_SCALES] = w.weight, w.scales
         else:
             flat[name] = w.contiguous()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

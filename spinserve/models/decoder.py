@@ -11,7 +11,7 @@ from spinserve.config.model import ModelConfig
 from spinserve.models.kv_cache import KVCache
 from spinserve.models.layers import DecoderLayer, Linear, RMSNorm
 from spinserve.ops.attention import AttentionMetadata
-from spinserve.ops.quant import Int4Weight
+from spinserve.ops.quant import Int4Weight, Int8Weight, QuantizedWeight
 from spinserve.ops.rope import RopeTable
 
 
@@ -30,7 +30,7 @@ class Decoder(nn.Module):
     Parameters start on the meta device and are filled by `load_weights`, so a model never
     holds two copies of its weights. ``dtype`` is the activations' and KV cache's dtype;
     ``linear_dtype`` that of dense linear weights (default: ``dtype``). A linear weight given as
-    an `Int4Weight` is kept in its 4-bit blocks.
+    a quantized weight (`Int4Weight`, `Int8Weight`) is kept as it is.
     """
 
     def __init__(
@@ -51,9 +51,9 @@ class Decoder(nn.Module):
             if key not in self._rope:
                 self._rope[key] = RopeTable(config.head_dim, *key)
 
-    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor | Int4Weight]]) -> None:
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor | QuantizedWeight]]) -> None:
         """Take each named tensor (Hugging Face names) as a parameter, cast to ``self.dtype``
-        (linear weights to ``self.linear_dtype``; an `Int4Weight` stays packed).
+        (linear weights to ``self.linear_dtype``; a quantized weight stays as it is).
 
         Raises ValueError naming any unknown, missing or misshapen tensor.
         """
@@ -74,10 +74,10 @@ class Decoder(nn.Module):
                     f"tensor {name!r} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(params[name].shape)}"
                 )
-            if isinstance(tensor, Int4Weight):
+            if isinstance(tensor, Int4Weight | Int8Weight):
                 if name not in linears:
-                    raise ValueError(f"tensor {name!r} cannot be kept in 4-bit blocks")
-                self.get_submodule(name.rpartition(".")[0]).set_int4(tensor)
+                    raise ValueError(f"tensor {name!r} cannot be kept quantized")
+                self.get_submodule(name.rpartition(".")[0]).set_quantized(tensor)
             else:
                 self._set_param(
                     name, tensor.to(self.linear_dtype if name in linears else self.dtype)

@@ -13,7 +13,7 @@ from spinserve.config.model import ModelConfig
 from spinserve.ops.activation import gated_activation
 from spinserve.ops.attention import AttentionMetadata, ragged_attention, write_kv
 from spinserve.ops.norm import rms_norm
-from spinserve.ops.quant import Int4Weight, int4_linear
+from spinserve.ops.quant import Int4Weight, QuantizedWeight, int4_linear, int8_linear
 from spinserve.ops.rope import apply_rope
 
 
@@ -32,7 +32,8 @@ class Linear(nn.Module):
     """``y = x W^T + b`` in the activations' dtype, whatever form W is kept in.
 
     W is a dense parameter (fp32, or bf16 to halve the bytes read: the input is cast to it and
-    the product cast back) or, after `set_int4`, GGUF 4-bit blocks run by torch's int4 kernel.
+    the product cast back) or, after `set_quantized`, a `QuantizedWeight` (GGUF 4-bit blocks
+    on torch's int4 kernel, or per-row int8).
     """
 
     def __init__(self, n_in: int, n_out: int, bias: bool) -> None:
@@ -43,19 +44,21 @@ class Linear(nn.Module):
         self.bias = (
             nn.Parameter(torch.empty(n_out, device="meta"), requires_grad=False) if bias else None
         )
-        self.int4: Int4Weight | None = None
+        self.quantized: QuantizedWeight | None = None
 
-    def set_int4(self, weight: Int4Weight) -> None:
-        self.int4, self.weight = weight, None
+    def set_quantized(self, weight: QuantizedWeight) -> None:
+        self.quantized, self.weight = weight, None
 
     @property
     def weight_bytes(self) -> int:
         """Bytes of weights one forward reads."""
-        return self.int4.nbytes if self.int4 is not None else self.weight.nbytes
+        return self.quantized.nbytes if self.quantized is not None else self.weight.nbytes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.int4 is not None:
-            y = int4_linear(x, self.int4)
+        if isinstance(self.quantized, Int4Weight):
+            y = int4_linear(x, self.quantized)
+        elif self.quantized is not None:
+            y = int8_linear(x, self.quantized)
         elif self.weight.dtype != x.dtype:
             y = F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
         else:

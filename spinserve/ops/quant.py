@@ -1,4 +1,6 @@
-"""Weight-only 4-bit matmuls: GGUF's 4-bit blocks kept as they are, run by torch's int4 kernel.
+"""Weight-only quantized matmuls on torch's CPU kernels.
+
+`Int4Weight`: GGUF's 4-bit blocks kept as they are, run by torch's int4 kernel.
 
 A 4-bit GGUF block of 32 weights (Q4_0, Q4_1, and each 32-weight sub-block of Q4_K) stores
 ``w = scale * q + offset`` with ``q`` in 0..15. torch's CPU kernel
@@ -7,6 +9,10 @@ A 4-bit GGUF block of 32 weights (Q4_0, Q4_1, and each 32-weight sub-block of Q4
 ``zero = offset + 8 * scale``: no re-quantization. What changes is the precision around the
 weights: the kernel takes bfloat16 activations, scales and zeros and returns bfloat16 (llama.cpp
 likewise rounds activations, to 8 bits per block, before its 4-bit dot products).
+
+`Int8Weight`: any weight re-quantized to int8 with one scale per output row, run by
+``aten._weight_int8pack_mm``. Not exact (an error up to half a step of max|row| / 127): only
+for drafters, whose numerics move their acceptance, never the output.
 """
 
 from __future__ import annotations
@@ -71,3 +77,41 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
         rows, weight.packed, GROUP_SIZE, weight.scales_zeros
     )
     return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """An ``[out, in]`` weight as int8 with a bf16 scale per output row."""
+
+    weight: torch.Tensor  # [out, in] int8
+    scales: torch.Tensor  # [out] bfloat16
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)  # type: ignore[return-value]
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes + self.scales.nbytes
+
+    @classmethod
+    def quantize(cls, w: torch.Tensor) -> Int8Weight:
+        """Symmetric per-row quantization: ``w ~ scale[i] * q[i, j]``, q in -127..127."""
+        w = w.float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).to(_KERNEL_DTYPE)
+        q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        return cls(q.contiguous(), scale)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight.float() * self.scales.float()[:, None]
+
+
+def int8_linear(x: torch.Tensor, weight: Int8Weight) -> torch.Tensor:
+    """``x @ W.T`` for x of shape [..., in], in x's dtype."""
+    out_features, in_features = weight.shape
+    rows = x.reshape(-1, in_features).to(_KERNEL_DTYPE)
+    y = torch.ops.aten._weight_int8pack_mm(rows, weight.weight, weight.scales)
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+
+
+QuantizedWeight = Int4Weight | Int8Weight

@@ -65,7 +65,9 @@ def _spin(ctx: _Context) -> SelectionPolicy:
 
 
 def _oracle(ctx: _Context) -> SelectionPolicy:
-    return OraclePolicy.load(ctx.config.oracle_table)  # type: ignore[arg-type]
+    # A request the table does not name (a warm-up, a late arrival) is not speculated on: a
+    # step must never fail over a measurement-only policy's missing entry.
+    return OraclePolicy.load(ctx.config.oracle_table, fallback=NO_SPECULATION)  # type: ignore[arg-type]
 
 
 POLICIES: Mapping[str, Callable[[_Context], SelectionPolicy]] = MappingProxyType(

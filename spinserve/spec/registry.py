@@ -8,6 +8,7 @@ NAME|PATH    a model (zoo name, Hugging Face folder or .gguf): same tokenizer as
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -45,7 +46,8 @@ def build_drafter(
     """Load and wrap drafter ``name`` for ``target``; raises ModelLoadError for bad models."""
     if name in MODEL_FREE:
         return MODEL_FREE[name]()
-    drafter = load(name, runtime, cache_dir)
+    runtime = runtime or RuntimeConfig()
+    drafter = load(name, dataclasses.replace(runtime, weights=runtime.drafter_weights), cache_dir)
     kv = config.drafter_kv_cache_gib
     if drafter_kind(name, target, drafter) == "same-tokenizer":
         return ModelDrafter(name, drafter, target.tokenizer, target.config.vocab_size, kv)

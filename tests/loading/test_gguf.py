@@ -26,6 +26,7 @@ from spinserve.loading.gguf_file import (
 from spinserve.loading.loader import load
 from spinserve.loading.packed import packed_path
 from spinserve.models.decoder import Decoder
+from spinserve.ops.quant import Int8Weight
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
 from spinserve.types.errors import ModelLoadError
@@ -195,7 +196,7 @@ def test_4bit_gguf_runs_on_the_int4_kernel_close_to_the_fp32_reference(arch, tmp
     reference = Decoder(ModelConfig.from_hf_dict(hf_config(reader)))  # the GGUF in fp32
     reference.load_weights(iter_tensors(reader, hf_config(reader)))
     q_proj = fast.model.model.layers[0].self_attn.q_proj
-    assert q_proj.int4 is not None and q_proj.weight is None
+    assert q_proj.quantized is not None and q_proj.weight is None
     assert fast.model.weight_bytes() < reference.weight_bytes() / 4
     ids = list(range(3, 33))
     got, expected = _logits(fast.model, ids), _logits(reference, ids)
@@ -203,6 +204,27 @@ def test_4bit_gguf_runs_on_the_int4_kernel_close_to_the_fp32_reference(arch, tmp
     torch.testing.assert_close(got, expected, rtol=0, atol=3e-2 * expected.abs().max().item())
     bf16 = load(str(folder), RuntimeConfig(weights="bfloat16")).model
     assert bf16.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+
+
+def test_int8_form_requantizes_what_is_not_4bit(tmp_path):
+    """The drafters' form: 4-bit blocks as int4, every other linear weight per-row int8
+    (Q8_0 here), saved in a file of its own beside the exact form's."""
+    folder = _zoo_like("llama", tmp_path, GGMLQuantizationType.Q8_0)
+    fast = load(str(folder), RuntimeConfig(weights="int8")).model
+    assert isinstance(fast.model.layers[0].mlp.up_proj.quantized, Int8Weight)
+    assert packed_path(folder, "int8").is_file() and not packed_path(folder).is_file()
+    reader = open_gguf(tmp_path / "gguf" / "m.gguf")
+    reference = Decoder(ModelConfig.from_hf_dict(hf_config(reader)))
+    reference.load_weights(iter_tensors(reader, hf_config(reader)))
+    ids = list(range(3, 33))
+    got, expected = _logits(fast, ids), _logits(reference, ids)
+    torch.testing.assert_close(got, expected, rtol=0, atol=5e-2 * expected.abs().max().item())
+    again = load(str(folder), RuntimeConfig(weights="int8")).model
+    assert torch.equal(_logits(again, ids), got)
+    # Read back from the file, int8 data must still start on 64-byte boundaries: torch's int8
+    # kernel crashed the process (general protection fault) on safetensors' 8-byte offsets.
+    up = again.model.layers[0].mlp.up_proj.quantized
+    assert up.weight.data_ptr() % 64 == 0 and up.scales.data_ptr() % 64 == 0
 
 
 def test_int4_without_a_gguf_is_a_clear_error(tiny_folders):
@@ -227,7 +249,7 @@ def test_zoo_folder_packs_its_linears_once(tmp_path):
     second = load(str(folder))
     ids = list(range(3, 20))
     assert torch.equal(_logits(first.model, ids), _logits(second.model, ids))
-    assert second.model.model.layers[1].mlp.down_proj.int4 is not None
+    assert second.model.model.layers[1].mlp.down_proj.quantized is not None
     saved.write_bytes(b"garbage")
     with pytest.raises(ModelLoadError, match="delete it"):
         load(str(folder))

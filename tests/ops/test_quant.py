@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spinserve.ops.quant import GROUP_SIZE, Int4Weight, int4_linear
+from spinserve.ops.quant import GROUP_SIZE, Int4Weight, Int8Weight, int4_linear, int8_linear
 
 
 def _blocks(out_features: int, in_features: int, seed: int = 0):
@@ -53,3 +53,17 @@ def test_bad_block_shapes_are_clear_errors():
         Int4Weight.from_blocks(q[:, :48], scale, offset)
     with pytest.raises(ValueError, match="offsets"):
         Int4Weight.from_blocks(q, scale, offset[:, :1])
+
+
+def test_int8_rows_are_quantized_per_row_and_multiplied_by_the_int8_kernel():
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(48, 64, generator=gen) * torch.linspace(0.1, 3.0, 48)[:, None]
+    q = Int8Weight.quantize(w)
+    assert q.weight.dtype == torch.int8 and q.weight.abs().max() == 127
+    step = w.abs().amax(1, keepdim=True) / 127
+    assert ((q.dequantize() - w).abs() <= step * 0.51).all()  # half a step, bf16 scales aside
+    x = torch.randn(5, 64, generator=gen)
+    expected = x @ q.dequantize().t()
+    got = int8_linear(x, q)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-2 * expected.abs().max().item())
