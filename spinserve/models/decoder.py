@@ -44,7 +44,8 @@ class Decoder(nn.Module):
         self.dtype = dtype
         self.linear_dtype = linear_dtype or dtype
         self.model = DecoderBody(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        # Several rows may take the multi-row bf16 kernel: `_refine_top` makes the argmax exact.
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, batched_ok=True)
         self._rope: dict[tuple[float, float], RopeTable] = {}
         for layer in range(config.num_layers):
             key = (config.layer_rope_theta(layer), config.layer_rope_factor(layer))

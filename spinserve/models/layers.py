@@ -13,7 +13,13 @@ from spinserve.config.model import ModelConfig
 from spinserve.ops.activation import gated_activation
 from spinserve.ops.attention import AttentionMetadata, ragged_attention, write_kv
 from spinserve.ops.norm import rms_norm
-from spinserve.ops.quant import Int4Weight, QuantizedWeight, int4_linear, int8_linear
+from spinserve.ops.quant import (
+    Int4Weight,
+    QuantizedWeight,
+    int4_linear,
+    int8_linear,
+    rowwise_linear,
+)
 from spinserve.ops.rope import apply_rope
 
 
@@ -33,11 +39,15 @@ class Linear(nn.Module):
 
     W is a dense parameter (fp32, or bf16 to halve the bytes read: the input is cast to it and
     the product cast back) or, after `set_quantized`, a `QuantizedWeight` (GGUF 4-bit blocks
-    on torch's int4 kernel, or per-row int8).
+    on torch's int4 kernel, or per-row int8). Every form but fp32 gives each row the same
+    bits whatever rows share its call (batch invariance, docs/design.md); ``batched_ok``
+    lets a bf16 layer whose output is made invariant downstream (the lm_head, whose top
+    logits are recomputed exactly) use torch's faster multi-row kernel for several rows.
     """
 
-    def __init__(self, n_in: int, n_out: int, bias: bool) -> None:
+    def __init__(self, n_in: int, n_out: int, bias: bool, batched_ok: bool = False) -> None:
         super().__init__()
+        self.batched_ok = batched_ok
         self.weight: nn.Parameter | None = nn.Parameter(
             torch.empty(n_out, n_in, device="meta"), requires_grad=False
         )
@@ -59,10 +69,12 @@ class Linear(nn.Module):
             y = int4_linear(x, self.quantized)
         elif self.quantized is not None:
             y = int8_linear(x, self.quantized)
-        elif self.weight.dtype != x.dtype:
+        elif self.weight.dtype == torch.float32:
+            y = F.linear(x.float(), self.weight).to(x.dtype)
+        elif self.batched_ok and x.numel() > x.shape[-1]:
             y = F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
         else:
-            y = F.linear(x, self.weight)
+            y = rowwise_linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
 
