@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spinserve.ops.quant import GROUP_SIZE, Int4Weight, Int8Weight, int4_linear, int8_linear
+from spinserve.ops.quant import (
+    GROUP_SIZE,
+    Int4Weight,
+    Int8Weight,
+    int4_linear,
+    int8_linear,
+    rowwise_linear,
+)
 
 
 def _blocks(out_features: int, in_features: int, seed: int = 0):
@@ -67,3 +74,20 @@ def test_int8_rows_are_quantized_per_row_and_multiplied_by_the_int8_kernel():
     got = int8_linear(x, q)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-2 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize(("out_features", "in_features"), [(256, 192), (96, 640)])
+def test_every_linear_form_gives_a_row_the_same_bits_in_any_batch(out_features, in_features):
+    """Batch invariance, the basis of lossless greedy speculation: a row's product is the
+    same bits whether it is alone (a decode) or among others (a verification)."""
+    gen = torch.Generator().manual_seed(4)
+    q, scale, offset, dense = _blocks(out_features, in_features, seed=4)
+    int4 = Int4Weight.from_blocks(q, scale, offset)
+    bf16 = dense.bfloat16()
+    x = torch.randn(9, in_features, generator=gen)
+    for fn in (lambda r: int4_linear(r, int4), lambda r: rowwise_linear(r.bfloat16(), bf16)):
+        for rows in range(2, 10):
+            together = fn(x[:rows])
+            for r in range(rows):
+                assert torch.equal(together[r], fn(x[r : r + 1])[0]), (rows, r)
+    assert torch._C._get_mkldnn_enabled()  # rowwise_linear put oneDNN back
