@@ -1,12 +1,18 @@
-"""Model-step benchmark: our `ModelRunner` against transformers' own model, side by side.
+"""Model-step benchmark: our `ModelRunner` in each weight form against transformers' own model
+and llama.cpp, side by side.
 
-Reproduce (from the repository root; ~8 minutes on the quiet 2-core dev machine, longer while
-it waits for other processes to leave the CPU)::
+Reproduce (from the repository root; ~12 minutes on the quiet 2-core dev machine, longer while
+it waits for other processes to leave the CPU; ``llamacpp`` needs ``pip install '.[llamacpp]'``
+and is skipped without it)::
 
     .venv/bin/python benchmarks/step_bench.py \\
-        --models smollm2-135m-instruct qwen2.5-coder-1.5b-instruct \\
+        --models qwen2.5-coder-1.5b-instruct smollm2-135m-instruct \\
+        --impls ours-int4 hf llamacpp \\
         --context 128 --warmup 3 --repeats 10 --threads 2 --out results/step_bench.json
 
+Implementations (``--impls``): ``ours-int4`` / ``ours-int8`` / ``ours-fp32`` load the model
+with ``RuntimeConfig(weights=auto / int8 / float32)``; ``hf`` is transformers fp32;
+``llamacpp`` is llama.cpp on the GGUF itself (`llamacpp_step`).
 Each model is a zoo name; its converted folder in the spinserve cache is loaded by us
 (`spinserve.loading.loader.load`) and, separately, by transformers
 (`AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)`). Only one copy of one
