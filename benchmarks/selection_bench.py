@@ -86,7 +86,7 @@ from selection_report import (
 )
 from spec_bench import DEFAULT_TARGET, SPEC_BENCH, first_diff, measured, raise_priority, result
 from spec_prompts import CATEGORIES, WARMUP_TEXT, sample_prompts
-from step_bench import log, machine_info, wait_for_model
+from step_bench import add_quiet_flags, log, machine_info, wait_for_model
 
 from spinserve.config.engine import (
     WEIGHT_FORMS,
@@ -472,13 +472,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--warmup-tokens", type=int, default=8, help="tokens of each warm-up request")
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="the target's KV pool")
-    p.add_argument(
-        "--max-busy", type=float, default=0.1, help="most CPU share others may use while timing"
-    )
-    p.add_argument(
-        "--quiet-timeout", type=float, default=60.0, help="seconds to wait for quiet per try"
-    )
-    p.add_argument("--retries", type=int, default=1, help="re-timings of a disturbed timing")
+    add_quiet_flags(p, quiet_timeout=60.0, retries=1, what="timing")
     p.add_argument("--priority", type=int, default=None, help="nice value, e.g. -10 (needs root)")
     p.add_argument("--render", type=Path, default=None, help="only redraw tables and plot")
     p.add_argument("--spec-bench", type=Path, default=SPEC_BENCH)

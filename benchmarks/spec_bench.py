@@ -76,6 +76,7 @@ import torch
 from spec_prompts import CATEGORIES, WARMUP_TEXT, Prompt, sample_prompts
 from spec_report import OURS_TARGET, markdown, summarize
 from step_bench import (
+    add_quiet_flags,
     cpu_sample,
     log,
     machine_info,
@@ -541,13 +542,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--shrink-tokens", type=int, default=64, help="max tokens if over budget (0: never)"
     )
-    p.add_argument(
-        "--max-busy", type=float, default=0.1, help="most CPU share others may use while timing"
-    )
-    p.add_argument(
-        "--quiet-timeout", type=float, default=60.0, help="seconds to wait for quiet per try"
-    )
-    p.add_argument("--retries", type=int, default=1, help="re-timings of a disturbed prompt")
+    add_quiet_flags(p, quiet_timeout=60.0, retries=1, what="prompt")
     p.add_argument(
         "--redo-quiet-timeout",
         type=float,

@@ -552,6 +552,23 @@ def write_profiles(out: Path, name: str, profiles: dict[str, dict]) -> None:
         path.write_text("\n".join(lines) + "\n")
 
 
+def add_quiet_flags(
+    p: argparse.ArgumentParser, quiet_timeout: float, retries: int, what: str
+) -> None:
+    """``--max-busy``, ``--quiet-timeout``, ``--retries``: how a benchmark waits for a quiet
+    machine and re-times a ``what`` that other processes disturbed."""
+    p.add_argument(
+        "--max-busy", type=float, default=0.1, help="most CPU share others may use while timing"
+    )
+    p.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=quiet_timeout,
+        help="seconds to wait for quiet per try",
+    )
+    p.add_argument("--retries", type=int, default=retries, help=f"re-timings of a disturbed {what}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
@@ -567,13 +584,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=10, help="timed runs per case")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--profile-steps", type=int, default=3, help="decode steps to profile (0: off)")
-    p.add_argument(
-        "--max-busy", type=float, default=0.1, help="most CPU share others may use while timing"
-    )
-    p.add_argument(
-        "--quiet-timeout", type=float, default=300.0, help="seconds to wait for quiet per try"
-    )
-    p.add_argument("--retries", type=int, default=3, help="re-timings of a disturbed case")
+    add_quiet_flags(p, quiet_timeout=300.0, retries=3, what="case")
     p.add_argument("--cache-dir", type=Path, default=None, help="spinserve cache (default: zoo's)")
     p.add_argument("--wait-timeout", type=float, default=1800.0, help="seconds to wait per model")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "step_bench.json")

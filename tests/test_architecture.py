@@ -31,30 +31,9 @@ ALLOWED: dict[str, set[str]] = {
     "spec": {"types", "config", "ops", "models", "loading", "runtime"},
     "selection": {"types", "config"},
     "engine": {"types", "config", "ops", "models", "loading", "runtime", "spec", "selection"},
-    "server": {
-        "types",
-        "config",
-        "ops",
-        "models",
-        "loading",
-        "runtime",
-        "spec",
-        "selection",
-        "engine",
-    },
-    "cli": {
-        "types",
-        "config",
-        "ops",
-        "models",
-        "loading",
-        "runtime",
-        "spec",
-        "selection",
-        "engine",
-        "server",
-    },
 }
+ALLOWED["server"] = ALLOWED["engine"] | {"engine"}
+ALLOWED["cli"] = ALLOWED["server"] | {"server"}
 NO_TORCH = [
     "types",
     "config",

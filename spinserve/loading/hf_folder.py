@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -34,13 +34,17 @@ def safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
-def iter_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of every shard, one at a time (a shard stays memory-mapped meanwhile)."""
+def iter_safetensors(
+    folder: Path, wanted: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of every shard (or those whose name is ``wanted``), one at a time (a shard
+    stays memory-mapped meanwhile); a tensor not wanted is never read."""
     for file in safetensors_files(folder):
         try:
             with safe_open(file, framework="pt") as f:
                 for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    yield name, f.get_tensor(name)
+                    if wanted is None or wanted(name):
+                        yield name, f.get_tensor(name)
         except (OSError, RuntimeError) as exc:
             if isinstance(exc, ModelLoadError):
                 raise

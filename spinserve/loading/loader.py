@@ -90,9 +90,8 @@ def load(
         tensors = iter_safetensors(path)
         if packs:  # the GGUF is opened (seconds: its vocabulary) only to pack
             linears = _packed_linears(path, gguf, model, runtime.weights)
-            tensors = itertools.chain(
-                ((name, t) for name, t in tensors if name not in linears), linears.items()
-            )
+            rest = iter_safetensors(path, lambda name: name not in linears)
+            tensors = itertools.chain(rest, linears.items())
         tokenizer = Tokenizer.from_folder(path, model.config.eos_token_ids)
     else:
         reader = open_gguf(path)
@@ -128,7 +127,7 @@ def _packed_linears(
     weights: dict[str, torch.Tensor | QuantizedWeight] = dict(
         iter_tensors(reader, hf, int4, only=int4)
     )
-    rest = ((n, t) for n, t in iter_safetensors(folder) if n in linears and n not in int4)
+    rest = iter_safetensors(folder, lambda name: name in linears and name not in int4)
     if form == "int8":
         weights.update(_int8_linears(rest, linears))
     else:
