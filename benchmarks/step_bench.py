@@ -90,7 +90,12 @@ VERIFY_TOKENS = 8  # tokens of verify_1x8: 7 draft tokens + the bonus position
 BLOCK_SIZE = 16
 CASES = ("decode_1x1", "verify_1x8", "batch_8x1")
 # Our weight forms (RuntimeConfig.weights), transformers fp32, llama.cpp on the GGUF.
-OURS_WEIGHTS = {"ours-int4": "auto", "ours-int8": "int8", "ours-fp32": "float32"}
+OURS_WEIGHTS = {
+    "ours": "auto",
+    "ours-int4": "int4",
+    "ours-int8": "int8",
+    "ours-fp32": "float32",
+}
 IMPLS = (*OURS_WEIGHTS, "hf", "llamacpp")
 CASE_TOKENS = {"decode_1x1": 1, "verify_1x8": VERIFY_TOKENS, "batch_8x1": NUM_REQUESTS}
 PROFILE_ROWS = 15

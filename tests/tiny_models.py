@@ -7,12 +7,14 @@ template, so the whole engine and CLI run on them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     Gemma3ForCausalLM,
@@ -23,6 +25,8 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from spinserve.loading.gguf_file import hf_config, iter_tensors, open_gguf
 
 ARCHITECTURES = ("llama", "qwen2", "gemma3")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -47,16 +51,22 @@ _COMMON = dict(
 )
 
 
-def hf_model(arch: str, seed: int = 0) -> torch.nn.Module:
-    """A transformers model of ``arch`` with every parameter random."""
+# Widths for k-quant models (Q4_K/Q6_K blocks span 256 input columns).
+_WIDE = dict(hidden_size=256, intermediate_size=512)
+KQUANTS = (GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K)
+
+
+def hf_model(arch: str, seed: int = 0, wide: bool = False) -> torch.nn.Module:
+    """A transformers model of ``arch`` with every parameter random (``wide``: k-quant widths)."""
     torch.manual_seed(seed)
+    common = {**_COMMON, **(_WIDE if wide else {})}
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**_COMMON, rope_theta=10000.0))
+        model = LlamaForCausalLM(LlamaConfig(**common, rope_theta=10000.0))
     elif arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**_COMMON, rope_theta=50000.0))
+        model = Qwen2ForCausalLM(Qwen2Config(**common, rope_theta=50000.0))
     else:
         config = Gemma3TextConfig(
-            **_COMMON,
+            **common,
             head_dim=16,
             sliding_window=SLIDING_WINDOW,
             layer_types=["sliding_attention", "full_attention"],
@@ -95,10 +105,12 @@ def byte_tokenizer(specials_first: bool = False) -> PreTrainedTokenizerFast:
     )
 
 
-def write_hf_folder(arch: str, folder: Path, seed: int = 0, specials_first: bool = False) -> Path:
+def write_hf_folder(
+    arch: str, folder: Path, seed: int = 0, specials_first: bool = False, wide: bool = False
+) -> Path:
     """A tiny model folder. With ``specials_first`` the token ids are renumbered to match
     ``byte_tokenizer(specials_first=True)``: the same model over a different vocabulary."""
-    model = hf_model(arch, seed)
+    model = hf_model(arch, seed, wide)
     if specials_first:
         n = len(SPECIAL_TOKENS)
         old_of_new = list(range(256, 256 + n)) + list(range(256)) + list(range(256 + n, VOCAB_SIZE))
@@ -154,8 +166,12 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def write_gguf(arch: str, path: Path, quant: GGMLQuantizationType, seed: int = 0) -> Path:
-    """The tiny model as llama.cpp's converter would write it, matrices in ``quant``."""
-    model = hf_model(arch, seed)
+    """The tiny model as llama.cpp's converter would write it, matrices in ``quant``.
+
+    ``Q4_K`` writes a Q4_K_M-like file of the wide model: Q4_K matrices, Q6_K for the MLP down
+    projections and the output matrix, as llama.cpp's Q4_K_M mixes them.
+    """
+    model = hf_model(arch, seed, wide=quant in KQUANTS)
     cfg = model.config
     w = GGUFWriter(str(path), arch)
     w.add_block_count(cfg.num_hidden_layers)
@@ -185,7 +201,16 @@ def write_gguf(arch: str, path: Path, quant: GGMLQuantizationType, seed: int = 0
             data = _permute(data, heads)
         if arch == "gemma3" and name.endswith("norm.weight"):
             data = data + 1.0
-        if data.ndim == 2 and quant != GGMLQuantizationType.F32:
+        if data.ndim == 2 and quant in KQUANTS and data.shape[1] % 256:
+            # llama.cpp falls back likewise where rows are not whole super-blocks
+            q8 = GGMLQuantizationType.Q8_0
+            w.add_tensor(_gguf_name(name, arch), quantize(data, q8), raw_dtype=q8)
+        elif data.ndim == 2 and quant in KQUANTS:
+            kind = _gguf_name(name, arch)
+            q6 = kind.endswith(("ffn_down.weight", "output.weight"))
+            tensor_quant = GGMLQuantizationType.Q6_K if q6 else quant
+            w.add_tensor(kind, quantize_k(data, tensor_quant), raw_dtype=tensor_quant)
+        elif data.ndim == 2 and quant != GGMLQuantizationType.F32:
             w.add_tensor(_gguf_name(name, arch), quantize(data, quant), raw_dtype=quant)
         else:
             w.add_tensor(_gguf_name(name, arch), np.ascontiguousarray(data))
@@ -194,3 +219,96 @@ def write_gguf(arch: str, path: Path, quant: GGMLQuantizationType, seed: int = 0
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def quantize_k(data: np.ndarray, quant: GGMLQuantizationType) -> np.ndarray:
+    """``data`` [rows, cols] (cols % 256 == 0) in Q4_K or Q6_K blocks, [rows, bytes] uint8.
+
+    gguf-py cannot quantize to k-quants; this is a plain min/max quantizer (not llama.cpp's
+    search for the best scales) writing the exact bit layouts its dequantizer reads.
+    """
+    rows, cols = data.shape
+    x = data.astype(np.float32).reshape(-1, 256)
+    if quant == GGMLQuantizationType.Q4_K:
+        return _q4_k(x).reshape(rows, cols // 256 * 144)
+    return _q6_k(x).reshape(rows, cols // 256 * 210)
+
+
+def _half(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h = v.astype(np.float16)
+    return h.view(np.uint8).reshape(-1, 2), h.astype(np.float32)
+
+
+def _q4_k(x: np.ndarray) -> np.ndarray:
+    sub = x.reshape(-1, 8, 32)
+    low = np.minimum(sub.min(-1), 0.0)
+    scale, mins = (sub.max(-1) - low) / 15.0, -low
+    d_bytes, d = _half(scale.max(-1) / 63.0)
+    m_bytes, dmin = _half(mins.max(-1) / 63.0)
+    sc = np.clip(
+        np.round(np.divide(scale, d[:, None], where=d[:, None] > 0, out=np.zeros_like(scale))),
+        0,
+        63,
+    )
+    m = np.clip(
+        np.round(np.divide(mins, dmin[:, None], where=dmin[:, None] > 0, out=np.zeros_like(mins))),
+        0,
+        63,
+    )
+    step, offset = d[:, None] * sc, dmin[:, None] * m
+    q = np.divide(
+        sub + offset[..., None], step[..., None], where=step[..., None] > 0, out=np.zeros_like(sub)
+    )
+    q = np.clip(np.round(q), 0, 15).astype(np.uint8)
+    sc, m = sc.astype(np.uint8), m.astype(np.uint8)
+    packed_scales = np.concatenate(
+        [
+            sc[:, :4] | ((sc[:, 4:] >> 4) << 6),
+            m[:, :4] | ((m[:, 4:] >> 4) << 6),
+            (sc[:, 4:] & 0xF) | ((m[:, 4:] & 0xF) << 4),
+        ],
+        axis=1,
+    )
+    nibbles = q[:, 0::2] | (q[:, 1::2] << 4)  # sub-blocks 2i (low) and 2i+1 (high)
+    return np.concatenate([d_bytes, m_bytes, packed_scales, nibbles.reshape(-1, 128)], axis=1)
+
+
+def _q6_k(x: np.ndarray) -> np.ndarray:
+    sub = x.reshape(-1, 16, 16)
+    scale = np.abs(sub).max(-1) / 31.0
+    d_bytes, d = _half(scale.max(-1) / 127.0)
+    sc = np.clip(
+        np.round(np.divide(scale, d[:, None], where=d[:, None] > 0, out=np.zeros_like(scale))),
+        -128,
+        127,
+    )
+    step = d[:, None] * sc
+    q = np.divide(sub, step[..., None], where=step[..., None] > 0, out=np.zeros_like(sub))
+    q = (np.clip(np.round(q), -32, 31) + 32).astype(np.uint8).reshape(-1, 2, 4, 32)  # half, part
+    ql = np.concatenate(  # low nibbles: parts 0 and 1; high nibbles: parts 2 and 3
+        [(q[:, :, 0] & 0xF) | (q[:, :, 2] << 4), (q[:, :, 1] & 0xF) | (q[:, :, 3] << 4)], axis=2
+    )
+    qh = (
+        (q[:, :, 0] >> 4)
+        | ((q[:, :, 1] >> 4) << 2)
+        | ((q[:, :, 2] >> 4) << 4)
+        | ((q[:, :, 3] >> 4) << 6)
+    )
+    return np.concatenate(
+        [ql.reshape(-1, 128), qh.reshape(-1, 64), sc.astype(np.int8).view(np.uint8), d_bytes],
+        axis=1,
+    )
+
+
+def write_zoo_folder(arch: str, root: Path, quant: GGMLQuantizationType) -> Path:
+    """A folder laid out as the zoo converts one: fp32 shards, tokenizer, and a marker naming
+    the GGUF kept in ``../../gguf``."""
+    (root / "gguf").mkdir(parents=True)
+    reader = open_gguf(write_gguf(arch, root / "gguf" / "m.gguf", quant))
+    # for its config and tokenizer
+    folder = write_hf_folder(arch, root / "models" / "m", wide=quant in KQUANTS)
+    for shard in folder.glob("*.safetensors"):
+        shard.unlink()
+    save_file(dict(iter_tensors(reader, hf_config(reader))), folder / "model.safetensors")
+    (folder / "spinserve.json").write_text(json.dumps({"gguf_file": "m.gguf"}))
+    return folder

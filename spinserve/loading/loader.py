@@ -14,11 +14,18 @@ from safetensors import SafetensorError
 from spinserve.config.engine import RuntimeConfig
 from spinserve.config.model import ModelConfig
 from spinserve.loading import zoo
-from spinserve.loading.gguf_file import hf_config, int4_names, iter_tensors, open_gguf
+from spinserve.loading.gguf_file import (
+    hf_config,
+    int4_names,
+    iter_tensors,
+    kquant_names,
+    open_gguf,
+)
 from spinserve.loading.hf_folder import iter_safetensors, read_config
 from spinserve.loading.packed import packed_path, read_packed, write_packed
 from spinserve.loading.tokenizer import Tokenizer
 from spinserve.models.decoder import Decoder
+from spinserve.ops import native
 from spinserve.ops.quant import Int8Weight, QuantizedWeight
 from spinserve.types.errors import ModelLoadError
 
@@ -85,11 +92,13 @@ def load(
     dtype = _DTYPES[runtime.dtype]
     linear_dtype = _linear_dtype(runtime.weights, gguf is not None, dtype)
     packs = gguf is not None and runtime.weights in ("auto", "int4", "int8")
+    # GGUF k-quant blocks go to our kernel, when it builds here (else torch's int4 kernel).
+    kquant = packs and runtime.weights != "int4" and native.available()
     if path.is_dir():
         model = Decoder(read_config(path), dtype, linear_dtype)
         tensors = iter_safetensors(path)
         if packs:  # the GGUF is opened (seconds: its vocabulary) only to pack
-            linears = _packed_linears(path, gguf, model, runtime.weights)
+            linears = _packed_linears(path, gguf, model, runtime.weights, kquant)
             rest = iter_safetensors(path, lambda name: name not in linears)
             tensors = itertools.chain(rest, linears.items())
         tokenizer = Tokenizer.from_folder(path, model.config.eos_token_ids)
@@ -97,8 +106,10 @@ def load(
         reader = open_gguf(path)
         hf = hf_config(reader)
         model = Decoder(_config(hf, path), dtype, linear_dtype)
-        int4 = int4_names(reader, model.linear_weight_names()) if packs else frozenset()
-        tensors = iter_tensors(reader, hf, int4)
+        linears = model.linear_weight_names()
+        kq = kquant_names(reader, linears) if kquant else frozenset()
+        int4 = int4_names(reader, linears - kq) if packs else frozenset()
+        tensors = iter_tensors(reader, hf, int4, kquant=kq)
         if runtime.weights == "int8":
             tensors = _int8_linears(tensors, model.linear_weight_names())
         tokenizer = Tokenizer.from_gguf(path, model.config.eos_token_ids)
@@ -108,11 +119,11 @@ def load(
 
 
 def _packed_linears(
-    folder: Path, gguf: Path, model: Decoder, form: str
+    folder: Path, gguf: Path, model: Decoder, form: str, kquant: bool
 ) -> dict[str, torch.Tensor | QuantizedWeight]:
     """Every linear weight in its run-time form: from the saved file, or packed now from the
     GGUF's blocks and the folder's fp32 tensors, and saved."""
-    path = packed_path(folder, form)
+    path = packed_path(folder, _packing(form, kquant))
     if path.is_file():
         try:
             return dict(read_packed(path))
@@ -123,17 +134,24 @@ def _packed_linears(
     reader = open_gguf(gguf)
     hf = hf_config(reader)
     linears = model.linear_weight_names()
-    int4 = int4_names(reader, linears)
+    kq = kquant_names(reader, linears) if kquant else frozenset()
+    int4 = int4_names(reader, linears - kq)
     weights: dict[str, torch.Tensor | QuantizedWeight] = dict(
-        iter_tensors(reader, hf, int4, only=int4)
+        iter_tensors(reader, hf, int4, only=int4 | kq, kquant=kq)
     )
-    rest = iter_safetensors(folder, lambda name: name in linears and name not in int4)
+    rest = iter_safetensors(folder, lambda name: name in linears and name not in weights)
     if form == "int8":
         weights.update(_int8_linears(rest, linears))
     else:
         weights.update((name, tensor.to(model.linear_dtype)) for name, tensor in rest)
     write_packed(path, weights)
     return weights
+
+
+def _packing(form: str, kquant: bool) -> str:
+    """The saved file's form: what ``RuntimeConfig.weights`` became on this machine."""
+    base = "int4" if form == "auto" else form
+    return f"kquant-{base}" if kquant and base == "int8" else ("kquant" if kquant else base)
 
 
 def _int8_linears(tensors, linears: frozenset[str]):

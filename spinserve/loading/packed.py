@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from spinserve.ops.kquant import KQUANT_TYPES, BlockWeight
 from spinserve.ops.quant import Int4Weight, Int8Weight, QuantizedWeight
 
 PACKED_DIR = "packed"
@@ -25,15 +26,18 @@ _PACKED = ".int4_packed"
 _SCALES = ".int4_scales_zeros"
 _INT8 = ".int8_weight"
 _INT8_SCALES = ".int8_scales"
+_KQUANT = {f".{name.lower()}_blocks": qtype for qtype, (name, _) in KQUANT_TYPES.items()}
 _ALIGNMENT = 64
 log = logging.getLogger(__name__)
 
 Weights = dict[str, "torch.Tensor | QuantizedWeight"]
 
 
-def packed_path(folder: Path, form: str = "auto") -> Path:
-    """Where the linear weights of ``form`` (``RuntimeConfig.weights``) are saved."""
-    kind = "" if form in ("auto", "int4") else f"{form}-"
+def packed_path(folder: Path, form: str = "int4") -> Path:
+    """Where the linear weights of ``form`` are saved: ``kquant`` (k-quant blocks for our
+    kernel, other 4-bit blocks for torch's int4 kernel, the rest bfloat16), ``kquant-int8``
+    (the rest per-row int8), ``int4`` and ``int8`` (the same without our kernel)."""
+    kind = "" if form == "int4" else f"{form}-"
     version = torch.__version__.split("+")[0]
     return folder / PACKED_DIR / f"linears-{kind}torch-{version}.safetensors"
 
@@ -51,12 +55,24 @@ def read_packed(path: Path) -> Iterator[tuple[str, torch.Tensor | QuantizedWeigh
                 packed = _aligned(f.get_tensor(key))
                 shape = (packed.shape[0], 2 * packed.shape[1])
                 yield name, Int4Weight(packed, _aligned(f.get_tensor(name + _SCALES)), shape)
+            elif key.endswith(tuple(_KQUANT)):
+                name, _, suffix = key.rpartition(".")
+                blocks = f.get_tensor(key)
+                shape = (blocks.shape[0], _in_features(f, key))
+                yield name, BlockWeight(blocks, _KQUANT["." + suffix], shape)
             elif key.endswith(_INT8):
                 name = key.removesuffix(_INT8)
                 weight = _aligned(f.get_tensor(key))
                 yield name, Int8Weight(weight, _aligned(f.get_tensor(name + _INT8_SCALES)))
             else:
                 yield key, f.get_tensor(key)
+
+
+def _in_features(f, key: str) -> int:
+    """A k-quant weight's input width, from its row of blocks."""
+    blocks = f.get_slice(key).get_shape()[1]
+    qtype = _KQUANT["." + key.rpartition(".")[2]]
+    return blocks // KQUANT_TYPES[qtype][1] * 256
 
 
 def _aligned(tensor: torch.Tensor) -> torch.Tensor:
@@ -77,6 +93,8 @@ def write_packed(path: Path, weights: Weights) -> None:
             flat[name + _PACKED], flat[name + _SCALES] = w.packed, w.scales_zeros
         elif isinstance(w, Int8Weight):
             flat[name + _INT8], flat[name + _INT8_SCALES] = w.weight, w.scales
+        elif isinstance(w, BlockWeight):
+            flat[f"{name}.{w.type_name.lower()}_blocks"] = w.blocks
         else:
             flat[name] = w.contiguous()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

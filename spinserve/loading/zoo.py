@@ -38,10 +38,10 @@ from types import MappingProxyType
 from rich.progress import Progress
 
 from spinserve import __version__
+from spinserve.config.paths import CACHE_ENV_VAR, resolve_cache_dir  # noqa: F401 (re-exported)
 from spinserve.types.errors import ModelLoadError
 
 MODEL_FREE_DRAFTERS = ("ngram", "suffix")
-CACHE_ENV_VAR = "SPINSERVE_CACHE"
 MARKER_FILE = "spinserve.json"
 DEFAULT_TARGET = "qwen2.5-coder-1.5b-instruct"
 CHUNK_BYTES = 8 << 20
@@ -204,14 +204,6 @@ def lookup(name: str, zoo: Mapping[str, ModelSource] = ZOO) -> ModelSource:
             f"unknown model {name!r}; known models: {known}; "
             "or give a path to a Hugging Face folder or a .gguf file"
         ) from None
-
-
-def resolve_cache_dir(flag: str | None = None) -> Path:
-    """The cache root: the flag, else $SPINSERVE_CACHE, else ~/.cache/spinserve."""
-    chosen = flag or os.environ.get(CACHE_ENV_VAR)
-    if chosen:
-        return Path(chosen).expanduser()
-    return Path.home() / ".cache" / "spinserve"
 
 
 def model_dir(name: str, cache_dir: Path) -> Path:

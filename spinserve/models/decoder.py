@@ -11,6 +11,7 @@ from spinserve.config.model import ModelConfig
 from spinserve.models.kv_cache import KVCache
 from spinserve.models.layers import DecoderLayer, Linear, RMSNorm
 from spinserve.ops.attention import AttentionMetadata
+from spinserve.ops.kquant import BlockWeight
 from spinserve.ops.quant import Int4Weight, Int8Weight, QuantizedWeight
 from spinserve.ops.rope import RopeTable
 
@@ -75,7 +76,7 @@ class Decoder(nn.Module):
                     f"tensor {name!r} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(params[name].shape)}"
                 )
-            if isinstance(tensor, Int4Weight | Int8Weight):
+            if isinstance(tensor, Int4Weight | Int8Weight | BlockWeight):
                 if name not in linears:
                     raise ValueError(f"tensor {name!r} cannot be kept quantized")
                 self.get_submodule(name.rpartition(".")[0]).set_quantized(tensor)

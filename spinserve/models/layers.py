@@ -12,6 +12,7 @@ from torch import nn
 from spinserve.config.model import ModelConfig
 from spinserve.ops.activation import gated_activation
 from spinserve.ops.attention import AttentionMetadata, ragged_attention, write_kv
+from spinserve.ops.kquant import BlockWeight, block_linear
 from spinserve.ops.norm import rms_norm
 from spinserve.ops.quant import (
     Int4Weight,
@@ -65,7 +66,9 @@ class Linear(nn.Module):
         return self.quantized.nbytes if self.quantized is not None else self.weight.nbytes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.quantized, Int4Weight):
+        if isinstance(self.quantized, BlockWeight):
+            y = block_linear(x, self.quantized)
+        elif isinstance(self.quantized, Int4Weight):
             y = int4_linear(x, self.quantized)
         elif self.quantized is not None:
             y = int8_linear(x, self.quantized)

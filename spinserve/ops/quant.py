@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from spinserve.ops.kquant import BlockWeight
+
 GROUP_SIZE = 32  # a GGUF 4-bit block (Q4_K's sub-block); one of the kernel's group sizes
 _KERNEL_DTYPE = torch.bfloat16
 
@@ -115,7 +117,7 @@ def int8_linear(x: torch.Tensor, weight: Int8Weight) -> torch.Tensor:
     return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
 
 
-QuantizedWeight = Int4Weight | Int8Weight
+QuantizedWeight = Int4Weight | Int8Weight | BlockWeight
 
 
 def rowwise_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

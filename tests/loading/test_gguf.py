@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
-from safetensors.torch import save_file
-from tiny_models import hf_model, write_gguf, write_hf_folder
+from tiny_models import hf_model, write_gguf, write_zoo_folder
 from transformers import AutoModelForCausalLM
 
 from spinserve.config.engine import RuntimeConfig
@@ -26,7 +24,9 @@ from spinserve.loading.gguf_file import (
 from spinserve.loading.loader import load
 from spinserve.loading.packed import packed_path
 from spinserve.models.decoder import Decoder
-from spinserve.ops.quant import Int8Weight
+from spinserve.ops import native
+from spinserve.ops.kquant import BlockWeight
+from spinserve.ops.quant import Int4Weight, Int8Weight
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
 from spinserve.types.errors import ModelLoadError
@@ -175,22 +175,9 @@ def _logits(model, ids):
     return ModelRunner(model, 8, 8).execute(batch)
 
 
-def _zoo_like(arch: str, root: Path, quant: GGMLQuantizationType) -> Path:
-    """A folder laid out as the zoo converts one: fp32 shards, tokenizer, and a marker naming
-    the GGUF kept in ``../../gguf``."""
-    (root / "gguf").mkdir(parents=True)
-    reader = open_gguf(write_gguf(arch, root / "gguf" / "m.gguf", quant))
-    folder = write_hf_folder(arch, root / "models" / "m")  # for its config and tokenizer
-    for shard in folder.glob("*.safetensors"):
-        shard.unlink()
-    save_file(dict(iter_tensors(reader, hf_config(reader))), folder / "model.safetensors")
-    (folder / "spinserve.json").write_text(json.dumps({"gguf_file": "m.gguf"}))
-    return folder
-
-
 @pytest.mark.parametrize("quant", [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1])
 def test_4bit_gguf_runs_on_the_int4_kernel_close_to_the_fp32_reference(arch, tmp_path, quant):
-    folder = _zoo_like(arch, tmp_path, quant)
+    folder = write_zoo_folder(arch, tmp_path, quant)
     fast = load(str(folder))  # weights=auto
     reader = open_gguf(tmp_path / "gguf" / "m.gguf")
     reference = Decoder(ModelConfig.from_hf_dict(hf_config(reader)))  # the GGUF in fp32
@@ -206,13 +193,64 @@ def test_4bit_gguf_runs_on_the_int4_kernel_close_to_the_fp32_reference(arch, tmp
     assert bf16.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
 
 
+def _fp32_reference(gguf: Path) -> Decoder:
+    reader = open_gguf(gguf)
+    reference = Decoder(ModelConfig.from_hf_dict(hf_config(reader)))  # the GGUF in fp32
+    reference.load_weights(iter_tensors(reader, hf_config(reader)))
+    return reference
+
+
+def test_kquant_gguf_runs_on_our_kernel_close_to_the_fp32_reference(arch, tmp_path):
+    """A Q4_K_M-like file: Q4_K and Q6_K matrices stay in their blocks for our kernel (the
+    output matrix too), saved once and read back to the same logits."""
+    folder = write_zoo_folder(arch, tmp_path, GGMLQuantizationType.Q4_K)
+    fast = load(str(folder)).model  # weights=auto
+    layer = fast.model.layers[0]
+    assert layer.self_attn.q_proj.quantized.type_name == "Q4_K"
+    assert layer.mlp.down_proj.quantized.type_name == "Q6_K"
+    if not fast.config.tie_word_embeddings:
+        assert fast.lm_head.quantized.type_name == "Q6_K"
+    assert packed_path(folder, "kquant").is_file()
+    reference = _fp32_reference(tmp_path / "gguf" / "m.gguf")
+    assert fast.weight_bytes() < reference.weight_bytes() / 4
+    # Each matrix is the GGUF's (rows in the right order: llama's q/k unpermuted)...
+    params = dict(reference.named_parameters())
+    for name, module in fast.named_modules():
+        if isinstance(getattr(module, "quantized", None), BlockWeight):
+            x = torch.randn(3, module.quantized.shape[1])
+            exact = x @ params[f"{name}.weight"].T
+            assert (module(x) - (module.bias if module.bias is not None else 0) - exact).norm() < (
+                2e-2 * exact.norm()
+            ), name
+    # ...and the model close to the reference: activations are rounded to int8 per 256
+    # columns (as llama.cpp does for these blocks), about 3x the error of bf16 activations
+    # on these random models (whose logits are noise-sensitive).
+    ids = list(range(3, 33))
+    got, expected = _logits(fast, ids), _logits(reference, ids)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0.15 * expected.abs().max().item())
+    again = load(str(folder)).model  # from the saved file
+    assert torch.equal(_logits(again, ids), got)
+    torch_kernel = load(str(folder), RuntimeConfig(weights="int4")).model
+    assert isinstance(torch_kernel.model.layers[0].self_attn.q_proj.quantized, Int4Weight)
+
+
+def test_without_our_kernel_kquants_fall_back_to_torch(tmp_path, monkeypatch):
+    folder = write_zoo_folder("qwen2", tmp_path, GGMLQuantizationType.Q4_K)
+    monkeypatch.setenv(native.DISABLE_ENV_VAR, "1")
+    model = load(str(folder)).model
+    assert isinstance(model.model.layers[0].self_attn.q_proj.quantized, Int4Weight)
+    assert packed_path(folder, "int4").is_file()
+    monkeypatch.delenv(native.DISABLE_ENV_VAR)
+    assert isinstance(load(str(folder)).model.model.layers[0].mlp.up_proj.quantized, BlockWeight)
+
+
 def test_int8_form_requantizes_what_is_not_4bit(tmp_path):
     """The drafters' form: 4-bit blocks as int4, every other linear weight per-row int8
     (Q8_0 here), saved in a file of its own beside the exact form's."""
-    folder = _zoo_like("llama", tmp_path, GGMLQuantizationType.Q8_0)
+    folder = write_zoo_folder("llama", tmp_path, GGMLQuantizationType.Q8_0)
     fast = load(str(folder), RuntimeConfig(weights="int8")).model
     assert isinstance(fast.model.layers[0].mlp.up_proj.quantized, Int8Weight)
-    assert packed_path(folder, "int8").is_file() and not packed_path(folder).is_file()
+    assert packed_path(folder, "kquant-int8").is_file() and not packed_path(folder).is_file()
     reader = open_gguf(tmp_path / "gguf" / "m.gguf")
     reference = Decoder(ModelConfig.from_hf_dict(hf_config(reader)))
     reference.load_weights(iter_tensors(reader, hf_config(reader)))
@@ -242,9 +280,9 @@ def test_unknown_weight_form_is_a_clear_error():
 def test_zoo_folder_packs_its_linears_once(tmp_path):
     """The first load packs and saves the linear weights, the next reads them back; both
     compute the same logits. A damaged file is a clear error naming the fix."""
-    folder = _zoo_like("qwen2", tmp_path, GGMLQuantizationType.Q4_1)
+    folder = write_zoo_folder("qwen2", tmp_path, GGMLQuantizationType.Q4_1)
     first = load(str(folder))
-    saved = packed_path(folder)
+    saved = packed_path(folder, "kquant")
     assert saved.is_file() and not list(saved.parent.glob(".*tmp*"))
     second = load(str(folder))
     ids = list(range(3, 20))

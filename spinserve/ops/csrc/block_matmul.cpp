@@ -1,0 +1,465 @@
+// y = x W^T with W kept in its GGUF k-quant blocks (Q4_K, Q6_K), for any number of rows of x.
+//
+// Why our own kernel: speculative verification multiplies a few rows (the draft tokens) by
+// every weight, and torch's CPU int4/int8 kernels cost a matrix-vector product per row. Here
+// each weight super-block (256 weights) is read from memory once per call and its values are
+// rebuilt in registers once per group of up to 8 rows (AVX2 maddubs; AVX-512 VNNI's dpwssd
+// where the CPU has it), so the weights' memory traffic is paid once, not once per row.
+//
+// Numerics (docs/design.md, "Our k-quant kernel"):
+// - activations are rounded per row and per 256 columns to int8 (scale = max|x| / 127,
+//   round half to even), with the sum of each 16 rounded values, like llama.cpp's Q8_K;
+// - a super-block's dot product is 8 exact integer lane sums, turned into floats once per
+//   super-block and added into 8 float lanes in column order with plain (uncontracted)
+//   float ops; the lanes are summed in a fixed tree at the end.
+// So every output value depends only on its own row of x and row of W: the same bits whatever
+// rows share the call, however the output columns are split across threads, and whichever
+// path (AVX2, AVX-512, portable C++) ran.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t kQK = 256;     // weights per super-block
+constexpr int64_t kSub = 16;     // sub-blocks of 16 per super-block
+constexpr int64_t kRowTile = 32; // activation rows per pass over a weight row (portable)
+constexpr int64_t kQ4KBytes = 144;
+constexpr int64_t kQ6KBytes = 210;
+enum QType : int64_t { kQ4K = 12, kQ6K = 14 }; // ggml's type numbers
+
+float fp16_to_fp32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1F;
+  uint32_t mant = h & 0x3FF;
+  uint32_t bits;
+  if (exp == 0x1F) {
+    bits = sign | 0x7F800000 | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal half: normalize
+    exp = 113;
+    while ((mant & 0x400) == 0) {
+      mant <<= 1;
+      --exp;
+    }
+    bits = sign | (exp << 23) | ((mant & 0x3FF) << 13);
+  }
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// One row's activations for one super-block, quantized.
+struct ActBlock {
+  alignas(32) int8_t q[kQK];
+  int16_t bsum[kSub];  // sum of each 16 quantized values
+  float d;             // scale: x ~ d * q
+};
+
+// One weight super-block unpacked: value = dA * sc[j] * q - dB * c[j] for sub-block j.
+struct WeightBlock {
+  alignas(32) uint8_t q[kQK];  // 0..63
+  alignas(32) int16_t sc[kQK / 2];  // sc of each pair of columns (maddubs lanes)
+  alignas(32) int16_t c[kSub];
+  float dA, dB;
+  bool combined;  // dA == dB by format (Q6_K): the integer parts are subtracted first
+};
+
+void quantize_block(const float* x, ActBlock& out) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < kQK; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+  if (amax == 0.0f) {
+    std::memset(out.q, 0, sizeof(out.q));
+    std::memset(out.bsum, 0, sizeof(out.bsum));
+    out.d = 0.0f;
+    return;
+  }
+  const float inv = 127.0f / amax;
+  for (int64_t i = 0; i < kQK; ++i) {
+    float v = std::nearbyint(x[i] * inv);
+    v = std::fmin(127.0f, std::fmax(-127.0f, v));
+    out.q[i] = static_cast<int8_t>(v);
+  }
+  for (int64_t j = 0; j < kSub; ++j) {
+    int sum = 0;
+    for (int64_t i = 0; i < 16; ++i) sum += out.q[16 * j + i];
+    out.bsum[j] = static_cast<int16_t>(sum);
+  }
+  out.d = amax / 127.0f;
+}
+
+#if defined(__AVX2__)
+inline float half_to_float(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+#else
+inline float half_to_float(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return fp16_to_fp32(h);
+}
+#endif
+
+// Q4_K's 12 bytes of 6-bit (scale, min) pairs -> 8 scales, 8 mins (llama.cpp's bit layout).
+inline void q4_k_scales(const uint8_t* s, uint8_t* sc, uint8_t* m) {
+  uint32_t u[3];
+  std::memcpy(u, s, 12);
+  const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+  const uint32_t out[4] = {
+      u[0] & k1,
+      (u[2] & k2) | (((u[0] >> 6) & k3) << 4),
+      u[1] & k1,
+      ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4),
+  };
+  std::memcpy(sc, out, 8);
+  std::memcpy(m, out + 2, 8);
+}
+
+// Q4_K: f16 d, f16 dmin, 12 bytes of 6-bit (scale, min) for 8 sub-blocks of 32, 128 bytes of
+// nibbles (bytes 32i..32i+31: low nibbles are sub-block 2i, high nibbles 2i+1).
+void unpack_q4_k(const uint8_t* b, WeightBlock& w) {
+  w.dA = half_to_float(b);
+  w.dB = half_to_float(b + 2);
+  w.combined = false;
+  uint8_t sc[8], m[8];
+  q4_k_scales(b + 4, sc, m);
+  const uint8_t* qs = b + 16;
+  for (int j = 0; j < 8; ++j) {
+    for (int i = 0; i < 16; ++i) w.sc[16 * j + i] = sc[j];
+    w.c[2 * j] = w.c[2 * j + 1] = m[j];
+  }
+  for (int chunk = 0; chunk < 4; ++chunk) {
+    for (int i = 0; i < 32; ++i) {
+      const uint8_t byte = qs[32 * chunk + i];
+      w.q[64 * chunk + i] = byte & 0xF;
+      w.q[64 * chunk + 32 + i] = byte >> 4;
+    }
+  }
+}
+
+// Q6_K: 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, 16 int8 scales (one per 16),
+// f16 d; value = d * scale * (q - 32).
+void unpack_q6_k(const uint8_t* b, WeightBlock& w) {
+  const uint8_t* ql = b;
+  const uint8_t* qh = b + 128;
+  const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
+  w.dA = w.dB = half_to_float(b + 208);
+  w.combined = true;
+  for (int j = 0; j < kSub; ++j) {
+    for (int i = 0; i < 8; ++i) w.sc[8 * j + i] = scales[j];
+    w.c[j] = static_cast<int16_t>(32 * scales[j]);
+  }
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* l = ql + 64 * half;
+    const uint8_t* hb = qh + 32 * half;
+    uint8_t* q = w.q + 128 * half;
+    for (int i = 0; i < 32; ++i) {
+      q[i] = (l[i] & 0xF) | (((hb[i] >> 0) & 3) << 4);
+      q[i + 32] = (l[i + 32] & 0xF) | (((hb[i] >> 2) & 3) << 4);
+      q[i + 64] = (l[i] >> 4) | (((hb[i] >> 4) & 3) << 4);
+      q[i + 96] = (l[i + 32] >> 4) | (((hb[i] >> 6) & 3) << 4);
+    }
+  }
+}
+
+// A super-block's dot product for one row, as 8 exact integer lane sums (the lanes of
+// AVX2's maddubs + madd: lane l holds columns 32j + 4l .. 32j + 4l + 3 of every 32), turned
+// into floats and added into 8 float lane accumulators; the lanes are summed once per output.
+// The portable code below does the same operations in the same order as the vector code.
+constexpr int kLanes = 8;
+
+inline void accumulate_portable(const WeightBlock& w, const ActBlock& a, float* acc) {
+  for (int l = 0; l < kLanes; ++l) {
+    int32_t isum = 0;
+    for (int64_t j = 0; j < kQK / 32; ++j) {
+      int32_t lane = 0;
+      for (int t = 0; t < 4; t += 2) {
+        const int64_t i = 32 * j + 4 * l + t;
+        lane += w.sc[i / 2] * (w.q[i] * a.q[i] + w.q[i + 1] * a.q[i + 1]);
+      }
+      isum += lane;
+    }
+    const int32_t csum = w.c[2 * l] * a.bsum[2 * l] + w.c[2 * l + 1] * a.bsum[2 * l + 1];
+    const float part = w.combined ? w.dA * static_cast<float>(isum - csum)
+                                  : w.dA * static_cast<float>(isum) - w.dB * static_cast<float>(csum);
+    acc[l] = acc[l] + a.d * part;
+  }
+}
+
+inline float reduce_lanes(const float* acc) {
+  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+#if defined(__AVX2__)
+inline float reduce_lanes_avx2(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_shuffle_ps(s, s, 0x4E));
+  s = _mm_add_ps(s, _mm_shuffle_ps(s, s, 0xB1));
+  return _mm_cvtss_f32(s);
+}
+
+// acc + madd(p, sc): one instruction where AVX512-VNNI is there (same exact integers).
+inline __m256i add_scaled(__m256i acc, __m256i p, __m256i sc) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpwssd_epi32(acc, p, sc);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+#endif
+}
+
+inline __m256i load32(const void* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+// A shuffle that fills the low 128 bits with int16 element `lo` and the high with `hi`.
+inline __m256i pick_pair(int lo, int hi) {
+  const char l0 = static_cast<char>(2 * lo), l1 = static_cast<char>(2 * lo + 1);
+  const char h0 = static_cast<char>(2 * hi), h1 = static_cast<char>(2 * hi + 1);
+  return _mm256_setr_epi8(l0, l1, l0, l1, l0, l1, l0, l1, l0, l1, l0, l1, l0, l1, l0, l1, h0, h1,
+                          h0, h1, h0, h1, h0, h1, h0, h1, h0, h1, h0, h1, h0, h1);
+}
+
+inline __m256i c_times_bsum(__m256i c, const ActBlock& a) {
+  return _mm256_madd_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum)));
+}
+
+// One weight row's dot products with ROWS activation rows (act + r * stride) over nb
+// super-blocks, added to the rows' float lane sums (lanes + 8 r), kept in registers meanwhile.
+// Q4_K: the nibbles are loaded and split once per 64 columns for all ROWS rows.
+template <int ROWS>
+void q4_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride, float* lanes) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i dup = _mm256_setr_epi8(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9, 8,
+                                       9, 10, 11, 10, 11, 12, 13, 12, 13, 14, 15, 14, 15);
+  __m256 acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_load_ps(lanes + kLanes * r);
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    const uint8_t* b = w + blk * kQ4KBytes;
+    alignas(16) uint8_t sm[16];  // 8 scales, 8 mins
+    q4_k_scales(b + 4, sm, sm + 8);
+    const __m256i both =
+        _mm256_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(sm)));
+    const __m256i scales = _mm256_permute2x128_si256(both, both, 0x00);
+    // c: the min of each 16 columns (its 32-column sub-block's), as int16 lanes 0..15.
+    const __m256i c = _mm256_shuffle_epi8(_mm256_permute2x128_si256(both, both, 0x11), dup);
+    // Two independent sums per row (exact integers: any order) halve the dependency chain.
+    __m256i isum[ROWS], isum2[ROWS];
+    for (int r = 0; r < ROWS; ++r) isum[r] = isum2[r] = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      const __m256i v = load32(b + 16 + 32 * j);
+      const __m256i qlo = _mm256_and_si256(v, low);
+      const __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      const __m256i slo = _mm256_shuffle_epi8(scales, pick_pair(2 * j, 2 * j));
+      const __m256i shi = _mm256_shuffle_epi8(scales, pick_pair(2 * j + 1, 2 * j + 1));
+      for (int r = 0; r < ROWS; ++r) {
+        const int8_t* x = act[r * stride + blk].q + 64 * j;
+        isum[r] = add_scaled(isum[r], _mm256_maddubs_epi16(qlo, load32(x)), slo);
+        isum2[r] = add_scaled(isum2[r], _mm256_maddubs_epi16(qhi, load32(x + 32)), shi);
+      }
+    }
+    for (int r = 0; r < ROWS; ++r) isum[r] = _mm256_add_epi32(isum[r], isum2[r]);
+    const __m256 da = _mm256_set1_ps(half_to_float(b));
+    const __m256 db = _mm256_set1_ps(half_to_float(b + 2));
+    for (int r = 0; r < ROWS; ++r) {
+      const ActBlock& a = act[r * stride + blk];
+      const __m256 part =
+          _mm256_sub_ps(_mm256_mul_ps(da, _mm256_cvtepi32_ps(isum[r])),
+                        _mm256_mul_ps(db, _mm256_cvtepi32_ps(c_times_bsum(c, a))));
+      acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_set1_ps(a.d), part));
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) _mm256_store_ps(lanes + kLanes * r, acc[r]);
+}
+
+// Q6_K likewise: the 6-bit values are rebuilt in registers, 32 columns at a time.
+template <int ROWS>
+void q6_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride, float* lanes) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i two = _mm256_set1_epi8(0x30);
+  __m256 acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_load_ps(lanes + kLanes * r);
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    const uint8_t* b = w + blk * kQ6KBytes;
+    const __m256i s16 =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)));
+    // Two independent sums per row (exact integers: any order) halve the dependency chain.
+    __m256i isum[ROWS], isum2[ROWS];
+    for (int r = 0; r < ROWS; ++r) isum[r] = isum2[r] = _mm256_setzero_si256();
+    for (int half = 0; half < 2; ++half) {
+      const __m256i l0 = load32(b + 64 * half);
+      const __m256i l1 = load32(b + 64 * half + 32);
+      const __m256i h = load32(b + 128 + 32 * half);
+      const __m256i sc8 = half ? _mm256_permute2x128_si256(s16, s16, 0x11)
+                               : _mm256_permute2x128_si256(s16, s16, 0x00);
+      const __m256i qs[4] = {
+          _mm256_or_si256(_mm256_and_si256(l0, low),
+                          _mm256_and_si256(_mm256_slli_epi16(h, 4), two)),
+          _mm256_or_si256(_mm256_and_si256(l1, low),
+                          _mm256_and_si256(_mm256_slli_epi16(h, 2), two)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low),
+                          _mm256_and_si256(h, two)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
+                          _mm256_and_si256(_mm256_srli_epi16(h, 2), two)),
+      };
+      for (int p = 0; p < 4; ++p) {
+        const __m256i sc = _mm256_shuffle_epi8(sc8, pick_pair(2 * p, 2 * p + 1));
+        for (int r = 0; r < ROWS; ++r) {
+          const int8_t* x = act[r * stride + blk].q + 128 * half + 32 * p;
+          __m256i& sum = (ROWS <= 2 && p % 2) ? isum2[r] : isum[r];
+          sum = add_scaled(sum, _mm256_maddubs_epi16(qs[p], load32(x)), sc);
+        }
+      }
+    }
+    for (int r = 0; r < ROWS; ++r) isum[r] = _mm256_add_epi32(isum[r], isum2[r]);
+    const __m256i c = _mm256_slli_epi16(s16, 5);
+    const __m256 d = _mm256_set1_ps(half_to_float(b + 208));
+    for (int r = 0; r < ROWS; ++r) {
+      const ActBlock& a = act[r * stride + blk];
+      const __m256i diff = _mm256_sub_epi32(isum[r], c_times_bsum(c, a));
+      const __m256 part = _mm256_mul_ps(d, _mm256_cvtepi32_ps(diff));
+      acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_set1_ps(a.d), part));
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) _mm256_store_ps(lanes + kLanes * r, acc[r]);
+}
+#endif
+
+using Unpack = void (*)(const uint8_t*, WeightBlock&);
+// Rows sharing one pass over a weight row (AVX-512 machines have 32 vector registers to
+// hold 8 rows' sums; AVX2's 16 fit 4).
+#if defined(__AVX512VL__)
+constexpr int kGroup = 8;
+#else
+constexpr int kGroup = 4;
+#endif
+using Unpack = void (*)(const uint8_t*, WeightBlock&);
+using Rows = void (*)(const uint8_t*, int64_t, const ActBlock*, int64_t, float*);
+
+struct Format {
+  int64_t block_bytes;
+  Unpack unpack;      // portable path
+  Rows rows[kGroup];  // AVX2 path, for 1..kGroup rows at once
+};
+
+#if defined(__AVX2__)
+template <template <int> class K, int... R>
+constexpr Format make_format(int64_t bytes, Unpack unpack) {
+  return Format{bytes, unpack, {K<R>::run...}};
+}
+template <int R>
+struct Q4K {
+  static constexpr Rows run = q4_k_rows<R>;
+};
+template <int R>
+struct Q6K {
+  static constexpr Rows run = q6_k_rows<R>;
+};
+#if defined(__AVX512VL__)
+constexpr Format kQ4KFormat = make_format<Q4K, 1, 2, 3, 4, 5, 6, 7, 8>(kQ4KBytes, unpack_q4_k);
+constexpr Format kQ6KFormat = make_format<Q6K, 1, 2, 3, 4, 5, 6, 7, 8>(kQ6KBytes, unpack_q6_k);
+#else
+constexpr Format kQ4KFormat = make_format<Q4K, 1, 2, 3, 4>(kQ4KBytes, unpack_q4_k);
+constexpr Format kQ6KFormat = make_format<Q6K, 1, 2, 3, 4>(kQ6KBytes, unpack_q6_k);
+#endif
+#else
+constexpr Format kQ4KFormat{kQ4KBytes, unpack_q4_k, {}};
+constexpr Format kQ6KFormat{kQ6KBytes, unpack_q6_k, {}};
+#endif
+
+// Output columns [n_begin, n_end) of y = x W^T, every row.
+void matmul_rows(const ActBlock* act, int64_t rows, int64_t nb, const uint8_t* blocks,
+                 const Format& fmt, int64_t n_begin, int64_t n_end, int64_t n_out, float* y,
+                 bool portable) {
+#if defined(__AVX2__)
+  if (!portable) {
+    alignas(32) float acc[kGroup * kLanes];
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      const uint8_t* row = blocks + n * nb * fmt.block_bytes;
+      for (int64_t r = 0; r < rows; r += kGroup) {
+        const int64_t group = std::min<int64_t>(kGroup, rows - r);
+        std::memset(acc, 0, sizeof(acc));
+        fmt.rows[group - 1](row, nb, act + r * nb, nb, acc);
+        for (int64_t g = 0; g < group; ++g) {
+          y[(r + g) * n_out + n] = reduce_lanes_avx2(_mm256_load_ps(acc + kLanes * g));
+        }
+      }
+    }
+    return;
+  }
+#endif
+  WeightBlock w;
+  alignas(32) float acc[kRowTile][kLanes];
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
+    const int64_t tile = std::min(kRowTile, rows - r0);
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      const uint8_t* row = blocks + n * nb * fmt.block_bytes;
+      std::memset(acc, 0, static_cast<size_t>(tile) * sizeof(acc[0]));
+      for (int64_t b = 0; b < nb; ++b) {
+        fmt.unpack(row + b * fmt.block_bytes, w);
+        for (int64_t r = 0; r < tile; ++r) accumulate_portable(w, act[(r0 + r) * nb + b], acc[r]);
+      }
+      for (int64_t r = 0; r < tile; ++r) y[(r0 + r) * n_out + n] = reduce_lanes(acc[r]);
+    }
+  }
+}
+
+at::Tensor block_matmul(
+    const at::Tensor& x, const at::Tensor& blocks, int64_t qtype, int64_t n_out, bool portable) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be 2-D float32");
+  TORCH_CHECK(blocks.scalar_type() == at::kByte && blocks.dim() == 2, "blocks must be 2-D uint8");
+  const int64_t rows = x.size(0);
+  const int64_t k = x.size(1);
+  TORCH_CHECK(k % kQK == 0, "in_features must be a multiple of 256, got ", k);
+  const int64_t nb = k / kQK;
+  TORCH_CHECK(qtype == kQ4K || qtype == kQ6K, "unsupported block type ", qtype);
+  const Format& fmt = qtype == kQ4K ? kQ4KFormat : kQ6KFormat;
+  const int64_t block_bytes = fmt.block_bytes;
+  TORCH_CHECK(blocks.size(0) == n_out && blocks.size(1) == nb * block_bytes,
+              "blocks have shape [", blocks.size(0), ", ", blocks.size(1), "], expected [",
+              n_out, ", ", nb * block_bytes, "]");
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor bc = blocks.contiguous();
+  at::Tensor y = at::empty({rows, n_out}, x.options());
+  if (rows == 0 || n_out == 0) return y;
+  at::Tensor act_buf = at::empty({rows * nb * static_cast<int64_t>(sizeof(ActBlock))},
+                                 blocks.options());
+  auto* act = reinterpret_cast<ActBlock*>(act_buf.data_ptr<uint8_t>());
+  const float* xp = xc.data_ptr<float>();
+  at::parallel_for(0, rows * nb, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) quantize_block(xp + i * kQK, act[i]);
+  });
+  const uint8_t* bp = bc.data_ptr<uint8_t>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
+    matmul_rows(act, rows, nb, bp, fmt, begin, end, n_out, yp, portable);
+  });
+  return y;
+}
+
+}  // namespace
+
+// The op namespace is a build flag, so the portable build (tests) can load beside the native one.
+#ifndef SPINSERVE_OPS
+#define SPINSERVE_OPS spinserve
+#endif
+#define SPINSERVE_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+
+SPINSERVE_LIBRARY(SPINSERVE_OPS, m) {
+  m.def("block_matmul(Tensor x, Tensor blocks, int qtype, int n_out, bool portable) -> Tensor");
+  m.impl("block_matmul", c10::DispatchKey::CPU, &block_matmul);
+}
