@@ -6,13 +6,14 @@ it waits for other processes to leave the CPU; ``llamacpp`` needs ``pip install 
 and is skipped without it)::
 
     .venv/bin/python benchmarks/step_bench.py \\
-        --models qwen2.5-coder-1.5b-instruct smollm2-135m-instruct \\
-        --impls ours-int4 hf llamacpp \\
+        --models qwen2.5-coder-1.5b-instruct qwen2.5-coder-0.5b-instruct smollm2-135m-instruct \\
+        --impls ours ours-int4 hf llamacpp \\
         --context 128 --warmup 3 --repeats 10 --threads 2 --out results/step_bench.json
 
-Implementations (``--impls``): ``ours-int4`` / ``ours-int8`` / ``ours-fp32`` load the model
-with ``RuntimeConfig(weights=auto / int8 / float32)``; ``hf`` is transformers fp32;
-``llamacpp`` is llama.cpp on the GGUF itself (`llamacpp_step`).
+Implementations (``--impls``): ``ours`` / ``ours-int4`` / ``ours-int8`` / ``ours-fp32`` load
+the model with ``RuntimeConfig(weights=auto / int4 / int8 / float32)`` (``auto``: k-quant
+blocks on our kernel; ``int4``: 4-bit blocks on torch's int4 kernel); ``hf`` is transformers
+fp32; ``llamacpp`` is llama.cpp on the GGUF itself (`llamacpp_step`).
 Each model is a zoo name; its converted folder in the spinserve cache is loaded by us
 (`spinserve.loading.loader.load`) and, separately, by transformers
 (`AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)`). Only one copy of one
@@ -304,7 +305,7 @@ def run_ours(
     start = time.perf_counter()
     runner.execute(StepBatch([chunk(r, work.prompts[r], 0, 1) for r in range(NUM_REQUESTS)]))
     elapsed = time.perf_counter() - start
-    log(f"{name}/ours: prefilled {NUM_REQUESTS}x{work.context} in {elapsed:.1f} s")
+    log(f"{name}/ours-{weights}: prefilled {NUM_REQUESTS}x{work.context} in {elapsed:.1f} s")
     c = work.context
     batches = {
         "decode_1x1": StepBatch([chunk(0, work.new_ids[0, :1], c, 1)]),
@@ -511,7 +512,7 @@ def bench_model(name: str, args: argparse.Namespace, read_bw: float) -> dict:
     out: dict = {"folder": str(folder), "vocab_size": vocab}
     # One model copy in memory at a time: each run's model is freed before the next loads.
     for impl in args.impls:
-        if impl.startswith("ours-"):
+        if impl in OURS_WEIGHTS:
             results, wbytes, prof = run_ours(name, work, args, OURS_WEIGHTS[impl])
             runs[impl], profiles[impl] = (results, wbytes), prof
         elif impl == "hf":

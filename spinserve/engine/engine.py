@@ -32,7 +32,7 @@ from spinserve.engine.request import FinishReason, Request
 from spinserve.engine.scheduler import Scheduler
 from spinserve.loading.loader import LoadedModel
 from spinserve.runtime.backend import ModelBackend
-from spinserve.runtime.block_manager import BlockManager
+from spinserve.runtime.block_manager import BlockManager, blocks_for
 from spinserve.runtime.runner import ModelRunner
 from spinserve.runtime.sampler import Generators
 from spinserve.selection.policy import Choice, Feedback, LoadView, RequestView, StepTiming
@@ -40,10 +40,14 @@ from spinserve.selection.registry import build_policy
 from spinserve.spec.drafter import Draft, Drafter, DraftRequest
 from spinserve.spec.stats import SpecStats
 from spinserve.spec.verify import verify_batch
-from spinserve.types.batch import SeqChunk
+from spinserve.types.batch import SeqChunk, StepBatch
 from spinserve.types.errors import InvalidRequestError
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Lengths of the forwards measured at start for a policy that wants step costs: a decode and
+# verifications of 2, 4 and 8 drafts.
+CALIBRATION_TOKENS = (1, 3, 5, 9)
+_CALIBRATION_ID = "calibration"  # released before any request exists
 
 
 @dataclass
@@ -108,6 +112,25 @@ class LLMEngine:
         self._tracked: dict[str, _Tracked] = {}
         self._draft_probs: dict[str, torch.Tensor | None] = {}
         self._ids = itertools.count()
+        if self.drafters and self.policy.wants_step_costs:
+            self.policy.calibrate(self._measure_steps())
+
+    def _measure_steps(self) -> list[StepTiming]:
+        """Forwards of one scratch sequence of each length in `CALIBRATION_TOKENS`, timed
+        after an untimed one (which also pages in memory-mapped weights). No request holds a
+        block yet, so the pool's first blocks are free to write on."""
+        table = list(range(blocks_for(max(CALIBRATION_TOKENS), self.blocks.block_size)))
+        if len(table) > self.blocks.num_free_blocks:
+            return []
+        timings = []
+        for i, n in enumerate((1, *CALIBRATION_TOKENS)):
+            batch = StepBatch([SeqChunk(_CALIBRATION_ID, [0] * n, 0, table, n)])
+            start = time.perf_counter()
+            self.runner.execute(batch)
+            if i:
+                timings.append(StepTiming(time.perf_counter() - start, n, 1))
+        self.runner.release(_CALIBRATION_ID)
+        return timings
 
     def _build_drafters(self, loaded: LoadedModel, cache_dir: Path | None) -> dict[str, Drafter]:
         from spinserve.spec.registry import build_drafters

@@ -11,7 +11,7 @@ from torch import nn
 
 from spinserve.config.model import ModelConfig
 from spinserve.ops.activation import gated_activation
-from spinserve.ops.attention import AttentionMetadata, ragged_attention, write_kv
+from spinserve.ops.attention import AttentionMetadata, ragged_attention, row_attention, write_kv
 from spinserve.ops.kquant import BlockWeight, block_linear
 from spinserve.ops.norm import rms_norm
 from spinserve.ops.quant import (
@@ -113,8 +113,13 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
         write_kv(k_cache, v_cache, k, v, attn.slot_mapping)
-        spans = attn.sliding if self.sliding and attn.sliding is not None else attn.full
-        out = ragged_attention(q, k_cache, v_cache, spans, self.scale)
+        sliding = self.sliding and attn.sliding is not None
+        rows = attn.sliding_rows if sliding else attn.full_rows
+        if rows is not None:
+            out = row_attention(q, k_cache, v_cache, rows, self.scale)
+        else:
+            spans = attn.sliding if sliding else attn.full
+            out = ragged_attention(q, k_cache, v_cache, spans, self.scale)
         return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from spinserve.ops import native
+
 
 @dataclass(frozen=True)
 class SeqSpan:
@@ -32,16 +34,48 @@ class SeqSpan:
 
 
 @dataclass(frozen=True)
+class RowKeys:
+    """Every query row's keys, flat: row r sees cache slots ``slots[offsets[r]:offsets[r+1]]``
+    (in position order). What `row_attention` takes."""
+
+    slots: torch.Tensor  # [total keys] int64
+    offsets: torch.Tensor  # [num_tokens + 1] int64
+
+    @staticmethod
+    def of(spans: list[SeqSpan]) -> RowKeys:
+        parts: list[torch.Tensor] = []
+        counts: list[int] = []
+        for span in spans:
+            keys = as_index(span.kv_slots)
+            for lo, hi in span.row_keys or [(0, keys.numel())]:
+                parts.append(keys[lo:hi])
+                counts.append(hi - lo)
+        offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
+        offsets[1:] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+        return RowKeys(torch.cat(parts), offsets)
+
+
+def as_index(slots: slice | torch.Tensor) -> torch.Tensor:
+    if isinstance(slots, slice):
+        return torch.arange(slots.start, slots.stop, dtype=torch.int64)
+    return slots
+
+
+@dataclass(frozen=True)
 class AttentionMetadata:
     """Per-step attention inputs, built once and shared by all layers.
 
     ``slot_mapping`` [num_tokens]: the cache slot each new token's key and value go to.
-    ``sliding`` is None when the model has no sliding-window layers.
+    ``sliding`` is None when the model has no sliding-window layers. ``full_rows`` /
+    ``sliding_rows``: the same spans as `RowKeys`, when every query is computed on its own
+    (for `row_attention`; None otherwise).
     """
 
     slot_mapping: torch.Tensor
     full: list[SeqSpan]
     sliding: list[SeqSpan] | None = None
+    full_rows: RowKeys | None = None
+    sliding_rows: RowKeys | None = None
 
 
 def causal_mask(
@@ -90,6 +124,20 @@ def row_keys(
         lo = first_key_pos if window is None else max(first_key_pos, pos - window + 1)
         ranges.append((lo - first_key_pos, pos + 1 - first_key_pos))
     return ranges
+
+
+def row_attention(
+    q: torch.Tensor,  # [num_tokens, num_heads, head_dim] fp32
+    k_cache: torch.Tensor,  # [num_slots, num_kv_heads, head_dim] fp32
+    v_cache: torch.Tensor,
+    rows: RowKeys,
+    scale: float,
+) -> torch.Tensor:
+    """[num_tokens, num_heads, head_dim]: every query row against exactly its keys, in one
+    call of our kernel (``csrc/row_attention.cpp``): the same bits for a row whatever rows
+    share the step, like `ragged_attention` with ``row_keys``, without a Python loop per row."""
+    ops = getattr(torch.ops, native.load("row_attention"))
+    return ops.row_attention(q, k_cache, v_cache, rows.slots, rows.offsets, scale)
 
 
 def ragged_attention(

@@ -90,15 +90,15 @@ def _compiler() -> str:
 
 
 def _command(cxx: str, source: Path, flags: list[str], out: Path) -> list[str]:
-    from torch.utils.cpp_extension import include_paths  # imports setuptools: only when building
-
-    torch_lib = Path(torch.__file__).parent / "lib"
+    root = Path(torch.__file__).parent
+    torch_lib = root / "lib"
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    includes = (root / "include", root / "include" / "torch" / "csrc" / "api" / "include")
     return [
         cxx,
         *flags,
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-        *(f"-I{p}" for p in include_paths()),
+        *(f"-I{p}" for p in includes),
         str(source),
         f"-L{torch_lib}",
         "-lc10",
@@ -112,8 +112,10 @@ def _command(cxx: str, source: Path, flags: list[str], out: Path) -> list[str]:
 def _key(cxx: str, source: Path, flags: list[str]) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     h = hashlib.sha256()
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
     for part in (
         source.read_bytes(),
+        headers,
         " ".join(flags).encode(),
         torch.__version__.encode(),
         version.encode(),

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from spinserve.ops.attention import AttentionMetadata, SeqSpan, causal_mask, row_keys
+from spinserve.ops.attention import (
+    AttentionMetadata,
+    RowKeys,
+    SeqSpan,
+    as_index,
+    causal_mask,
+    row_keys,
+)
 from spinserve.types.batch import SeqChunk, StepBatch
 
 
@@ -54,12 +61,17 @@ def _span(
 
 
 def build_step_inputs(
-    batch: StepBatch, block_size: int, sliding_window: int | None, per_row: bool = True
+    batch: StepBatch,
+    block_size: int,
+    sliding_window: int | None,
+    per_row: bool = True,
+    row_kernel: bool = False,
 ) -> StepInputs:
     """Flatten the batch; one span per request for full layers and, if any, sliding layers.
 
     ``per_row``: attention computes each query on its own (batch-invariant, see
-    `spinserve.ops.attention.ragged_attention`); off, a chunk's queries go in one call."""
+    `spinserve.ops.attention.ragged_attention`); off, a chunk's queries go in one call.
+    ``row_kernel``: also list every row's keys (`RowKeys`) for `row_attention`."""
     ids: list[int] = []
     positions: list[int] = []
     slot_parts: list[torch.Tensor] = []
@@ -71,12 +83,13 @@ def build_step_inputs(
         ids.extend(chunk.token_ids)
         positions.extend(range(chunk.start_pos, chunk.end_pos))
         new_slots = slots_for(chunk.block_ids, block_size, chunk.start_pos, chunk.end_pos)
-        slot_parts.append(_as_index(new_slots))
+        slot_parts.append(as_index(new_slots))
         full.append(_span(chunk, q_start, block_size, None, per_row))
         if sliding_window is not None:
             sliding.append(_span(chunk, q_start, block_size, sliding_window, per_row))
         end = q_start + chunk.num_tokens
         logits_rows.extend(range(end - chunk.num_logits, end))
+    by_row = per_row and row_kernel
     return StepInputs(
         input_ids=torch.tensor(ids, dtype=torch.int64),
         positions=torch.tensor(positions, dtype=torch.int64),
@@ -84,12 +97,8 @@ def build_step_inputs(
             slot_mapping=torch.cat(slot_parts),
             full=full,
             sliding=sliding if sliding_window is not None else None,
+            full_rows=RowKeys.of(full) if by_row else None,
+            sliding_rows=RowKeys.of(sliding) if by_row and sliding_window is not None else None,
         ),
         logits_indices=torch.tensor(logits_rows, dtype=torch.int64),
     )
-
-
-def _as_index(slots: slice | torch.Tensor) -> torch.Tensor:
-    if isinstance(slots, slice):
-        return torch.arange(slots.start, slots.stop, dtype=torch.int64)
-    return slots

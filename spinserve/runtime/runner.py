@@ -6,6 +6,7 @@ import torch
 
 from spinserve.models.decoder import Decoder
 from spinserve.models.kv_cache import KVCache
+from spinserve.ops import native
 from spinserve.runtime.inputs import build_step_inputs
 from spinserve.types.batch import StepBatch
 
@@ -27,6 +28,8 @@ class ModelRunner:
         self._window = (
             cfg.sliding_window if any(map(cfg.is_sliding, range(cfg.num_layers))) else None
         )
+        # Attention rows in one call of our kernel (fp32 caches only), else a torch call each.
+        self._row_kernel = model.dtype == torch.float32 and native.available("row_attention")
 
     @property
     def vocab_size(self) -> int:
@@ -37,7 +40,9 @@ class ModelRunner:
         """[batch.num_logits, vocab] fp32 logits, rows in chunk order."""
         if not batch:
             return torch.empty(0, self.vocab_size)
-        inputs = build_step_inputs(batch, self.block_size, self._window)
+        inputs = build_step_inputs(
+            batch, self.block_size, self._window, row_kernel=self._row_kernel
+        )
         return self.model(
             inputs.input_ids, inputs.positions, inputs.attn, self.kv_cache, inputs.logits_indices
         )

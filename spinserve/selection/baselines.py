@@ -18,8 +18,13 @@ from pathlib import Path
 from spinserve.selection.policy import Choice, Feedback, LoadView, RequestView, StepTiming
 
 
-class _Stateless:
-    """No learning: observe and finish do nothing."""
+class Stateless:
+    """No learning: calibrate, observe and finish do nothing."""
+
+    wants_step_costs = False
+
+    def calibrate(self, timings: Sequence[StepTiming]) -> None:
+        pass
 
     def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
         pass
@@ -28,7 +33,7 @@ class _Stateless:
         pass
 
 
-class FixedPolicy(_Stateless):
+class FixedPolicy(Stateless):
     def __init__(self, choice: Choice) -> None:
         self.choice = choice
         self.name = f"fixed:{choice.drafter or choice.label}"
@@ -37,7 +42,7 @@ class FixedPolicy(_Stateless):
         return [self.choice] * len(requests)
 
 
-class RandomPolicy(_Stateless):
+class RandomPolicy(Stateless):
     name = "random"
 
     def __init__(self, arms: Sequence[Choice], seed: int = 0) -> None:
@@ -50,7 +55,7 @@ class RandomPolicy(_Stateless):
         return [self._rng.choice(self.arms) for _ in requests]
 
 
-class RoundRobinPolicy:
+class RoundRobinPolicy(Stateless):
     name = "round-robin"
 
     def __init__(self, arms: Sequence[Choice]) -> None:
@@ -69,14 +74,11 @@ class RoundRobinPolicy:
             self._next += 1
         return self._assigned[request_id]
 
-    def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
-        pass
-
     def finish(self, request_id: str) -> None:
         self._assigned.pop(request_id, None)
 
 
-class OraclePolicy(_Stateless):
+class OraclePolicy(Stateless):
     """Each request gets the arm a table names for it (keyed by request id, which the
     benchmark chooses when it adds requests, so ids agree across runs).
 

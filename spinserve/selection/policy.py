@@ -144,9 +144,19 @@ class StepTiming:
 
 
 class SelectionPolicy(Protocol):
-    """Gives each decoding request a `Choice` per step and learns from `Feedback`."""
+    """Gives each decoding request a `Choice` per step and learns from `Feedback`.
+
+    ``wants_step_costs``: the engine measures a few target forwards of different lengths when
+    it starts and hands them to `calibrate`, so what a draft token costs is known before the
+    first choice instead of learned by paying for it.
+    """
 
     name: str
+    wants_step_costs: bool
+
+    def calibrate(self, timings: Sequence[StepTiming]) -> None:
+        """Target forwards measured before any request (one sequence, several lengths)."""
+        ...
 
     def choose(self, requests: Sequence[RequestView], load: LoadView) -> list[Choice]:
         """One `Choice` per request, in order."""

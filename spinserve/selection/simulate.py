@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from spinserve.selection.baselines import OraclePolicy
+from spinserve.selection.baselines import OraclePolicy, Stateless
 from spinserve.selection.policy import (
     NO_SPECULATION,
     Choice,
@@ -219,7 +219,7 @@ def _account(
 # --- reference policies that only a simulator can have ----------------------------------------
 
 
-class StretchOraclePolicy:
+class StretchOraclePolicy(Stateless):
     """Knows each request's stretches: the best arm of the current one (an upper bound that
     no policy without the future reaches)."""
 
@@ -241,12 +241,6 @@ class StretchOraclePolicy:
     def _best(self, view: RequestView, num_running: int) -> Choice:
         text = self._requests[view.request_id].text_at(view.num_output_tokens)
         return max(self._arms, key=lambda a: goodput(self._hw, text, a, num_running, self._skills))
-
-    def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
-        pass
-
-    def finish(self, request_id: str) -> None:
-        pass
 
 
 def request_oracle(

@@ -111,6 +111,7 @@ class SpinParams:
 
 class SpinPolicy:
     name = "spin"
+    wants_step_costs = True
 
     def __init__(self, drafters: Sequence[str], params: SpinParams | None = None) -> None:
         if not drafters:
@@ -144,6 +145,13 @@ class SpinPolicy:
         choice, score = self.model.best(state, num_running)
         direct = p.model == "flat" and p.reward == "direct"  # no speculation is learned then
         return choice if direct or score > no_spec else NO_SPECULATION
+
+    def calibrate(self, timings: Sequence[StepTiming]) -> None:
+        """Seed the forward's cost line: without it the line starts flat (extra tokens look
+        free) and every request pays to learn otherwise, which under load is most of a short
+        request's steps (docs/design.md, "Drafter selection")."""
+        for timing in timings:
+            self.shared.forward.add_step(timing)
 
     def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
         self.shared.forward.add_step(timing)

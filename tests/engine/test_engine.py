@@ -209,3 +209,26 @@ def test_engine_uses_its_model_only_through_the_backend_contract(tiny_loaded, ex
     engine.step()
     engine.abort(rid)
     assert backend.released[-1] == rid
+
+
+def test_spin_starts_with_the_target_step_costs_measured(tiny_loaded):
+    """A policy that prices drafts by the forward's cost line gets it measured at start
+    (forwards of 1, 3, 5 and 9 tokens); the blocks it used are free again, and the first
+    request's output is unaffected."""
+    from spinserve.config.speculative import SpeculativeConfig
+    from spinserve.engine.engine import CALIBRATION_TOKENS
+    from spinserve.selection.spin import SpinPolicy
+
+    config = EngineConfig(speculative=SpeculativeConfig(drafters=("ngram",)))
+    engine = LLMEngine(tiny_loaded["llama"], config)
+    assert isinstance(engine.policy, SpinPolicy)
+    forward = engine.policy.shared.forward
+    assert forward.known and forward.coefficients[1] >= 0
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    alone = LLMEngine(tiny_loaded["llama"])  # no drafters: nothing to calibrate
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    prompt = list(range(10, 30))
+    assert engine.generate([prompt], params)[0].token_ids == (
+        alone.generate([prompt], params)[0].token_ids
+    )
+    assert max(CALIBRATION_TOKENS) <= engine.blocks.block_size * engine.blocks.num_blocks

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spinserve.ops import native
 from spinserve.ops.attention import (
+    RowKeys,
     SeqSpan,
     causal_mask,
     ragged_attention,
+    row_attention,
     row_keys,
     write_kv,
 )
@@ -177,3 +180,47 @@ def test_per_row_attention_gives_a_query_the_same_bits_in_any_chunk(window):
             alone = SeqSpan(0, 1, slice(first, pos + 1), None)
             decode = ragged_attention(q[pos : pos + 1], k_cache, v_cache, [alone], 0.25)
             assert torch.equal(chunk[pos - start], decode[0]), (start, pos)
+
+
+@pytest.mark.parametrize("seqs", list(SEQS), ids=list(SEQS))
+@pytest.mark.parametrize("layout", ["slice", "index"])
+@pytest.mark.parametrize("window", [None, 4])
+@pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(4, 4), (6, 1)])
+def test_row_attention_kernel_matches_reference(seqs, layout, window, num_heads, num_kv_heads):
+    """Our kernel: every row of every span against its keys, one call (`RowKeys`)."""
+    assert native.available("row_attention")
+    q, k_cache, v_cache, spans, scale, expected = build_case(
+        SEQS[seqs], layout, window, num_heads, num_kv_heads, per_row=True, head_dim=20
+    )
+    out = row_attention(q, k_cache, v_cache, RowKeys.of(spans), scale)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_row_attention_kernel_gives_a_query_the_same_bits_in_any_chunk(window):
+    gen = torch.Generator().manual_seed(6)
+    heads, kv_heads, dim, end = 4, 2, 64, 12
+    k_cache = torch.randn(end, kv_heads, dim, generator=gen)
+    v_cache = torch.randn(end, kv_heads, dim, generator=gen)
+    q = torch.randn(end, heads, dim, generator=gen)
+    for start in range(end):
+        lo = 0 if window is None else max(0, start - window + 1)
+        span = SeqSpan(
+            0, end - start, slice(lo, end), None, row_keys(start, end - start, lo, window)
+        )
+        chunk = row_attention(q[start:], k_cache, v_cache, RowKeys.of([span]), 0.25)
+        for pos in range(start, end):
+            first = 0 if window is None else max(0, pos - window + 1)
+            alone = RowKeys.of([SeqSpan(0, 1, slice(first, pos + 1), None)])
+            assert torch.equal(
+                chunk[pos - start],
+                row_attention(q[pos : pos + 1], k_cache, v_cache, alone, 0.25)[0],
+            ), (start, pos)
+
+
+def test_row_attention_kernel_rejects_bad_key_lists():
+    q, k, v = torch.randn(2, 2, 8), torch.randn(5, 1, 8), torch.randn(5, 1, 8)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        row_attention(q, k, v, RowKeys(torch.tensor([0, 9]), torch.tensor([0, 1, 2])), 1.0)
+    with pytest.raises(RuntimeError, match="at least one key"):
+        row_attention(q, k, v, RowKeys(torch.tensor([0]), torch.tensor([0, 1, 1])), 1.0)

@@ -210,3 +210,21 @@ def test_bad_params(params, message):
 def test_needs_a_drafter():
     with pytest.raises(ValueError, match="at least one drafter"):
         SpinPolicy(())
+
+
+def test_calibrated_step_costs_stop_speculation_where_drafts_cost_a_decode():
+    """Under load on a machine where each extra token costs as much as a decode row (a
+    2-core CPU), a policy that knows the forward's cost line does not draft before it has
+    seen a single outcome; one that does not know it starts by paying to learn it."""
+    views = [RequestView(f"r{i}", 50, 0) for i in range(8)]
+    load = LoadView(8)
+    steep = [StepTiming(0.040 * n, n, 1) for n in (1, 3, 5, 9)]  # no fixed part at all
+    calibrated = SpinPolicy(["lookup"], SpinParams(seed=0))
+    calibrated.calibrate(steep)
+    assert calibrated.choose(views, load) == [NO_SPECULATION] * 8
+    cold = SpinPolicy(["lookup"], SpinParams(seed=0))
+    assert any(c.speculates for c in cold.choose(views, load))
+    # Where extra tokens are nearly free (weights read once), calibration lets it draft.
+    flat = SpinPolicy(["lookup"], SpinParams(seed=0))
+    flat.calibrate([StepTiming(0.040 + 0.0005 * n, n, 1) for n in (1, 3, 5, 9)])
+    assert all(c.speculates for c in flat.choose(views[:1], LoadView(1)))

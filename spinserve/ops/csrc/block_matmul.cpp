@@ -21,6 +21,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "namespace.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -453,13 +455,7 @@ at::Tensor block_matmul(
 
 }  // namespace
 
-// The op namespace is a build flag, so the portable build (tests) can load beside the native one.
-#ifndef SPINSERVE_OPS
-#define SPINSERVE_OPS spinserve
-#endif
-#define SPINSERVE_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
-
-SPINSERVE_LIBRARY(SPINSERVE_OPS, m) {
+SPINSERVE_FRAGMENT(SPINSERVE_OPS, m) {
   m.def("block_matmul(Tensor x, Tensor blocks, int qtype, int n_out, bool portable) -> Tensor");
   m.impl("block_matmul", c10::DispatchKey::CPU, &block_matmul);
 }
