@@ -9,7 +9,7 @@ For each matrix (taken from the GGUF in the spinserve cache: an MLP up projectio
 8960x1536), a down projection (Q6_K, 1536x8960), the attention q projection (Q4_K, 1536x1536)
 and the output matrix (Q6_K, 151936x1536)) and each row count, the forms are timed in turn,
 ``--repeats`` rounds, and each form's fastest round is reported (ms per call; the minimum is the
-least disturbed by the shared machine). Forms: ``ours`` (`spinserve.ops.kquant.block_linear`),
+least disturbed by the shared machine). Forms: ``ours`` (`spinserve.ops.blocks.block_linear`),
 ``torch-int4`` (`aten._weight_int4pack_mm_for_cpu` on the same Q4_K blocks; Q4_K only),
 ``bf16-rowwise`` (the dequantized matrix in bf16 on torch's per-row kernel, our form for Q6_K
 without our kernel), ``bf16-onednn`` (the same on oneDNN: fastest for many rows, not
@@ -30,7 +30,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 
 from spinserve.loading import zoo
 from spinserve.loading.gguf_file import int4_blocks
-from spinserve.ops.kquant import BlockWeight, block_linear
+from spinserve.ops.blocks import BlockWeight, block_linear
 from spinserve.ops.quant import Int4Weight, int4_linear, rowwise_linear
 
 MATRICES = ("blk.0.ffn_up.weight", "blk.1.ffn_down.weight", "blk.0.attn_q.weight", "output.weight")

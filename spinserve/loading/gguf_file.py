@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import Q4_K, dequantize
 
 from spinserve.config.model import SUPPORTED_ARCHITECTURES
-from spinserve.ops.kquant import KQUANT_TYPES, BlockWeight
+from spinserve.ops.blocks import BLOCK_TYPES, BlockWeight
 from spinserve.ops.quant import Int4Weight
 from spinserve.types.errors import ModelLoadError
 
@@ -177,10 +177,10 @@ def iter_tensors(
     hf: dict[str, Any],
     int4: frozenset[str] = frozenset(),
     only: frozenset[str] | None = None,
-    kquant: frozenset[str] = frozenset(),
+    blocks: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, torch.Tensor | Int4Weight | BlockWeight]]:
     """Every tensor (or those named in ``only``) with its Hugging Face name and layout: those
-    named in ``kquant`` (`kquant_names`) as a `BlockWeight` of their own bytes, those named
+    named in ``blocks`` (`block_names`) as a `BlockWeight` of their own bytes, those named
     in ``int4`` whose GGUF type is a 4-bit block type (`int4_names`) as an `Int4Weight`, the
     rest dequantized to fp32."""
     arch = _field(reader, "general.architecture")
@@ -191,12 +191,12 @@ def iter_tensors(
         qtype = GGMLQuantizationType(t.tensor_type)
         rows_permuted = arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight"))
         heads = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
-        if name in kquant and int(qtype) in KQUANT_TYPES:
+        if name in blocks and int(qtype) in BLOCK_TYPES:
             raw = np.asarray(t.data).view(np.uint8).reshape(int(t.shape[-1]), -1)
             if rows_permuted:
                 raw = _unpermute(raw, heads)
-            blocks = torch.from_numpy(np.array(raw))  # a copy: the reader's map is read-only
-            yield name, BlockWeight(blocks, int(qtype), (int(t.shape[-1]), int(t.shape[0])))
+            own = torch.from_numpy(np.array(raw))  # a copy: the reader's map is read-only
+            yield name, BlockWeight(own, int(qtype), (int(t.shape[-1]), int(t.shape[0])))
             continue
         if name in int4 and qtype in INT4_TYPES:
             parts = int4_blocks(t.data, qtype, int(t.shape[-1]))
@@ -232,10 +232,10 @@ def int4_names(reader: GGUFReader, candidates: frozenset[str]) -> frozenset[str]
     )
 
 
-def kquant_names(reader: GGUFReader, candidates: frozenset[str]) -> frozenset[str]:
-    """The Hugging Face names among ``candidates`` whose GGUF tensor is in k-quant blocks our
-    kernel multiplies as they are (`spinserve.ops.kquant.KQUANT_TYPES`)."""
-    return _names_where(reader, candidates, lambda t: int(t.tensor_type) in KQUANT_TYPES)
+def block_names(reader: GGUFReader, candidates: frozenset[str]) -> frozenset[str]:
+    """The Hugging Face names among ``candidates`` whose GGUF tensor is in blocks our kernels
+    multiply as they are (`spinserve.ops.blocks.BLOCK_TYPES`)."""
+    return _names_where(reader, candidates, lambda t: int(t.tensor_type) in BLOCK_TYPES)
 
 
 def _names_where(reader: GGUFReader, candidates: frozenset[str], keep) -> frozenset[str]:

@@ -15,17 +15,17 @@ from spinserve.config.engine import RuntimeConfig
 from spinserve.config.model import ModelConfig
 from spinserve.loading import zoo
 from spinserve.loading.gguf_file import (
+    block_names,
     hf_config,
     int4_names,
     iter_tensors,
-    kquant_names,
     open_gguf,
 )
 from spinserve.loading.hf_folder import iter_safetensors, read_config
 from spinserve.loading.packed import packed_path, read_packed, write_packed
 from spinserve.loading.tokenizer import Tokenizer
 from spinserve.models.decoder import Decoder
-from spinserve.ops import native
+from spinserve.ops.blocks import kernels_available
 from spinserve.ops.quant import Int8Weight, QuantizedWeight
 from spinserve.types.errors import ModelLoadError
 
@@ -92,13 +92,13 @@ def load(
     dtype = _DTYPES[runtime.dtype]
     linear_dtype = _linear_dtype(runtime.weights, gguf is not None, dtype)
     packs = gguf is not None and runtime.weights in ("auto", "int4", "int8")
-    # GGUF k-quant blocks go to our kernel, when it builds here (else torch's int4 kernel).
-    kquant = packs and runtime.weights != "int4" and native.available()
+    # GGUF blocks go to our kernels when they build here (else torch's int4 kernel and bf16).
+    blocks = packs and runtime.weights != "int4" and kernels_available()
     if path.is_dir():
         model = Decoder(read_config(path), dtype, linear_dtype)
         tensors = iter_safetensors(path)
         if packs:  # the GGUF is opened (seconds: its vocabulary) only to pack
-            linears = _packed_linears(path, gguf, model, runtime.weights, kquant)
+            linears = _packed_linears(path, gguf, model, runtime.weights, blocks)
             rest = iter_safetensors(path, lambda name: name not in linears)
             tensors = itertools.chain(rest, linears.items())
         tokenizer = Tokenizer.from_folder(path, model.config.eos_token_ids)
@@ -107,9 +107,9 @@ def load(
         hf = hf_config(reader)
         model = Decoder(_config(hf, path), dtype, linear_dtype)
         linears = model.linear_weight_names()
-        kq = kquant_names(reader, linears) if kquant else frozenset()
-        int4 = int4_names(reader, linears - kq) if packs else frozenset()
-        tensors = iter_tensors(reader, hf, int4, kquant=kq)
+        kept = block_names(reader, linears) if blocks else frozenset()
+        int4 = int4_names(reader, linears - kept) if packs else frozenset()
+        tensors = iter_tensors(reader, hf, int4, blocks=kept)
         if runtime.weights == "int8":
             tensors = _int8_linears(tensors, model.linear_weight_names())
         tokenizer = Tokenizer.from_gguf(path, model.config.eos_token_ids)
@@ -119,11 +119,11 @@ def load(
 
 
 def _packed_linears(
-    folder: Path, gguf: Path, model: Decoder, form: str, kquant: bool
+    folder: Path, gguf: Path, model: Decoder, form: str, blocks: bool
 ) -> dict[str, torch.Tensor | QuantizedWeight]:
     """Every linear weight in its run-time form: from the saved file, or packed now from the
     GGUF's blocks and the folder's fp32 tensors, and saved."""
-    path = packed_path(folder, _packing(form, kquant))
+    path = packed_path(folder, _packing(form, blocks))
     if path.is_file():
         try:
             return dict(read_packed(path))
@@ -134,10 +134,10 @@ def _packed_linears(
     reader = open_gguf(gguf)
     hf = hf_config(reader)
     linears = model.linear_weight_names()
-    kq = kquant_names(reader, linears) if kquant else frozenset()
-    int4 = int4_names(reader, linears - kq)
+    kept = block_names(reader, linears) if blocks else frozenset()
+    int4 = int4_names(reader, linears - kept)
     weights: dict[str, torch.Tensor | QuantizedWeight] = dict(
-        iter_tensors(reader, hf, int4, only=int4 | kq, kquant=kq)
+        iter_tensors(reader, hf, int4, only=int4 | kept, blocks=kept)
     )
     rest = iter_safetensors(folder, lambda name: name in linears and name not in weights)
     if form == "int8":
@@ -148,10 +148,11 @@ def _packed_linears(
     return weights
 
 
-def _packing(form: str, kquant: bool) -> str:
+def _packing(form: str, blocks: bool) -> str:
     """The saved file's form: what ``RuntimeConfig.weights`` became on this machine."""
-    base = "int4" if form == "auto" else form
-    return f"kquant-{base}" if kquant and base == "int8" else ("kquant" if kquant else base)
+    if blocks:
+        return "gguf-int8" if form == "int8" else "gguf"
+    return "int4" if form == "auto" else form
 
 
 def _int8_linears(tensors, linears: frozenset[str]):

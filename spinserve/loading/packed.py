@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from spinserve.ops.kquant import KQUANT_TYPES, BlockWeight
+from spinserve.ops.blocks import BLOCK_TYPES, BlockWeight
 from spinserve.ops.quant import Int4Weight, Int8Weight, QuantizedWeight
 
 PACKED_DIR = "packed"
@@ -26,7 +26,7 @@ _PACKED = ".int4_packed"
 _SCALES = ".int4_scales_zeros"
 _INT8 = ".int8_weight"
 _INT8_SCALES = ".int8_scales"
-_KQUANT = {f".{name.lower()}_blocks": qtype for qtype, (name, _) in KQUANT_TYPES.items()}
+_BLOCKS = {f".{kind.name.lower()}_blocks": qtype for qtype, kind in BLOCK_TYPES.items()}
 _ALIGNMENT = 64
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ Weights = dict[str, "torch.Tensor | QuantizedWeight"]
 
 
 def packed_path(folder: Path, form: str = "int4") -> Path:
-    """Where the linear weights of ``form`` are saved: ``kquant`` (k-quant blocks for our
-    kernel, other 4-bit blocks for torch's int4 kernel, the rest bfloat16), ``kquant-int8``
-    (the rest per-row int8), ``int4`` and ``int8`` (the same without our kernel)."""
+    """Where the linear weights of ``form`` are saved: ``gguf`` (GGUF blocks as they are for
+    our kernels, the rest bfloat16), ``gguf-int8`` (the rest per-row int8), ``int4`` and
+    ``int8`` (4-bit blocks for torch's int4 kernel, the rest bfloat16 / int8)."""
     kind = "" if form == "int4" else f"{form}-"
     version = torch.__version__.split("+")[0]
     return folder / PACKED_DIR / f"linears-{kind}torch-{version}.safetensors"
@@ -55,11 +55,11 @@ def read_packed(path: Path) -> Iterator[tuple[str, torch.Tensor | QuantizedWeigh
                 packed = _aligned(f.get_tensor(key))
                 shape = (packed.shape[0], 2 * packed.shape[1])
                 yield name, Int4Weight(packed, _aligned(f.get_tensor(name + _SCALES)), shape)
-            elif key.endswith(tuple(_KQUANT)):
+            elif key.endswith(tuple(_BLOCKS)):
                 name, _, suffix = key.rpartition(".")
                 blocks = f.get_tensor(key)
                 shape = (blocks.shape[0], _in_features(f, key))
-                yield name, BlockWeight(blocks, _KQUANT["." + suffix], shape)
+                yield name, BlockWeight(blocks, _BLOCKS["." + suffix], shape)
             elif key.endswith(_INT8):
                 name = key.removesuffix(_INT8)
                 weight = _aligned(f.get_tensor(key))
@@ -69,10 +69,10 @@ def read_packed(path: Path) -> Iterator[tuple[str, torch.Tensor | QuantizedWeigh
 
 
 def _in_features(f, key: str) -> int:
-    """A k-quant weight's input width, from its row of blocks."""
-    blocks = f.get_slice(key).get_shape()[1]
-    qtype = _KQUANT["." + key.rpartition(".")[2]]
-    return blocks // KQUANT_TYPES[qtype][1] * 256
+    """A block weight's input width, from its row of blocks."""
+    row_bytes = f.get_slice(key).get_shape()[1]
+    kind = BLOCK_TYPES[_BLOCKS["." + key.rpartition(".")[2]]]
+    return row_bytes // kind.bytes * kind.weights
 
 
 def _aligned(tensor: torch.Tensor) -> torch.Tensor:

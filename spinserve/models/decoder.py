@@ -11,7 +11,7 @@ from spinserve.config.model import ModelConfig
 from spinserve.models.kv_cache import KVCache
 from spinserve.models.layers import DecoderLayer, Linear, RMSNorm
 from spinserve.ops.attention import AttentionMetadata
-from spinserve.ops.kquant import BlockWeight
+from spinserve.ops.blocks import BlockWeight
 from spinserve.ops.quant import Int4Weight, Int8Weight, QuantizedWeight
 from spinserve.ops.rope import RopeTable
 

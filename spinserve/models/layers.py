@@ -12,7 +12,7 @@ from torch import nn
 from spinserve.config.model import ModelConfig
 from spinserve.ops.activation import gated_activation
 from spinserve.ops.attention import AttentionMetadata, ragged_attention, row_attention, write_kv
-from spinserve.ops.kquant import BlockWeight, block_linear
+from spinserve.ops.blocks import BlockWeight, block_linear
 from spinserve.ops.norm import rms_norm
 from spinserve.ops.quant import (
     Int4Weight,

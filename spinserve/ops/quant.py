@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from spinserve.ops.kquant import BlockWeight
+from spinserve.ops.blocks import BlockWeight
 
 GROUP_SIZE = 32  # a GGUF 4-bit block (Q4_K's sub-block); one of the kernel's group sizes
 _KERNEL_DTYPE = torch.bfloat16

@@ -25,7 +25,7 @@ from spinserve.loading.loader import load
 from spinserve.loading.packed import packed_path
 from spinserve.models.decoder import Decoder
 from spinserve.ops import native
-from spinserve.ops.kquant import BlockWeight
+from spinserve.ops.blocks import BlockWeight
 from spinserve.ops.quant import Int4Weight, Int8Weight
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
@@ -176,18 +176,23 @@ def _logits(model, ids):
 
 
 @pytest.mark.parametrize("quant", [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1])
-def test_4bit_gguf_runs_on_the_int4_kernel_close_to_the_fp32_reference(arch, tmp_path, quant):
+def test_4bit_gguf_runs_on_our_kernels_close_to_the_fp32_reference(arch, tmp_path, quant):
     folder = write_zoo_folder(arch, tmp_path, quant)
     fast = load(str(folder))  # weights=auto
     reader = open_gguf(tmp_path / "gguf" / "m.gguf")
     reference = Decoder(ModelConfig.from_hf_dict(hf_config(reader)))  # the GGUF in fp32
     reference.load_weights(iter_tensors(reader, hf_config(reader)))
     q_proj = fast.model.model.layers[0].self_attn.q_proj
-    assert q_proj.quantized is not None and q_proj.weight is None
+    assert isinstance(q_proj.quantized, BlockWeight) and q_proj.weight is None
     assert fast.model.weight_bytes() < reference.weight_bytes() / 4
+    torch_kernel = load(str(folder), RuntimeConfig(weights="int4")).model
+    assert isinstance(torch_kernel.model.layers[0].self_attn.q_proj.quantized, Int4Weight)
     ids = list(range(3, 33))
     got, expected = _logits(fast.model, ids), _logits(reference, ids)
-    # bf16 activations and outputs around exact 4-bit weights: close, not equal.
+    # Exact 4-bit weights, activations rounded to int8 per 32 columns: close, not equal.
+    torch.testing.assert_close(got, expected, rtol=0, atol=6e-2 * expected.abs().max().item())
+    # torch's kernel (bf16 activations and outputs) likewise.
+    got = _logits(torch_kernel, ids)
     torch.testing.assert_close(got, expected, rtol=0, atol=3e-2 * expected.abs().max().item())
     bf16 = load(str(folder), RuntimeConfig(weights="bfloat16")).model
     assert bf16.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
@@ -200,7 +205,7 @@ def _fp32_reference(gguf: Path) -> Decoder:
     return reference
 
 
-def test_kquant_gguf_runs_on_our_kernel_close_to_the_fp32_reference(arch, tmp_path):
+def test_kquant_gguf_runs_on_our_kernels_close_to_the_fp32_reference(arch, tmp_path):
     """A Q4_K_M-like file: Q4_K and Q6_K matrices stay in their blocks for our kernel (the
     output matrix too), saved once and read back to the same logits."""
     folder = write_zoo_folder(arch, tmp_path, GGMLQuantizationType.Q4_K)
@@ -210,7 +215,7 @@ def test_kquant_gguf_runs_on_our_kernel_close_to_the_fp32_reference(arch, tmp_pa
     assert layer.mlp.down_proj.quantized.type_name == "Q6_K"
     if not fast.config.tie_word_embeddings:
         assert fast.lm_head.quantized.type_name == "Q6_K"
-    assert packed_path(folder, "kquant").is_file()
+    assert packed_path(folder, "gguf").is_file()
     reference = _fp32_reference(tmp_path / "gguf" / "m.gguf")
     assert fast.weight_bytes() < reference.weight_bytes() / 4
     # Each matrix is the GGUF's (rows in the right order: llama's q/k unpermuted)...
@@ -234,7 +239,7 @@ def test_kquant_gguf_runs_on_our_kernel_close_to_the_fp32_reference(arch, tmp_pa
     assert isinstance(torch_kernel.model.layers[0].self_attn.q_proj.quantized, Int4Weight)
 
 
-def test_without_our_kernel_kquants_fall_back_to_torch(tmp_path, monkeypatch):
+def test_without_our_kernels_blocks_fall_back_to_torch(tmp_path, monkeypatch):
     folder = write_zoo_folder("qwen2", tmp_path, GGMLQuantizationType.Q4_K)
     monkeypatch.setenv(native.DISABLE_ENV_VAR, "1")
     model = load(str(folder)).model
@@ -245,12 +250,12 @@ def test_without_our_kernel_kquants_fall_back_to_torch(tmp_path, monkeypatch):
 
 
 def test_int8_form_requantizes_what_is_not_4bit(tmp_path):
-    """The drafters' form: 4-bit blocks as int4, every other linear weight per-row int8
-    (Q8_0 here), saved in a file of its own beside the exact form's."""
-    folder = write_zoo_folder("llama", tmp_path, GGMLQuantizationType.Q8_0)
+    """The drafters' form: GGUF blocks as they are, every other linear weight (f16 here)
+    per-row int8, saved in a file of its own beside the exact form's."""
+    folder = write_zoo_folder("llama", tmp_path, GGMLQuantizationType.F16)
     fast = load(str(folder), RuntimeConfig(weights="int8")).model
     assert isinstance(fast.model.layers[0].mlp.up_proj.quantized, Int8Weight)
-    assert packed_path(folder, "kquant-int8").is_file() and not packed_path(folder).is_file()
+    assert packed_path(folder, "gguf-int8").is_file() and not packed_path(folder).is_file()
     reader = open_gguf(tmp_path / "gguf" / "m.gguf")
     reference = Decoder(ModelConfig.from_hf_dict(hf_config(reader)))
     reference.load_weights(iter_tensors(reader, hf_config(reader)))
@@ -282,7 +287,7 @@ def test_zoo_folder_packs_its_linears_once(tmp_path):
     compute the same logits. A damaged file is a clear error naming the fix."""
     folder = write_zoo_folder("qwen2", tmp_path, GGMLQuantizationType.Q4_1)
     first = load(str(folder))
-    saved = packed_path(folder, "kquant")
+    saved = packed_path(folder, "gguf")
     assert saved.is_file() and not list(saved.parent.glob(".*tmp*"))
     second = load(str(folder))
     ids = list(range(3, 20))

@@ -30,7 +30,10 @@ def test_chat_on_smollm2(smol):
     client = smol.client()
     params = dict(
         model=NAME,
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        # Not France: SmolLM2's Q4_1 blocks answer "L'Étoile, la Marseillaise..." to that one,
+        # in llama.cpp as with our kernels (a near-tie that bf16 activations resolved the
+        # other way).
+        messages=[{"role": "user", "content": "What is the capital of Japan?"}],
         max_tokens=24,
         temperature=0,
     )
@@ -42,7 +45,7 @@ def test_chat_on_smollm2(smol):
         if c.choices
     )
     answer = plain.choices[0].message.content
-    assert "Paris" in answer
+    assert "Tokyo" in answer
     assert spec.choices[0].message.content == streamed == answer
     assert spec.choices[0].model_extra["spinserve"]["drafter"] == "ngram"
     assert plain.usage.completion_tokens <= 24 and plain.usage.prompt_tokens > 10

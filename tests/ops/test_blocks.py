@@ -1,7 +1,8 @@
-"""Our k-quant kernel (Q4_K, Q6_K blocks x int8-rounded activations): exact against a float64
-reference of the same arithmetic, and batch-invariant by construction: every output value is
-the same bits whatever rows share the call, however many threads split it, and whichever
-code path (AVX2/AVX-512 or portable C++) computed it."""
+"""Our block kernels (GGUF blocks x int8-rounded activations: Q4_K, Q6_K super-blocks and the
+32-weight Q8_0, Q5_0, Q4_0, Q4_1): exact against a float64 reference of the same arithmetic,
+and batch-invariant by construction: every output value is the same bits whatever rows share
+the call, however many threads split it, and whichever code path (AVX2/AVX-512 or portable
+C++) computed it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
+from gguf.quants import quantize
 from tiny_models import quantize_k
 
 from spinserve.ops import native
-from spinserve.ops.kquant import BlockWeight, block_linear
+from spinserve.ops.blocks import BLOCK_TYPES, BlockWeight, block_linear, kernels_available
 
 Q4_K, Q6_K = GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K
+SMALL = [
+    GGMLQuantizationType.Q8_0,
+    GGMLQuantizationType.Q5_0,
+    GGMLQuantizationType.Q4_0,
+    GGMLQuantizationType.Q4_1,
+]
+ALL = [Q4_K, Q6_K, *SMALL]
 
 
 def _weight(quant: GGMLQuantizationType, out_features: int, in_features: int, seed: int = 0):
@@ -22,30 +31,39 @@ def _weight(quant: GGMLQuantizationType, out_features: int, in_features: int, se
     w = rng.standard_normal((out_features, in_features)).astype(np.float32) * 0.1
     w[0, :256] = 0.0  # an all-zero super-block
     w[1] = np.abs(w[1])  # no negative values: Q4_K's min is 0
-    blocks = torch.from_numpy(quantize_k(w, quant))
+    raw = quantize_k(w, quant) if quant in (Q4_K, Q6_K) else quantize(w, quant)
+    blocks = torch.from_numpy(np.ascontiguousarray(raw).reshape(out_features, -1))
     return BlockWeight(blocks, int(quant), (out_features, in_features))
 
 
 def _reference(x: torch.Tensor, weight: BlockWeight) -> torch.Tensor:
-    """float64 sum over super-blocks of scale_x * (W . round(x / scale_x)), the kernel's
-    definition: activations rounded to int8 per row and per 256 columns."""
-    x = x.double().reshape(x.shape[0], -1, 256)
-    amax = x.abs().amax(-1, keepdim=True)
-    scale = (amax.float() / 127.0).double()
-    inv = torch.where(amax > 0, (127.0 / amax.float()).double(), torch.zeros_like(amax))
-    q = torch.round((x.float() * inv.float()).double()).clamp(-127, 127)
-    w = weight.dequantize().double().reshape(weight.shape[0], -1, 256)
-    return torch.einsum("rbk,nbk,rb->rn", q, w, scale.squeeze(-1)).float()
+    """float64 sum over blocks of scale_x * (W . round(x / scale_x)), the kernels' definition:
+    activations rounded to int8 per row and per block of columns (256 or 32)."""
+    size = BLOCK_TYPES[weight.qtype].weights
+    # numpy float32, operation for operation as the kernel (torch's `127.0 / t` would be
+    # 127 * (1 / t), another rounding)
+    x32 = x.float().numpy().reshape(x.shape[0], -1, size)
+    amax = np.abs(x32).max(-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    q = np.clip(np.rint(x32 * inv), -127, 127)
+    scale = (amax / np.float32(127.0)).astype(np.float64)[..., 0]
+    w = weight.dequantize().double().reshape(weight.shape[0], -1, size)
+    product = torch.einsum(
+        "rbk,nbk,rb->rn", torch.from_numpy(q).double(), w, torch.from_numpy(scale)
+    )
+    return product.float()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def kernels() -> None:
-    assert native.available(), "the k-quant kernel must build here (g++ and torch headers)"
+    assert kernels_available(), "our kernels must build here (g++ and torch headers)"
 
 
-@pytest.mark.parametrize("quant", [Q4_K, Q6_K])
-@pytest.mark.parametrize("rows", [1, 3, 8, 13])
+@pytest.mark.parametrize("quant", ALL, ids=lambda q: q.name)
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 40])
 def test_matches_the_float64_reference(quant, rows):
+    torch.manual_seed(rows)
     weight = _weight(quant, 40, 768)
     x = torch.randn(rows, 768) * 3
     x[0, 256:512] = 0.0  # an all-zero activation block
@@ -54,7 +72,7 @@ def test_matches_the_float64_reference(quant, rows):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("quant", [Q4_K, Q6_K])
+@pytest.mark.parametrize("quant", ALL, ids=lambda q: q.name)
 def test_error_against_the_dequantized_weights_is_the_activations_rounding(quant):
     weight = _weight(quant, 64, 512)
     x = torch.randn(4, 512)
@@ -63,7 +81,7 @@ def test_error_against_the_dequantized_weights_is_the_activations_rounding(quant
     assert error < 1.5e-2  # int8 steps of max|x| / 127 per 256 columns
 
 
-@pytest.mark.parametrize("quant", [Q4_K, Q6_K])
+@pytest.mark.parametrize("quant", ALL, ids=lambda q: q.name)
 def test_each_row_is_the_same_bits_whatever_shares_its_call(quant):
     weight = _weight(quant, 72, 512, seed=1)
     x = torch.randn(21, 512)
@@ -72,8 +90,9 @@ def test_each_row_is_the_same_bits_whatever_shares_its_call(quant):
         assert torch.equal(block_linear(x[start:stop], weight), together[start:stop])
 
 
-def test_same_bits_with_one_thread_or_two():
-    weight = _weight(Q4_K, 96, 512, seed=2)
+@pytest.mark.parametrize("quant", [Q4_K, GGMLQuantizationType.Q5_0], ids=lambda q: q.name)
+def test_same_bits_with_one_thread_or_two(quant):
+    weight = _weight(quant, 96, 512, seed=2)
     x = torch.randn(9, 512)
     threads = torch.get_num_threads()
     try:
@@ -86,16 +105,17 @@ def test_same_bits_with_one_thread_or_two():
     assert torch.equal(one, two)
 
 
-@pytest.mark.parametrize("quant", [Q4_K, Q6_K])
+@pytest.mark.parametrize("quant", ALL, ids=lambda q: q.name)
 def test_portable_build_gives_the_same_bits(quant):
     """The same source built without AVX2 (plain C++, as on a CPU without it) against this
     machine's vector build: the arithmetic is defined lane by lane, so not one bit differs."""
-    portable = getattr(torch.ops, native.load("block_matmul", portable=True))
+    kernel = BLOCK_TYPES[int(quant)].kernel
+    portable = getattr(torch.ops, native.load(kernel, portable=True))
+    op = getattr(portable, "block_matmul" if kernel == "block_matmul" else "small_block_matmul")
     weight = _weight(quant, 48, 768, seed=3)
     x = torch.randn(11, 768) * 5
     vector = block_linear(x, weight)
-    plain = portable.block_matmul(x, weight.blocks, weight.qtype, 48, False)
-    assert torch.equal(vector, plain)
+    assert torch.equal(vector, op(x, weight.blocks, weight.qtype, 48, False))
 
 
 def test_keeps_the_input_dtype_and_leading_dims():
@@ -107,6 +127,8 @@ def test_keeps_the_input_dtype_and_leading_dims():
 
 
 def test_misshapen_blocks_are_a_clear_error():
+    with pytest.raises(ValueError, match="in % 32"):
+        BlockWeight(torch.zeros(4, 34, dtype=torch.uint8), 8, (4, 40))
     blocks = torch.zeros(4, 144, dtype=torch.uint8)
     with pytest.raises(ValueError, match="in % 256"):
         BlockWeight(blocks, int(Q4_K), (4, 200))

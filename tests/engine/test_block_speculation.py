@@ -13,7 +13,7 @@ from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import SpecParams, SpeculativeConfig
 from spinserve.engine.engine import LLMEngine
 from spinserve.loading.loader import load
-from spinserve.ops.kquant import BlockWeight
+from spinserve.ops.blocks import BlockWeight
 from spinserve.spec.model_drafter import ModelDrafter
 from spinserve.spec.registry import build_drafter
 

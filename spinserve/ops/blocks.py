@@ -1,0 +1,94 @@
+"""GGUF-quantized weights kept in their own blocks, multiplied by our kernels.
+
+`BlockWeight` holds a linear weight's GGUF blocks byte for byte (each output row is
+``in / block size`` blocks); `block_linear` multiplies by it with our C++ kernels:
+``csrc/block_matmul.cpp`` for the 256-weight k-quant super-blocks (Q4_K, Q6_K) and
+``csrc/small_blocks.cpp`` for the 32-weight blocks (Q8_0, Q5_0, Q4_0, Q4_1). Both read and
+unpack each block once for all the rows of a call, so verifying k draft tokens costs far less
+than k decodes (docs/benchmarks.md). Activations are rounded to int8 per row and per block of
+columns, as llama.cpp does for the same blocks; every output value depends only on its own row
+(batch-invariant, docs/design.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spinserve.ops import native
+
+
+@dataclass(frozen=True)
+class BlockType:
+    name: str
+    weights: int  # per block
+    bytes: int  # per block
+    kernel: str  # the native library (and op) that multiplies it
+
+
+# ggml type number -> its block layout and our kernel for it
+BLOCK_TYPES = {
+    2: BlockType("Q4_0", 32, 18, "small_blocks"),
+    3: BlockType("Q4_1", 32, 20, "small_blocks"),
+    6: BlockType("Q5_0", 32, 22, "small_blocks"),
+    8: BlockType("Q8_0", 32, 34, "small_blocks"),
+    12: BlockType("Q4_K", 256, 144, "block_matmul"),
+    14: BlockType("Q6_K", 256, 210, "block_matmul"),
+}
+_OPS = {"small_blocks": "small_block_matmul", "block_matmul": "block_matmul"}
+
+
+def kernels_available() -> bool:
+    """Whether our block kernels build and load here (else torch's kernels run instead)."""
+    return all(native.available(kernel) for kernel in _OPS)
+
+
+@dataclass(frozen=True)
+class BlockWeight:
+    """An ``[out, in]`` weight as GGUF blocks: ``blocks`` is [out, in / weights * bytes] uint8
+    of ggml type ``qtype`` (one of `BLOCK_TYPES`)."""
+
+    blocks: torch.Tensor
+    qtype: int
+    shape: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if self.qtype not in BLOCK_TYPES:
+            raise ValueError(f"unsupported block type {self.qtype}")
+        out_features, in_features = self.shape
+        kind = BLOCK_TYPES[self.qtype]
+        expected = (out_features, in_features // kind.weights * kind.bytes)
+        if in_features % kind.weights or tuple(self.blocks.shape) != expected:
+            raise ValueError(
+                f"{kind.name} weight {self.shape} needs in % {kind.weights} == 0 and blocks of "
+                f"shape {expected}, got {tuple(self.blocks.shape)}"
+            )
+
+    @property
+    def type_name(self) -> str:
+        return BLOCK_TYPES[self.qtype].name
+
+    @property
+    def nbytes(self) -> int:
+        return self.blocks.nbytes
+
+    def dequantize(self) -> torch.Tensor:
+        """[out, in] fp32: the block values exactly (as gguf's reference dequantizer)."""
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        raw = self.blocks.numpy().reshape(-1)
+        values = dequantize(raw, GGMLQuantizationType(self.qtype))
+        return torch.from_numpy(np.asarray(values, np.float32).reshape(self.shape))
+
+
+def block_linear(x: torch.Tensor, weight: BlockWeight) -> torch.Tensor:
+    """``x @ W.T`` for x of shape [..., in], in x's dtype."""
+    out_features, in_features = weight.shape
+    rows = x.reshape(-1, in_features).float()
+    kernel = BLOCK_TYPES[weight.qtype].kernel
+    op = getattr(getattr(torch.ops, native.load(kernel)), _OPS[kernel])
+    y = op(rows, weight.blocks, weight.qtype, out_features, False)
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
