@@ -234,8 +234,12 @@ def int4_names(reader: GGUFReader, candidates: frozenset[str]) -> frozenset[str]
 
 def block_names(reader: GGUFReader, candidates: frozenset[str]) -> frozenset[str]:
     """The Hugging Face names among ``candidates`` whose GGUF tensor is in blocks our kernels
-    multiply as they are (`spinserve.ops.blocks.BLOCK_TYPES`)."""
-    return _names_where(reader, candidates, lambda t: int(t.tensor_type) in BLOCK_TYPES)
+    multiply as they are by default (`spinserve.ops.blocks.BLOCK_TYPES`)."""
+    return _names_where(
+        reader,
+        candidates,
+        lambda t: int(t.tensor_type) in BLOCK_TYPES and BLOCK_TYPES[int(t.tensor_type)].default,
+    )
 
 
 def _names_where(reader: GGUFReader, candidates: frozenset[str], keep) -> frozenset[str]:

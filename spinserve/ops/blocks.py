@@ -26,12 +26,17 @@ class BlockType:
     weights: int  # per block
     bytes: int  # per block
     kernel: str  # the native library (and op) that multiplies it
+    # Whether `--weights auto` uses our kernel for it. Q4_0/Q4_1 run faster on torch's int4
+    # kernel on the 2-core dev CPU (SmolLM2-135M: 14.4 against 16.0 ms per decode, 29.6
+    # against 37.4 ms for 8 tokens, docs/benchmarks.md) and closer to fp32 (bf16
+    # activations), and that kernel is batch-invariant too.
+    default: bool = True
 
 
 # ggml type number -> its block layout and our kernel for it
 BLOCK_TYPES = {
-    2: BlockType("Q4_0", 32, 18, "small_blocks"),
-    3: BlockType("Q4_1", 32, 20, "small_blocks"),
+    2: BlockType("Q4_0", 32, 18, "small_blocks", default=False),
+    3: BlockType("Q4_1", 32, 20, "small_blocks", default=False),
     6: BlockType("Q5_0", 32, 22, "small_blocks"),
     8: BlockType("Q8_0", 32, 34, "small_blocks"),
     12: BlockType("Q4_K", 256, 144, "block_matmul"),

@@ -40,8 +40,7 @@ def smollm2() -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def smollm2_int4() -> LoadedModel:
-    """The fast CPU form (the default): Q4_1 blocks on our kernels (int8-rounded
-    activations), the rest bf16."""
+    """The fast CPU form (the default): Q4_1 blocks on torch's int4 kernel, the rest bf16."""
     _fetched("smollm2-135m-instruct")
     return load("smollm2-135m-instruct", fetch_missing=False)
 

@@ -127,8 +127,7 @@ def test_smollm2_speculation_is_lossless(request, form, drafter):
 
 
 def test_smollm2_int4_tracks_the_fp32_reference(smollm2, smollm2_int4):
-    """The fast form computes over the same 4-bit weights with int8-rounded activations
-    (our block kernels; bf16 ones on torch's int4 kernel without them): teacher-forced
+    """The int4 form computes over the same 4-bit weights with bf16 activations: teacher-forced
     on the fp32 model's own greedy continuations, it picks the same next token nearly always,
     and its logits stay close."""
     engine = LLMEngine(smollm2)

@@ -176,23 +176,19 @@ def _logits(model, ids):
 
 
 @pytest.mark.parametrize("quant", [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1])
-def test_4bit_gguf_runs_on_our_kernels_close_to_the_fp32_reference(arch, tmp_path, quant):
+def test_4bit_gguf_runs_on_the_int4_kernel_close_to_the_fp32_reference(arch, tmp_path, quant):
     folder = write_zoo_folder(arch, tmp_path, quant)
     fast = load(str(folder))  # weights=auto
     reader = open_gguf(tmp_path / "gguf" / "m.gguf")
     reference = Decoder(ModelConfig.from_hf_dict(hf_config(reader)))  # the GGUF in fp32
     reference.load_weights(iter_tensors(reader, hf_config(reader)))
+    # Q4_0/Q4_1 stay on torch's int4 kernel by default (faster here, bf16 activations).
     q_proj = fast.model.model.layers[0].self_attn.q_proj
-    assert isinstance(q_proj.quantized, BlockWeight) and q_proj.weight is None
+    assert isinstance(q_proj.quantized, Int4Weight) and q_proj.weight is None
     assert fast.model.weight_bytes() < reference.weight_bytes() / 4
-    torch_kernel = load(str(folder), RuntimeConfig(weights="int4")).model
-    assert isinstance(torch_kernel.model.layers[0].self_attn.q_proj.quantized, Int4Weight)
     ids = list(range(3, 33))
     got, expected = _logits(fast.model, ids), _logits(reference, ids)
-    # Exact 4-bit weights, activations rounded to int8 per 32 columns: close, not equal.
-    torch.testing.assert_close(got, expected, rtol=0, atol=6e-2 * expected.abs().max().item())
-    # torch's kernel (bf16 activations and outputs) likewise.
-    got = _logits(torch_kernel, ids)
+    # bf16 activations and outputs around exact 4-bit weights: close, not equal.
     torch.testing.assert_close(got, expected, rtol=0, atol=3e-2 * expected.abs().max().item())
     bf16 = load(str(folder), RuntimeConfig(weights="bfloat16")).model
     assert bf16.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16

@@ -30,9 +30,8 @@ def test_chat_on_smollm2(smol):
     client = smol.client()
     params = dict(
         model=NAME,
-        # Not France: SmolLM2's Q4_1 blocks answer "L'Étoile, la Marseillaise..." to that one,
-        # in llama.cpp as with our kernels (a near-tie that bf16 activations resolved the
-        # other way).
+        # Not France: that answer is a near-tie in SmolLM2's Q4_1 blocks (with int8-rounded
+        # activations, as llama.cpp computes, they answer "L'Étoile, la Marseillaise...").
         messages=[{"role": "user", "content": "What is the capital of Japan?"}],
         max_tokens=24,
         temperature=0,
