@@ -21,6 +21,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "half.h"
 #include "namespace.h"
 
 #include <cmath>
@@ -33,36 +34,14 @@
 
 namespace {
 
+using spinserve_half::half_to_float;
+
 constexpr int64_t kQK = 256;     // weights per super-block
 constexpr int64_t kSub = 16;     // sub-blocks of 16 per super-block
 constexpr int64_t kRowTile = 32; // activation rows per pass over a weight row (portable)
 constexpr int64_t kQ4KBytes = 144;
 constexpr int64_t kQ6KBytes = 210;
 enum QType : int64_t { kQ4K = 12, kQ6K = 14 }; // ggml's type numbers
-
-float fp16_to_fp32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1F;
-  uint32_t mant = h & 0x3FF;
-  uint32_t bits;
-  if (exp == 0x1F) {
-    bits = sign | 0x7F800000 | (mant << 13);
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  } else if (mant == 0) {
-    bits = sign;
-  } else {  // subnormal half: normalize
-    exp = 113;
-    while ((mant & 0x400) == 0) {
-      mant <<= 1;
-      --exp;
-    }
-    bits = sign | (exp << 23) | ((mant & 0x3FF) << 13);
-  }
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
-}
 
 // One row's activations for one super-block, quantized.
 struct ActBlock {
@@ -103,19 +82,6 @@ void quantize_block(const float* x, ActBlock& out) {
   out.d = amax / 127.0f;
 }
 
-#if defined(__AVX2__)
-inline float half_to_float(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-#else
-inline float half_to_float(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return fp16_to_fp32(h);
-}
-#endif
 
 // Q4_K's 12 bytes of 6-bit (scale, min) pairs -> 8 scales, 8 mins (llama.cpp's bit layout).
 inline void q4_k_scales(const uint8_t* s, uint8_t* sc, uint8_t* m) {
