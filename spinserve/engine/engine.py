@@ -35,7 +35,14 @@ from spinserve.runtime.backend import ModelBackend
 from spinserve.runtime.block_manager import BlockManager, blocks_for
 from spinserve.runtime.runner import ModelRunner
 from spinserve.runtime.sampler import Generators
-from spinserve.selection.policy import Choice, Feedback, LoadView, RequestView, StepTiming
+from spinserve.selection.policy import (
+    Choice,
+    DraftTiming,
+    Feedback,
+    LoadView,
+    RequestView,
+    StepTiming,
+)
 from spinserve.selection.registry import build_policy
 from spinserve.spec.drafter import Draft, Drafter, DraftRequest
 from spinserve.spec.stats import SpecStats
@@ -47,7 +54,20 @@ _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Lengths of the forwards measured at start for a policy that wants step costs: a decode and
 # verifications of 2, 4 and 8 drafts.
 CALIBRATION_TOKENS = (1, 3, 5, 9)
+# Lengths of the unseen sequences each drafter drafts one token after, timed at start: the
+# slope is its cost per token caught up (a model drafter's prefill), which a cold request
+# with a long prompt would otherwise pay to learn.
+CALIBRATION_DRAFT_TOKENS = (1, 64)
 _CALIBRATION_ID = "calibration"  # released before any request exists
+# Ordinary code and prose, so that a cross-tokenizer drafter sees as many of its own tokens
+# per target token as on real text (a run of one repeated id would merge into few).
+_CALIBRATION_TEXT = (
+    "def mean(values):\n"
+    '    """The arithmetic mean of a list of numbers; raises on an empty list."""\n'
+    "    return sum(values) / len(values)\n\n"
+    "The committee met on Tuesday to review the budget, and agreed to publish its report "
+    "before the end of the month, after the auditors have checked every figure in it.\n"
+)
 
 
 @dataclass
@@ -113,7 +133,7 @@ class LLMEngine:
         self._draft_probs: dict[str, torch.Tensor | None] = {}
         self._ids = itertools.count()
         if self.drafters and self.policy.wants_step_costs:
-            self.policy.calibrate(self._measure_steps())
+            self.policy.calibrate(self._measure_steps(), self._measure_drafters())
 
     def _measure_steps(self) -> list[StepTiming]:
         """Forwards of one scratch sequence of each length in `CALIBRATION_TOKENS`, timed
@@ -131,6 +151,30 @@ class LLMEngine:
                 timings.append(StepTiming(time.perf_counter() - start, n, 1))
         self.runner.release(_CALIBRATION_ID)
         return timings
+
+    def _measure_drafters(self) -> list[DraftTiming]:
+        """Each drafter's call for one draft token on a scratch sequence of each length in
+        `CALIBRATION_DRAFT_TOKENS`, after an untimed one (which pages in a model drafter's
+        weights). Each is finished with no tokens, so a drafter that learns from finished
+        sequences (suffix) learns nothing from the scratch text."""
+        ids = self._calibration_ids(max(CALIBRATION_DRAFT_TOKENS))
+        greedy = SamplingParams(max_tokens=1)
+        timings = []
+        for name, drafter in self.drafters.items():
+            for i, n in enumerate((1, *CALIBRATION_DRAFT_TOKENS)):
+                start = time.perf_counter()
+                drafter.propose([DraftRequest(_CALIBRATION_ID, ids[:n], 1, greedy)])
+                seconds = time.perf_counter() - start
+                drafter.finish(_CALIBRATION_ID, [])
+                if i:
+                    timings.append(DraftTiming(name, n, seconds))
+        return timings
+
+    def _calibration_ids(self, num_tokens: int) -> list[int]:
+        """``num_tokens`` target tokens of `_CALIBRATION_TEXT` (repeated as needed)."""
+        ids = self.tokenizer.encode(_CALIBRATION_TEXT, add_special_tokens=False)
+        ids = [t for t in ids if 0 <= t < self._vocab_size] or [0]
+        return (ids * (num_tokens // len(ids) + 1))[:num_tokens]
 
     def _build_drafters(self, loaded: LoadedModel, cache_dir: Path | None) -> dict[str, Drafter]:
         from spinserve.spec.registry import build_drafters

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from spinserve.selection import acceptance as acc
 from spinserve.selection import estimators as est
 from spinserve.selection.cost import DraftCost, ForwardCost
+from spinserve.selection.horizon import RemainingOutput
 from spinserve.selection.policy import NO_SPECULATION, Choice, Feedback, StepTiming
 from spinserve.selection.prior import SharedPrior
 
@@ -40,6 +41,8 @@ class RequestState:
     step: int = 0
     bucket: int = 0
     num_tokens: int = 0  # prompt + output now
+    num_output_tokens: int = 0  # before this step
+    num_emitted: int = 0  # by the last step observed
     seen: dict[str, int] = field(default_factory=dict)  # drafter -> num_tokens it last saw
     last_drafter: str | None = None  # the drafter of the last step (None: no speculation)
     catchup: int = 0  # tokens the drafter of the pending step had to catch up on
@@ -76,23 +79,40 @@ class RequestState:
 
 @dataclass
 class Shared:
-    """What all requests share: the cost lines, the prior, the random generator."""
+    """What all requests share: the cost lines, the output horizon, the prior, the random
+    generator."""
 
     params: SpinParams
     forward: ForwardCost
     draft: DraftCost
+    horizon: RemainingOutput
     prior: SharedPrior
     rng: random.Random
 
+    def catchup_per_token(self, state: RequestState, drafter: str) -> float:
+        """A switch to ``drafter`` costs its catch-up once; shared by the tokens the request
+        is still expected to emit, each step pays it in proportion to its tokens (so the
+        switch pays only if the drafter's gain over the rest of the request covers it)."""
+        num_tokens = state.catchup_tokens(drafter)
+        if not num_tokens:
+            return 0.0
+        seconds = num_tokens * self.draft.catchup(drafter)
+        return seconds / self.horizon.remaining(state.num_output_tokens)
+
     def seconds(
-        self, state: RequestState, drafter: str, k: int, drafted: float, num_running: int
+        self,
+        state: RequestState,
+        drafter: str,
+        k: int,
+        drafted: float,
+        emitted: float,
+        num_running: int,
     ) -> float:
-        """Expected cost of a step: drafting, a catch-up spread over the steps a switch is
-        expected to last (``switch_horizon``), and the marginal forward share."""
-        catchup = state.catchup_tokens(drafter) * self.draft.catchup(drafter)
+        """Expected cost of a step that drafts ``drafted`` and emits ``emitted`` tokens:
+        drafting, its part of a catch-up, and the marginal forward share."""
         return (
             self.draft.seconds(drafter, state.bucket, k)
-            + catchup / self.params.switch_horizon
+            + self.catchup_per_token(state, drafter) * emitted
             + self.forward.share(num_running, 1.0 + drafted)
         )
 
@@ -152,11 +172,12 @@ class DrafterArms:
         for drafter in self.drafters:
             rates = self._rates(state, drafter, stats[drafter], total)
             draft_fixed, per_draft = self.s.draft.line(drafter, state.bucket)
-            catchup = state.catchup_tokens(drafter) * self.s.draft.catchup(drafter)
-            fixed = share + draft_fixed + catchup / self.s.params.switch_horizon
+            catchup = self.s.catchup_per_token(state, drafter)
+            fixed = share + draft_fixed
             for k in self.lengths:
+                emitted = rates.expected_emitted(k)
                 seconds = fixed + per_draft * k + per_token * rates.expected_drafted(k)
-                score = rates.expected_emitted(k) / max(seconds, 1e-12)
+                score = emitted / max(seconds + catchup * emitted, 1e-12)
                 if score > best_score:
                     best, best_score = Choice(drafter, k), score
         return best, best_score

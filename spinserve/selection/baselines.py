@@ -15,7 +15,14 @@ import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from spinserve.selection.policy import Choice, Feedback, LoadView, RequestView, StepTiming
+from spinserve.selection.policy import (
+    Choice,
+    DraftTiming,
+    Feedback,
+    LoadView,
+    RequestView,
+    StepTiming,
+)
 
 
 class Stateless:
@@ -23,7 +30,9 @@ class Stateless:
 
     wants_step_costs = False
 
-    def calibrate(self, timings: Sequence[StepTiming]) -> None:
+    def calibrate(
+        self, timings: Sequence[StepTiming], draft_timings: Sequence[DraftTiming] = ()
+    ) -> None:
         pass
 
     def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:

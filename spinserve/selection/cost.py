@@ -14,6 +14,7 @@ comparison (the simulator measures both).
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Sequence
 
 from spinserve.selection.policy import Feedback, StepTiming
 
@@ -134,21 +135,36 @@ class DraftCost:
             self._buckets.setdefault(drafter, []).append(bucket)
         self._lines[key].add(k, seconds)
 
+    def calibrate(self, drafter: str, points: Sequence[tuple[int, float]]) -> None:
+        """Seed the drafter from ``(num_tokens, seconds)``: calls for one draft token on
+        unseen sequences of a few lengths, alone in the call (load bucket 0). The slope is
+        the cost per token caught up, the intercept that of drafting one token, so neither
+        looks free before the drafter's first use: an untried model drafter priced at
+        nothing was tried on the first long prompt, paying its prefill. Without two
+        lengths there is no slope and nothing is seeded."""
+        if len({n for n, _ in points}) < 2:
+            return
+        line = CostLine(discount=1.0)
+        for num_tokens, seconds in points:
+            line.add(num_tokens, seconds)
+        one_token, self._catchup[drafter] = line.coefficients
+        self.add(drafter, 0, 1, one_token)
+
     def add_catchup(
         self, drafter: str, bucket: int, k: int, num_tokens: int, seconds: float
     ) -> None:
         """A step that first caught up on ``num_tokens`` tokens took ``seconds``. Before the
-        drafter's line is known the step goes to the line instead (catching up is then
-        taken as free, and tried: switching is learned from the next switch)."""
+        drafter's line is known the step goes to the line, less the catch-up as priced now
+        (unmeasured, catching up is taken as free: switching is learned from the next one)."""
         if drafter not in self._buckets:
-            self.add(drafter, bucket, k, seconds)
+            self.add(drafter, bucket, k, max(seconds - num_tokens * self.catchup(drafter), 0.0))
             return
         extra = max(seconds - self.seconds(drafter, bucket, k), 0.0) / num_tokens
         old = self._catchup.get(drafter)
         self._catchup[drafter] = extra if old is None else old + self.smoothing * (extra - old)
 
     def catchup(self, drafter: str) -> float:
-        """Seconds per token caught up (0 until measured: switching looks free once)."""
+        """Seconds per token caught up (0 until calibrated or measured: free)."""
         return self._catchup.get(drafter, 0.0)
 
     def seconds(self, drafter: str, bucket: int, k: int) -> float:

@@ -24,11 +24,19 @@ ORACLE = "oracle (drafter@4)"  # the issue's oracle: best drafter per request, k
 LENGTHS = SpinParams().draft_lengths  # the arms of the regret and the oracles
 
 
-def _spin(**changes) -> PolicyFactory:
+class _CatchupUncalibrated(SpinPolicy):
+    """spin given only the forward's line at start, as before drafters were measured: a
+    drafter's catch-up is learned from its first switch."""
+
+    def calibrate(self, timings, draft_timings=()) -> None:
+        super().calibrate(timings)
+
+
+def _spin(cls: type[SpinPolicy] = SpinPolicy, **changes) -> PolicyFactory:
     params = replace(SpinParams(), **changes)
 
     def make(hw, requests, concurrency, seed):
-        return SpinPolicy(hw.drafter_names, replace(params, seed=seed))
+        return cls(hw.drafter_names, replace(params, seed=seed))
 
     return make
 
@@ -63,7 +71,9 @@ FACTORIES: dict[str, PolicyFactory] = {
     ),
     "eps-greedy 0.05": _spin(rule="greedy", exploration=0.05),
     "no shared prior": _spin(shared_prior=False),
-    "catch-up ignored": _spin(switch_horizon=1e9),
+    "catch-up not calibrated": _spin(_CatchupUncalibrated),
+    "output horizon 32": _spin(output_tokens=32.0),
+    "output horizon 512": _spin(output_tokens=512.0),
     "flat D-TS, drafter x {2,4,8}": _spin(model="flat", draft_lengths=(2, 4, 8), discount=0.95),
     "flat D-TS, k=4": _spin(model="flat", draft_lengths=(4,), discount=0.95),
     "flat SW-UCB (w=20), x {2,4,8}": _spin(
@@ -95,6 +105,7 @@ def run_all(args: argparse.Namespace) -> dict:
             results[key] = rows
             print(_table(key, rows, time.perf_counter() - start), flush=True)
     print(summary(results))
+    print(category_summary(results))
     return results
 
 
@@ -114,6 +125,27 @@ def summary(results: dict[str, dict[str, dict]]) -> str:
             ratios.append(ratio)
             cells.append(f"{ratio:.3f} ({row['regret_per_request']:.0f})")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(ratios) / len(ratios):.3f} |")
+    return "\n".join(lines)
+
+
+def category_summary(results: dict[str, dict[str, dict]]) -> str:
+    """Per setting and policy: tokens/s of each category relative to the target alone
+    (``fixed:none``), and the worst category."""
+    lines = []
+    for key, rows in results.items():
+        base = rows.get("fixed:none")
+        if base is None:
+            continue
+        cats = list(base["categories"])
+        lines += [
+            f"\n{key}: tokens/s per category / fixed:none\n",
+            "| policy | " + " | ".join(cats) + " | worst |",
+            "|---|" + "---:|" * (len(cats) + 1),
+        ]
+        for name, row in rows.items():
+            ratios = [row["categories"][c] / base["categories"][c] for c in cats]
+            cells = " | ".join(f"{r:.3f}" for r in ratios)
+            lines.append(f"| {name} | {cells} | {min(ratios):.3f} |")
     return "\n".join(lines)
 
 

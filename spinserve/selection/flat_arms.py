@@ -57,6 +57,7 @@ class FlatArms:
                     arm.drafter,  # type: ignore[arg-type]
                     arm.num_draft_tokens,
                     belief.mean_drafted,
+                    value,
                     num_running,
                 )
                 value /= max(seconds, 1e-12)

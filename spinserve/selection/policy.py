@@ -143,19 +143,41 @@ class StepTiming:
             raise ValueError("a forward has at least one sequence and one token")
 
 
+@dataclass(frozen=True)
+class DraftTiming:
+    """A drafter's call on a sequence it had not seen: ``num_tokens`` tokens to catch up on
+    (for a model drafter, a prefill of them) and one draft token, in ``seconds``. Two lengths
+    give the cost per token caught up, which a policy needs before a drafter's first use on a
+    long prompt, not after."""
+
+    drafter: str
+    num_tokens: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if self.num_tokens < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {self.num_tokens}")
+        if self.seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {self.seconds}")
+
+
 class SelectionPolicy(Protocol):
     """Gives each decoding request a `Choice` per step and learns from `Feedback`.
 
-    ``wants_step_costs``: the engine measures a few target forwards of different lengths when
-    it starts and hands them to `calibrate`, so what a draft token costs is known before the
+    ``wants_step_costs``: the engine measures a few target forwards of different lengths, and
+    each drafter's call on sequences of two lengths, when it starts and hands them to
+    `calibrate`, so what a draft token and a drafter's catch-up cost is known before the
     first choice instead of learned by paying for it.
     """
 
     name: str
     wants_step_costs: bool
 
-    def calibrate(self, timings: Sequence[StepTiming]) -> None:
-        """Target forwards measured before any request (one sequence, several lengths)."""
+    def calibrate(
+        self, timings: Sequence[StepTiming], draft_timings: Sequence[DraftTiming] = ()
+    ) -> None:
+        """Target forwards (one sequence, several lengths) and drafter calls on unseen
+        sequences, measured before any request."""
         ...
 
     def choose(self, requests: Sequence[RequestView], load: LoadView) -> list[Choice]:

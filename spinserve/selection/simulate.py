@@ -4,10 +4,12 @@ stretch to stretch, and a closed loop of ``concurrency`` requests (one leaves, t
 enters). Deterministic given the seed: each request draws acceptance from its own generator,
 so two policies see the same luck for the same choices.
 
-Per run: tokens/s (tokens emitted / simulated seconds), pseudo-regret (tokens lost against
-the best arm of the current stretch: per step, the expected cost of the chosen arm times the
-best goodput, minus the chosen arm's expected tokens; catching up after a switch is not in
-it, but is in tokens/s) and which arm each category chose.
+Per run: tokens/s (tokens emitted / simulated seconds), overall and per category (a request's
+seconds: its drafting share and its marginal share of each forward), pseudo-regret (tokens
+lost against the best arm of the current stretch: per step, the expected cost of the chosen
+arm times the best goodput, minus the chosen arm's expected tokens; catching up after a
+switch is not in it, but is in tokens/s) and which arm each category chose. A policy that
+wants step costs is calibrated first, as the engine does at start (`calibration`).
 
     python -m spinserve.selection.simulate            # the table in docs/design.md
 """
@@ -26,6 +28,7 @@ from spinserve.selection.baselines import OraclePolicy, Stateless
 from spinserve.selection.policy import (
     NO_SPECULATION,
     Choice,
+    DraftTiming,
     Feedback,
     LoadView,
     RequestView,
@@ -62,11 +65,20 @@ class SimResult:
     num_steps: int = 0  # request-steps
     regret: float = 0.0
     choices: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    category_tokens: Counter = field(default_factory=Counter)
+    category_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     trace: list[TraceStep] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
         return self.num_tokens / self.seconds if self.seconds else 0.0
+
+    def category_tokens_per_second(self) -> dict[str, float]:
+        return {
+            cat: self.category_tokens[cat] / seconds
+            for cat, seconds in sorted(self.category_seconds.items())
+            if seconds
+        }
 
     def to_dict(self) -> dict:
         return {
@@ -114,6 +126,8 @@ def simulate(
     kind of text."""
     result = SimResult(policy.name)
     timing_rng = random.Random(f"{seed}/timing")
+    if policy.wants_step_costs:
+        policy.calibrate(*calibration(hw, random.Random(f"{seed}/calibration")))
     queue = list(reversed(requests))
     running: list[_Running] = []
     while queue or running:
@@ -136,10 +150,39 @@ def simulate(
             state.num_output_tokens += emitted
             state.num_steps += 1
             result.num_tokens += emitted
+            share = hw.forward_fixed / len(running) + hw.forward_per_token * fb.num_verified_tokens
+            category = state.request.category
+            result.category_tokens[category] += emitted
+            result.category_seconds[category] += (
+                fb.draft_seconds + forward * share / hw.forward_seconds(num_tokens)
+            )
         for state in [s for s in running if s.num_output_tokens >= s.request.num_tokens]:
             policy.finish(state.request.request_id)
             running.remove(state)
     return result
+
+
+CALIBRATION_TOKENS = (1, 3, 5, 9)  # the engine's target forwards at start
+CALIBRATION_DRAFT_TOKENS = (1, 64)  # and each drafter's calls on unseen sequences
+
+
+def calibration(hw: Hardware, rng: random.Random) -> tuple[list[StepTiming], list[DraftTiming]]:
+    """What the engine measures at start, with this hardware's timing noise: forwards of one
+    sequence, and each drafter's call for one draft token on an unseen sequence."""
+    steps = [
+        StepTiming(hw.forward_seconds(n) * rng.lognormvariate(0.0, hw.noise), n, 1)
+        for n in CALIBRATION_TOKENS
+    ]
+    drafts = [
+        DraftTiming(
+            d.name,
+            n,
+            (d.call_seconds(1, 1) + d.catchup * n) * rng.lognormvariate(0.0, hw.noise),
+        )
+        for d in hw.drafters
+        for n in CALIBRATION_DRAFT_TOKENS
+    ]
+    return steps, drafts
 
 
 def _step(
@@ -290,8 +333,11 @@ def compare(
         for name, factory in factories.items():
             policy = factory(hw, requests, concurrency, seed)
             res = simulate(policy, requests, hw, arms, concurrency, seed)
-            row = rows.setdefault(name, {"tokens_per_second": [], "regret": [], "choices": {}})
+            row = rows.setdefault(
+                name, {"tokens_per_second": [], "regret": [], "choices": {}, "categories": []}
+            )
             row["tokens_per_second"].append(res.tokens_per_second)
+            row["categories"].append(res.category_tokens_per_second())
             row["regret"].append(res.regret / len(requests))
             for cat, counts in res.choices.items():
                 row["choices"].setdefault(cat, Counter()).update(counts)
@@ -300,6 +346,10 @@ def compare(
             "tokens_per_second": sum(r["tokens_per_second"]) / len(seeds),
             "regret_per_request": sum(r["regret"]) / len(seeds),
             "choices": {c: dict(n.most_common(3)) for c, n in sorted(r["choices"].items())},
+            "categories": {
+                c: sum(per_seed[c] for per_seed in r["categories"]) / len(seeds)
+                for c in r["categories"][0]
+            },
         }
         for name, r in rows.items()
     }

@@ -10,10 +10,13 @@ halves are learned where they vary:
   Beta beliefs that start from a prior learned from finished requests (`prior`). One step
   of any k informs every k, and the step's k is the best for the rates;
 - seconds depend on the drafter, k and the load, not on the request: drafting seconds as a
-  line in k per drafter and load bucket, the cost of catching a drafter up after a switch
-  spread over ``switch_horizon`` steps, and the request's marginal share of the forward
+  line in k per drafter and load bucket, the cost of catching a drafter up on the tokens it
+  has not seen (a model drafter's prefill of a long prompt), shared by the tokens the request
+  is still expected to emit (`horizon`), and the request's marginal share of the forward
   (`cost`) at the current batch size. Under a big batch each extra token's share grows
-  against the fixed part, so shorter drafts or none win by themselves.
+  against the fixed part, so shorter drafts or none win by themselves. The forward's line
+  and each drafter's catch-up per token are measured when the engine starts (`calibrate`),
+  so a cold request with a long prompt is not where spin learns that a prefill is dear.
 
 Each step draws the rates from the beliefs (Thompson sampling, the spread halved), takes the
 (drafter, k) of the highest drawn goodput, and speculates only if that beats one token per
@@ -34,9 +37,11 @@ from spinserve.config.speculative import MAX_DRAFT_TOKENS
 from spinserve.selection.arms import DrafterArms, RequestState, Shared
 from spinserve.selection.cost import DraftCost, ForwardCost, load_bucket
 from spinserve.selection.flat_arms import FlatArms
+from spinserve.selection.horizon import RemainingOutput
 from spinserve.selection.policy import (
     NO_SPECULATION,
     Choice,
+    DraftTiming,
     Feedback,
     LoadView,
     RequestView,
@@ -66,7 +71,8 @@ class SpinParams:
     - ``shared_prior``, ``max_prior_weight``, ``prior_memory``: learn a prior from finished
       requests, worth at most this many of a request's own observations, remembering about
       this many requests.
-    - ``switch_horizon``: the steps over which a drafter's catch-up cost is spread.
+    - ``output_tokens``: a request's expected output length before any has finished (the
+      horizon a drafter's catch-up is shared over, see `horizon`).
     - ``reward`` (flat only): ``factored`` or ``direct`` (tokens / token-share seconds).
     """
 
@@ -80,7 +86,7 @@ class SpinParams:
     max_prior_weight: float = 4.0
     prior_memory: float = 200.0
     change_threshold: float = 6.5
-    switch_horizon: float = 20.0
+    output_tokens: float = 64.0
     reward: str = "factored"
     seed: int = 0
 
@@ -103,8 +109,8 @@ class SpinParams:
             raise ValueError(f"window must be >= 0, got {self.window}")
         if self.change_threshold < 0:
             raise ValueError(f"change_threshold must be >= 0, got {self.change_threshold}")
-        if self.switch_horizon < 1:
-            raise ValueError(f"switch_horizon must be >= 1, got {self.switch_horizon}")
+        if self.output_tokens < 1:
+            raise ValueError(f"output_tokens must be >= 1, got {self.output_tokens}")
         if self.model == "drafter" and (self.window or self.reward != "factored"):
             raise ValueError("window and reward='direct' need model='flat'")
 
@@ -119,7 +125,8 @@ class SpinPolicy:
         self.params = p = params or SpinParams()
         model_cls = DrafterArms if p.model == "drafter" else FlatArms
         prior = SharedPrior(model_cls.default_prior(p), p.max_prior_weight, p.prior_memory)
-        self.shared = Shared(p, ForwardCost(), DraftCost(), prior, random.Random(p.seed))
+        horizon = RemainingOutput(p.output_tokens)
+        self.shared = Shared(p, ForwardCost(), DraftCost(), horizon, prior, random.Random(p.seed))
         self.model = model_cls(drafters, self.shared)
         self._requests: dict[str, RequestState] = {}
 
@@ -132,6 +139,7 @@ class SpinPolicy:
             state.step += 1
             state.bucket = bucket
             state.num_tokens = view.num_prompt_tokens + view.num_output_tokens
+            state.num_output_tokens = view.num_output_tokens
             choice = self._choose_one(state, load.num_running, no_spec)
             state.chose(choice)
             choices.append(choice)
@@ -146,17 +154,27 @@ class SpinPolicy:
         direct = p.model == "flat" and p.reward == "direct"  # no speculation is learned then
         return choice if direct or score > no_spec else NO_SPECULATION
 
-    def calibrate(self, timings: Sequence[StepTiming]) -> None:
-        """Seed the forward's cost line: without it the line starts flat (extra tokens look
-        free) and every request pays to learn otherwise, which under load is most of a short
-        request's steps (docs/design.md, "Drafter selection")."""
+    def calibrate(
+        self, timings: Sequence[StepTiming], draft_timings: Sequence[DraftTiming] = ()
+    ) -> None:
+        """Seed the forward's cost line and each drafter's catch-up per token. Without the
+        line extra tokens look free and every request pays to learn otherwise, which under
+        load is most of a short request's steps; without the catch-up the first switch to a
+        model drafter on a long prompt looks free and pays its prefill (docs/design.md,
+        "Drafter selection")."""
         for timing in timings:
             self.shared.forward.add_step(timing)
+        points: dict[str, list[tuple[int, float]]] = {}
+        for t in draft_timings:
+            points.setdefault(t.drafter, []).append((t.num_tokens, t.seconds))
+        for drafter, drafter_points in points.items():
+            self.shared.draft.calibrate(drafter, drafter_points)
 
     def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
         self.shared.forward.add_step(timing)
         for fb in feedback:
             state = self._requests.setdefault(fb.request_id, RequestState())
+            state.num_emitted = fb.num_emitted
             d, k = fb.choice.drafter, fb.choice.num_draft_tokens
             if d is not None and state.catchup:
                 self.shared.draft.add_catchup(d, state.bucket, k, state.catchup, fb.draft_seconds)
@@ -166,7 +184,10 @@ class SpinPolicy:
 
     def finish(self, request_id: str) -> None:
         state = self._requests.pop(request_id, None)
-        if state is None or not self.params.shared_prior:
+        if state is None:
+            return
+        self.shared.horizon.learn(state.num_output_tokens + state.num_emitted)
+        if not self.params.shared_prior:
             return
         for key, (count, total, total_sq, drafted) in state.totals.items():
             self.shared.prior.learn(key, int(count), total, total_sq, drafted)

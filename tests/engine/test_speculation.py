@@ -189,3 +189,34 @@ def test_every_selection_policy_keeps_greedy_output(tiny_loaded, tiny_drafters, 
     if policy == "spin":  # it explores: more than one arm is tried
         assert len({label.split("@")[0] for label in chosen}) > 1
     assert all(o.choice_counts for o in outs)
+
+
+def test_spin_starts_with_each_drafters_catchup_measured(tiny_loaded, tiny_drafters, monkeypatch):
+    """At start every drafter drafts one token after scratch sequences of 1 and 64 tokens it
+    has not seen (the slope is its catch-up per token: a model drafter's prefill), and the
+    scratch sequences leave nothing behind: the model drafters' pools are free again and the
+    suffix drafter learned nothing from them."""
+    from spinserve.engine.engine import CALIBRATION_DRAFT_TOKENS
+    from spinserve.selection.spin import SpinPolicy
+
+    calls = []
+    monkeypatch.setattr(SpinPolicy, "calibrate", lambda self, *args: calls.append(args))
+    target = tiny_loaded["llama"]
+    config = SpeculativeConfig(drafter_kv_cache_gib=0.01)
+    drafters = {
+        "same": _wrap("same", tiny_drafters["same"], target, config),
+        "cross": _wrap("cross", tiny_drafters["cross"], target, config),
+        "suffix": build_drafter("suffix", target, config),
+    }
+    engine = LLMEngine(target, drafters=drafters)
+    [(steps, draft_timings)] = calls
+    assert [s.num_batched_tokens for s in steps] == [1, 3, 5, 9]
+    assert sorted((t.drafter, t.num_tokens) for t in draft_timings) == sorted(
+        (name, n) for name in drafters for n in CALIBRATION_DRAFT_TOKENS
+    )
+    assert all(t.seconds > 0 for t in draft_timings)
+    assert drafters["suffix"].num_sequences == 0 and drafters["suffix"].num_requests == 0
+    for name in ("same", "cross"):
+        pool = drafters[name]._model.blocks
+        assert pool.num_free_blocks == pool.num_blocks, name
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks

