@@ -10,6 +10,7 @@ from torch import nn
 from spinserve.config.model import ModelConfig
 from spinserve.models.kv_cache import KVCache
 from spinserve.models.layers import DecoderLayer, Linear, RMSNorm
+from spinserve.ops import native
 from spinserve.ops.attention import AttentionMetadata
 from spinserve.ops.blocks import BlockWeight
 from spinserve.ops.quant import Int4Weight, Int8Weight, QuantizedWeight
@@ -47,6 +48,10 @@ class Decoder(nn.Module):
         self.model = DecoderBody(config)
         # Several rows may take the multi-row bf16 kernel: `_refine_top` makes the argmax exact.
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, batched_ok=True)
+        # Run the layers in one call of our kernel (`LayerStack`) when the model allows it;
+        # tests turn this off to compare with the layer-by-layer torch path.
+        self.fused = True
+        self._stack: LayerStack | None = None
         self._rope: dict[tuple[float, float], RopeTable] = {}
         for layer in range(config.num_layers):
             key = (config.layer_rope_theta(layer), config.layer_rope_factor(layer))
@@ -126,10 +131,23 @@ class Decoder(nn.Module):
         if c.scale_embeddings:
             x = x * torch.tensor(c.embedding_multiplier, dtype=x.dtype)
         tables = {key: table.lookup(positions) for key, table in self._rope.items()}
+        stack = self.layer_stack() if attn.full_rows is not None else None
+        if stack is not None:
+            (cos_sin,) = tables.values()
+            x = stack(x, cos_sin, attn, kv_cache)
+            return self.compute_logits(x[logits_indices])
         for i, layer in enumerate(self.model.layers):
             cos_sin = tables[(c.layer_rope_theta(i), c.layer_rope_factor(i))]
             x = layer(x, cos_sin, attn, kv_cache.k[i], kv_cache.v[i])
         return self.compute_logits(x[logits_indices])
+
+    def layer_stack(self) -> LayerStack | None:
+        """The layers as one call of our kernel, or None where they need the torch path."""
+        if not self.fused:
+            return None
+        if self._stack is None:
+            self._stack = LayerStack.of(self) or False  # type: ignore[assignment]
+        return self._stack or None
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> [rows, vocab] fp32, after the final norm and any soft-capping."""
@@ -163,3 +181,81 @@ def _refine_top(logits: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor
     rows, cols = torch.nonzero(logits >= top - REFINE_MARGIN, as_tuple=True)
     exact = (weight[cols].double() * hidden[rows].double()).sum(dim=-1)
     logits[rows, cols] = exact.float()
+
+
+class LayerStack:
+    """All decoder layers in one call of ``csrc/decoder_layers.cpp``: the same arithmetic as
+    `DecoderLayer` (norms, projections, rotary, cache writes, row attention, gated MLP) for
+    every row of a step, with the small vector operations in C++ instead of ~25 torch calls
+    per layer from Python. For models without sandwich or q/k norms, sliding windows or a
+    GeGLU, with fp32 activations and every linear in a form the kernel multiplies (GGUF
+    blocks, torch int4 or int8); anything else takes the torch path.
+    """
+
+    def __init__(self, model: Decoder, weights: list[torch.Tensor], kinds: list[int]) -> None:
+        c = model.config
+        self.weights, self.kinds = weights, kinds
+        self.heads, self.kv_heads = c.num_heads, c.num_kv_heads
+        self.eps, self.scale = c.rms_norm_eps, c.softmax_scale
+        self.op = getattr(torch.ops, native.load("decoder_layers")).decoder_layers
+
+    @staticmethod
+    def of(model: Decoder) -> LayerStack | None:
+        c = model.config
+        layers = range(c.num_layers)
+        if (
+            model.dtype != torch.float32
+            or c.sandwich_norm
+            or c.qk_norm
+            or c.norm_weight_offset
+            or c.hidden_act != "silu"
+            or any(map(c.is_sliding, layers))
+            or len(model._rope) != 1
+            or not native.available("decoder_layers")
+        ):
+            return None
+        none = torch.empty(0)
+        weights: list[torch.Tensor] = []
+        kinds: list[int] = []
+        for layer in model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            weights += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+            linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+            for linear in linears:
+                form = _kernel_form(linear)
+                if form is None:
+                    return None
+                weights += form[1:]
+                kinds.append(form[0])
+            weights += [none if p.bias is None else p.bias for p in (a.q_proj, a.k_proj, a.v_proj)]
+        return LayerStack(model, weights, kinds)
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        attn: AttentionMetadata,
+        kv_cache: KVCache,
+    ) -> torch.Tensor:
+        rows = attn.full_rows
+        assert rows is not None
+        return self.op(
+            x, *cos_sin, kv_cache.k, kv_cache.v, attn.slot_mapping, rows.slots, rows.offsets,
+            self.weights, self.kinds, self.heads, self.kv_heads, self.eps, self.scale,
+        )  # fmt: skip
+
+
+def _kernel_form(linear: Linear) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """(kind, a, b) of a linear's weight for ``decoder_layers``, None for other forms."""
+    weight, none = linear.quantized, torch.empty(0)
+    if isinstance(weight, BlockWeight):
+        return weight.qtype, weight.blocks, none
+    if isinstance(weight, Int4Weight):
+        return -1, weight.packed, weight.scales_zeros
+    if isinstance(weight, Int8Weight):
+        return -2, weight.weight, weight.scales
+    if weight is None and linear.weight.dtype == torch.float32:
+        return -3, linear.weight, none
+    if weight is None and linear.weight.dtype in (torch.bfloat16, torch.float16):
+        return -4, linear.weight, none  # as `rowwise_linear`
+    return None

@@ -31,6 +31,8 @@ from spinserve.config.paths import resolve_cache_dir
 SOURCE_DIR = Path(__file__).parent / "csrc"
 # Set to 1 to skip the kernels (and the compiler) entirely: torch's kernels only.
 DISABLE_ENV_VAR = "SPINSERVE_NO_NATIVE"
+# Kernels whose ops call other kernels' ops (through torch's dispatcher): those load first.
+_DEPENDS = {"decoder_layers": ("block_matmul", "small_blocks", "row_attention")}
 _FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=c++20")
 log = logging.getLogger(__name__)
 
@@ -56,15 +58,22 @@ def _warn_once(message: str) -> None:
     log.warning("%s; using torch's kernels instead", message)
 
 
-@cache
 def load(name: str = "block_matmul", portable: bool = False) -> str:
     """Build (if needed) and load kernel ``name``; returns the torch.ops namespace of its ops.
 
     ``portable`` builds the same source without AVX2 (the plain C++ path), under its own
-    namespace, so tests can check that both paths give the same bits.
+    namespace, so tests can check that both paths give the same bits. A process loads each
+    kernel once (a second library registering the same ops would abort it).
     """
+    return _load(name, portable)
+
+
+@cache
+def _load(name: str, portable: bool) -> str:
     if _disabled():
         raise KernelUnavailable(f"native kernels disabled by {DISABLE_ENV_VAR}")
+    for dependency in _DEPENDS.get(name, ()):
+        _load(dependency, portable)
     namespace = "spinserve_portable" if portable else "spinserve"
     flags = [*_FLAGS, f"-DSPINSERVE_OPS={namespace}"]
     if portable:

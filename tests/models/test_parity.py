@@ -1,7 +1,8 @@
 """Our decoder against transformers' own implementation, the reference.
 
 Tolerance: fp32 on both sides, so logits agree to float rounding; we allow 1e-4 of the
-largest logit (observed: ~1e-7).
+largest logit (observed: ~1e-7). Both of our paths are checked: the layers in one call of our
+kernel (`LayerStack`, llama and qwen2) and layer by layer in torch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from spinserve.types.batch import SeqChunk, StepBatch
 RTOL = 1e-4
 
 
+@pytest.fixture(params=[True, False], ids=["stack", "torch"])
+def paths(request, tiny_loaded, arch):
+    """Runs a test once on each path of the decoder (gemma3 has only the torch path)."""
+    model = tiny_loaded[arch].model
+    model.fused = request.param
+    has_stack = model.layer_stack() is not None
+    assert has_stack == (request.param and arch != "gemma3")
+    yield
+    model.fused = True
+
+
 def reference_logits(ref: torch.nn.Module, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return ref(torch.tensor([ids])).logits[0]
@@ -28,7 +40,7 @@ def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
     assert err <= RTOL * ref.abs().max().item(), f"max abs error {err}"
 
 
-def test_prefill_matches_reference(arch, tiny_loaded, tiny_refs):
+def test_prefill_matches_reference(arch, tiny_loaded, tiny_refs, paths):
     ids = list(range(5, 45))
     runner = ModelRunner(tiny_loaded[arch].model, num_blocks=8, block_size=8)
     logits = runner.execute(StepBatch([SeqChunk("a", ids, 0, [6, 2, 4, 0, 1], len(ids))]))
@@ -55,7 +67,7 @@ class ScatteredRequests:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_mixed_batch_matches_reference(arch, tiny_loaded, tiny_refs, seed):
+def test_mixed_batch_matches_reference(arch, tiny_loaded, tiny_refs, seed, paths):
     """Requests at different positions append different numbers of tokens in one forward."""
     rng = random.Random(seed)
     runner = ModelRunner(tiny_loaded[arch].model, num_blocks=64, block_size=4)
@@ -96,7 +108,7 @@ def test_logits_only_for_requested_rows(tiny_loaded, tiny_refs):
     assert_close(logits, reference_logits(tiny_refs["llama"], ids)[-3:])
 
 
-def test_rollback_by_rewriting_positions(arch, tiny_loaded, tiny_refs):
+def test_rollback_by_rewriting_positions(arch, tiny_loaded, tiny_refs, paths):
     """Speculation's rollback: tokens past a position are overwritten by new ones."""
     runner = ModelRunner(tiny_loaded[arch].model, num_blocks=8, block_size=4)
     table = [3, 5, 1, 0, 7]

@@ -1,0 +1,90 @@
+"""The layers in one call of our kernel (`LayerStack`) on quantized weights: the same model as
+the layer-by-layer torch path, and each row's bits independent of the rows beside it.
+
+(For fp32 weights tests/models/test_parity.py holds both paths to transformers' reference.)
+The paths differ in the last bits of their norms and activations; with int8-rounded
+activations such a difference can move an activation across a rounding step, so the two agree
+to a few hundredths of a logit, not to the bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from tiny_models import write_zoo_folder
+
+from spinserve.config.engine import RuntimeConfig
+from spinserve.loading.loader import load
+from spinserve.models.decoder import Decoder
+from spinserve.ops import native
+from spinserve.runtime.runner import ModelRunner
+from spinserve.types.batch import SeqChunk, StepBatch
+
+pytestmark = pytest.mark.skipif(
+    not native.available("decoder_layers"), reason="our kernels do not build here"
+)
+IDS = list(range(5, 45))
+FORMS = [
+    ("llama", Q.Q4_K, "auto"),  # Q4_K and Q6_K blocks, our kernels
+    ("qwen2", Q.Q8_0, "auto"),  # 32-weight blocks, our kernel; q/k/v biases
+    ("llama", Q.Q4_K, "int4"),  # torch's int4 kernel, some bf16 dense linears
+    ("qwen2", Q.Q8_0, "int4"),  # bf16 dense linears, row by row
+]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, Q], Path]:
+    root = tmp_path_factory.mktemp("stack")
+    return {
+        (arch, quant): write_zoo_folder(arch, root / f"{arch}-{quant.name}", quant)
+        for arch, quant in {(a, q) for a, q, _ in FORMS}
+    }
+
+
+def logits(model: Decoder, chunks: list[SeqChunk]) -> torch.Tensor:
+    return ModelRunner(model, num_blocks=32, block_size=8).execute(StepBatch(chunks))
+
+
+@pytest.mark.parametrize(("arch", "quant", "weights"), FORMS)
+def test_stack_computes_the_layers_as_the_torch_path(folders, arch, quant, weights):
+    model = load(str(folders[arch, quant]), RuntimeConfig(weights=weights)).model
+    assert model.layer_stack() is not None
+    chunk = SeqChunk("a", IDS, 0, [6, 2, 4, 0, 1], len(IDS))
+    stacked = logits(model, [chunk])
+    model.fused = False
+    assert model.layer_stack() is None
+    layered = logits(model, [chunk])
+    scale = layered.abs().max().item()
+    assert (stacked - layered).abs().max().item() <= 0.02 * scale
+    assert torch.equal(stacked.argmax(-1), layered.argmax(-1))
+
+
+def test_a_row_has_the_same_bits_alone_in_a_verification_and_in_a_batch(folders):
+    model = load(str(folders["llama", Q.Q4_K])).model
+    assert model.layer_stack() is not None
+    prompt, drafts = IDS[:20], IDS[20:28]
+    other = [SeqChunk("b", IDS[::-1], 0, [10, 11, 12, 13, 14], 1)]
+    runner = ModelRunner(model, num_blocks=32, block_size=8)
+    runner.execute(StepBatch([SeqChunk("a", prompt, 0, [0, 1, 2, 3], 0)]))
+    verified = runner.execute(StepBatch([SeqChunk("a", drafts, 20, [0, 1, 2, 3], 8)]))
+    for i, token in enumerate(drafts):
+        alone = runner.execute(StepBatch([SeqChunk("a", [token], 20 + i, [0, 1, 2, 3], 1)]))
+        beside = runner.execute(
+            StepBatch([*other, SeqChunk("a", [token], 20 + i, [0, 1, 2, 3], 1)])
+        )
+        assert torch.equal(alone[0], verified[i])
+        assert torch.equal(beside[1], verified[i])
+
+
+def test_the_kernel_names_a_malformed_call():
+    ops = getattr(torch.ops, native.load("decoder_layers"))
+    cache = torch.zeros(8, 1, 4)
+    with pytest.raises(RuntimeError, match="weights and 7 kinds per layer"):
+        ops.decoder_layers(
+            torch.zeros(1, 8), torch.ones(1, 4), torch.zeros(1, 4), [cache], [cache],
+            torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+            torch.tensor([0, 1]), [torch.ones(8)], [-3] * 7, 2, 1, 1e-6, 0.5,
+        )  # fmt: skip
