@@ -291,9 +291,10 @@ class LLMEngine:
         )
         forward_seconds = time.perf_counter() - start
         self._charge_verify_time(batch.chunks, forward_seconds)
-        self._observe(
-            rows, drafts, results, StepTiming(forward_seconds, batch.num_tokens, len(batch.chunks))
-        )
+        # a prefill chunk's tokens beyond those that get logits are prompt tokens
+        prefill = sum(c.num_tokens - c.num_logits for c in batch.chunks)
+        timing = StepTiming(forward_seconds, batch.num_tokens, len(batch.chunks), prefill)
+        self._observe(rows, drafts, results, timing)
         rejected = {
             c.request_id: len(d) - res.num_accepted
             for c, d, res in zip(rows, drafts, results, strict=True)

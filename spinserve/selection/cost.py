@@ -102,7 +102,15 @@ class ForwardCost(CostLine):
     """The target forward's line in its tokens, split by marginal cost (module docstring)."""
 
     def add_step(self, timing: StepTiming) -> None:
-        self.add(timing.num_batched_tokens, timing.forward_seconds)
+        """Learn from a step of decodes and verifications; a step that also prefilled is
+        left out. The line is what a draft token adds to a step of a few tokens per
+        sequence, and a forward's cost is not a line over all lengths: a prompt token of a
+        long prefill costs less than a draft token in a short step (Qwen 1.5B on 2 cores:
+        ~9.5 against ~15 ms), so prefill steps, with hundreds of tokens, would dominate the
+        fit and make drafts look cheap (spin drafted in 60% of the steps of 8 concurrent
+        requests and lost 13% of the throughput, docs/benchmarks.md)."""
+        if timing.num_prefill_tokens == 0:
+            self.add(timing.num_batched_tokens, timing.forward_seconds)
 
     def share(self, num_seqs: int, num_tokens: float) -> float:
         """A sequence's marginal share of a forward of ``num_seqs`` sequences."""

@@ -130,17 +130,21 @@ class Feedback:
 @dataclass(frozen=True)
 class StepTiming:
     """The target forward the feedback came from: its seconds (forward plus verification),
-    its tokens and its sequences (prefill chunks included)."""
+    its tokens and its sequences (prefill chunks included), and how many of its tokens were
+    prompt tokens of prefill chunks (0 in a step of decodes and verifications only)."""
 
     forward_seconds: float
     num_batched_tokens: int
     num_seqs: int
+    num_prefill_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.forward_seconds < 0:
             raise ValueError(f"forward_seconds must be >= 0, got {self.forward_seconds}")
         if self.num_batched_tokens < 1 or self.num_seqs < 1:
             raise ValueError("a forward has at least one sequence and one token")
+        if not 0 <= self.num_prefill_tokens <= self.num_batched_tokens:
+            raise ValueError("num_prefill_tokens must be in 0..num_batched_tokens")
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,17 @@ def test_calibration_prices_catchup_and_one_draft_token_before_first_use():
     assert draft.seconds("qwen", 0, 4) == pytest.approx(0.12)
     draft.calibrate("lookup", [(64, 0.5)])  # one length: no slope, nothing seeded
     assert draft.catchup("lookup") == 0.0 and draft.seconds("lookup", 0, 4) == 0.0
+
+
+def test_forward_line_learns_from_decode_and_verify_steps_only():
+    """A prefill step (hundreds of prompt tokens at a lower cost per token) would flatten
+    the line and make draft tokens look cheap; it is left out."""
+    forward = ForwardCost(discount=1.0)
+    for n in (1, 3, 5, 9):
+        forward.add_step(StepTiming(0.020 + 0.015 * n, n, 1))
+    before = forward.coefficients
+    forward.add_step(StepTiming(0.020 + 0.009 * 512, 513, 2, num_prefill_tokens=511))
+    assert forward.coefficients == before
+    assert before == pytest.approx((0.020, 0.015))
+    with pytest.raises(ValueError, match="num_prefill_tokens"):
+        StepTiming(0.1, 4, 1, num_prefill_tokens=5)
