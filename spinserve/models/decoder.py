@@ -52,6 +52,7 @@ class Decoder(nn.Module):
         # tests turn this off to compare with the layer-by-layer torch path.
         self.fused = True
         self._stack: LayerStack | None = None
+        self._stack_built = False  # whether `_stack` is known (None: the torch path)
         self._rope: dict[tuple[float, float], RopeTable] = {}
         for layer in range(config.num_layers):
             key = (config.layer_rope_theta(layer), config.layer_rope_factor(layer))
@@ -64,6 +65,7 @@ class Decoder(nn.Module):
 
         Raises ValueError naming any unknown, missing or misshapen tensor.
         """
+        self._stack, self._stack_built = None, False  # built again from the new weights
         params = dict(self.named_parameters(remove_duplicate=False))
         linears = self.linear_weight_names()
         if self.config.tie_word_embeddings:
@@ -145,9 +147,9 @@ class Decoder(nn.Module):
         """The layers as one call of our kernel, or None where they need the torch path."""
         if not self.fused:
             return None
-        if self._stack is None:
-            self._stack = LayerStack.of(self) or False  # type: ignore[assignment]
-        return self._stack or None
+        if not self._stack_built:
+            self._stack, self._stack_built = LayerStack.of(self), True
+        return self._stack
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> [rows, vocab] fp32, after the final norm and any soft-capping."""
@@ -189,7 +191,8 @@ class LayerStack:
     every row of a step, with the small vector operations in C++ instead of ~25 torch calls
     per layer from Python. For models without sandwich or q/k norms, sliding windows or a
     GeGLU, with fp32 activations and every linear in a form the kernel multiplies (GGUF
-    blocks, torch int4 or int8); anything else takes the torch path.
+    blocks, torch int4 or int8, dense fp32, bf16 or fp16); anything else takes the torch
+    path.
     """
 
     def __init__(self, model: Decoder, weights: list[torch.Tensor], kinds: list[int]) -> None:
@@ -245,17 +248,22 @@ class LayerStack:
         )  # fmt: skip
 
 
+# The kinds of linear ``decoder_layers.cpp`` multiplies besides GGUF blocks (whose kind is
+# their ggml type number, >= 0): the same numbers as its kInt4, kInt8, kDense, kDenseRowwise.
+_INT4, _INT8, _DENSE, _DENSE_ROWWISE = -1, -2, -3, -4
+
+
 def _kernel_form(linear: Linear) -> tuple[int, torch.Tensor, torch.Tensor] | None:
     """(kind, a, b) of a linear's weight for ``decoder_layers``, None for other forms."""
     weight, none = linear.quantized, torch.empty(0)
     if isinstance(weight, BlockWeight):
         return weight.qtype, weight.blocks, none
     if isinstance(weight, Int4Weight):
-        return -1, weight.packed, weight.scales_zeros
+        return _INT4, weight.packed, weight.scales_zeros
     if isinstance(weight, Int8Weight):
-        return -2, weight.weight, weight.scales
+        return _INT8, weight.weight, weight.scales
     if weight is None and linear.weight.dtype == torch.float32:
-        return -3, linear.weight, none
+        return _DENSE, linear.weight, none
     if weight is None and linear.weight.dtype in (torch.bfloat16, torch.float16):
-        return -4, linear.weight, none  # as `rowwise_linear`
+        return _DENSE_ROWWISE, linear.weight, none  # as `rowwise_linear`
     return None
