@@ -36,6 +36,8 @@ from spinserve.runtime.block_manager import BlockManager, blocks_for
 from spinserve.runtime.runner import ModelRunner
 from spinserve.runtime.sampler import Generators
 from spinserve.selection.policy import (
+    CALIBRATION_DRAFT_TOKENS,
+    CALIBRATION_TOKENS,
     Choice,
     DraftTiming,
     Feedback,
@@ -51,13 +53,6 @@ from spinserve.types.batch import SeqChunk, StepBatch
 from spinserve.types.errors import InvalidRequestError
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# Lengths of the forwards measured at start for a policy that wants step costs: a decode and
-# verifications of 2, 4 and 8 drafts.
-CALIBRATION_TOKENS = (1, 3, 5, 9)
-# Lengths of the unseen sequences each drafter drafts one token after, timed at start: the
-# slope is its cost per token caught up (a model drafter's prefill), which a cold request
-# with a long prompt would otherwise pay to learn.
-CALIBRATION_DRAFT_TOKENS = (1, 64)
 _CALIBRATION_ID = "calibration"  # released before any request exists
 # Ordinary code and prose, so that a cross-tokenizer drafter sees as many of its own tokens
 # per target token as on real text (a run of one repeated id would merge into few).

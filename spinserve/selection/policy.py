@@ -68,6 +68,15 @@ class Choice:
 
 NO_SPECULATION = Choice(None, 0)
 
+# What the engine measures at start for a policy that wants step costs (and what the
+# simulator hands a policy in its place): target forwards of one sequence of these lengths
+# (a decode and verifications of 2, 4 and 8 drafts), and each drafter's call for one draft
+# token after unseen sequences of these lengths, whose slope is its cost per token caught up
+# (a model drafter's prefill), which a cold request with a long prompt would otherwise pay
+# to learn.
+CALIBRATION_TOKENS = (1, 3, 5, 9)
+CALIBRATION_DRAFT_TOKENS = (1, 64)
+
 
 @dataclass(frozen=True)
 class RequestView:

@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 from spinserve.selection.baselines import OraclePolicy, Stateless
 from spinserve.selection.policy import (
+    CALIBRATION_DRAFT_TOKENS,
+    CALIBRATION_TOKENS,
     NO_SPECULATION,
     Choice,
     DraftTiming,
@@ -160,10 +162,6 @@ def simulate(
             policy.finish(state.request.request_id)
             running.remove(state)
     return result
-
-
-CALIBRATION_TOKENS = (1, 3, 5, 9)  # the engine's target forwards at start
-CALIBRATION_DRAFT_TOKENS = (1, 64)  # and each drafter's calls on unseen sequences
 
 
 def calibration(hw: Hardware, rng: random.Random) -> tuple[list[StepTiming], list[DraftTiming]]:

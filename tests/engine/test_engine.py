@@ -216,7 +216,7 @@ def test_spin_starts_with_the_target_step_costs_measured(tiny_loaded):
     (forwards of 1, 3, 5 and 9 tokens); the blocks it used are free again, and the first
     request's output is unaffected."""
     from spinserve.config.speculative import SpeculativeConfig
-    from spinserve.engine.engine import CALIBRATION_TOKENS
+    from spinserve.selection.policy import CALIBRATION_TOKENS
     from spinserve.selection.spin import SpinPolicy
 
     config = EngineConfig(speculative=SpeculativeConfig(drafters=("ngram",)))

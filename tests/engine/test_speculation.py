@@ -196,7 +196,7 @@ def test_spin_starts_with_each_drafters_catchup_measured(tiny_loaded, tiny_draft
     has not seen (the slope is its catch-up per token: a model drafter's prefill), and the
     scratch sequences leave nothing behind: the model drafters' pools are free again and the
     suffix drafter learned nothing from them."""
-    from spinserve.engine.engine import CALIBRATION_DRAFT_TOKENS
+    from spinserve.selection.policy import CALIBRATION_DRAFT_TOKENS
     from spinserve.selection.spin import SpinPolicy
 
     calls = []

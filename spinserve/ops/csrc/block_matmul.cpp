@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include "half.h"
+#include "lanes.h"
 #include "namespace.h"
 
 #include <cmath>
@@ -35,6 +36,7 @@
 namespace {
 
 using spinserve_half::half_to_float;
+using spinserve_lanes::sum_lanes;
 
 constexpr int64_t kQK = 256;     // weights per super-block
 constexpr int64_t kSub = 16;     // sub-blocks of 16 per super-block
@@ -169,9 +171,6 @@ inline void accumulate_portable(const WeightBlock& w, const ActBlock& a, float* 
   }
 }
 
-inline float reduce_lanes(const float* acc) {
-  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-}
 
 #if defined(__AVX2__)
 inline float reduce_lanes_avx2(__m256 v) {
@@ -381,7 +380,7 @@ void matmul_rows(const ActBlock* act, int64_t rows, int64_t nb, const uint8_t* b
         fmt.unpack(row + b * fmt.block_bytes, w);
         for (int64_t r = 0; r < tile; ++r) accumulate_portable(w, act[(r0 + r) * nb + b], acc[r]);
       }
-      for (int64_t r = 0; r < tile; ++r) y[(r0 + r) * n_out + n] = reduce_lanes(acc[r]);
+      for (int64_t r = 0; r < tile; ++r) y[(r0 + r) * n_out + n] = sum_lanes(acc[r]);
     }
   }
 }

@@ -32,6 +32,7 @@
 #include <ATen/ops/linear.h>
 #include <torch/library.h>
 
+#include "lanes.h"
 #include "namespace.h"
 
 #include <cmath>
@@ -39,6 +40,8 @@
 #include <string>
 
 namespace {
+
+using spinserve_lanes::sum_lanes;
 
 constexpr int kLanes = 8;
 constexpr int64_t kInt4 = -1, kInt8 = -2, kDense = -3, kDenseRowwise = -4;
@@ -84,11 +87,6 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
   static const auto small = find_op<MatmulOp>("small_block_matmul");
   const auto& op = (kind == 12 || kind == 14) ? k_quant : small;
   return op.call(x, a, kind, a.size(0), false);
-}
-
-float sum_lanes(const float* lanes) {
-  return ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) +
-         ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
 }
 
 // out[r] = w * (x[r] / sqrt(mean(x[r]^2) + eps))

@@ -18,6 +18,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "lanes.h"
 #include "namespace.h"
 
 #include <cmath>
@@ -26,6 +27,8 @@
 #include <vector>
 
 namespace {
+
+using spinserve_lanes::sum_lanes;
 
 constexpr int kLanes = 8;
 constexpr int64_t kMaxGroup = 64;
@@ -47,7 +50,7 @@ float dot(const float* a, const float* b, int64_t n) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) acc = acc + load(a + i) * load(b + i);
   for (int l = 0; i < n; ++i, ++l) acc[l] = acc[l] + a[i] * b[i];
-  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+  return sum_lanes(acc);
 }
 
 // e^x for x <= 0 (x - max of a softmax), to about 2 ulp; below -87 the result is 2^-126.

@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include "half.h"
+#include "lanes.h"
 #include "namespace.h"
 
 #include <algorithm>
@@ -30,6 +31,7 @@
 namespace {
 
 using spinserve_half::half_to_float;
+using spinserve_lanes::sum_lanes;
 
 constexpr int64_t kQK = 32;
 constexpr int64_t kRowTile = 32;
@@ -119,8 +121,7 @@ inline float extra_term(int64_t qtype, float d, float m, int32_t sum) {
 }
 
 inline float finish(int64_t qtype, const float* lanes, float extra) {
-  const float total =
-      ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+  const float total = sum_lanes(lanes);
   return qtype == kQ4_1 ? total + extra : total - extra;
 }
 
