@@ -118,6 +118,47 @@ def test_portable_build_gives_the_same_bits(quant):
     assert torch.equal(vector, op(x, weight.blocks, weight.qtype, 48, False))
 
 
+@pytest.mark.parametrize("quant", [Q4_K, GGMLQuantizationType.Q8_0], ids=lambda q: q.name)
+def test_activation_ties_round_half_to_even_on_every_path(quant):
+    """max|x| = 127 makes the rounding step 1, so x = k + 0.5 is an exact tie: the vector and
+    portable builds must both round it to the even neighbour, as the reference does."""
+    kernel = BLOCK_TYPES[int(quant)].kernel
+    portable = getattr(torch.ops, native.load(kernel, portable=True))
+    op = getattr(portable, "block_matmul" if kernel == "block_matmul" else "small_block_matmul")
+    weight = _weight(quant, 16, 512, seed=4)
+    halves = torch.arange(-64, 64, dtype=torch.float32) + 0.5
+    x = halves.repeat(2, 4)
+    x[:, ::32] = 127.0
+    x[1] = -x[1]
+    got = block_linear(x, weight)
+    torch.testing.assert_close(got, _reference(x, weight), rtol=1e-5, atol=1e-3)
+    assert torch.equal(got, op(x, weight.blocks, weight.qtype, 16, False))
+
+
+def test_several_weights_in_one_call_are_the_same_bits_as_one_call_each():
+    """block_matmul_many (one rounding of x, one parallel loop over every output column: the
+    q, k, v and gate, up projections of a layer) gives each weight's own call's bits."""
+    op = getattr(torch.ops, native.load("block_matmul")).block_matmul_many
+    weights = [
+        _weight(Q4_K, 40, 512, seed=5),
+        _weight(Q6_K, 8, 512, seed=6),
+        _weight(Q4_K, 17, 512, seed=7),
+    ]
+    for rows in (1, 5):
+        x = torch.randn(rows, 512)
+        outs = op(
+            x,
+            [w.blocks for w in weights],
+            [w.qtype for w in weights],
+            [w.shape[0] for w in weights],
+            False,
+        )
+        for out, weight in zip(outs, weights, strict=True):
+            assert torch.equal(out, block_linear(x, weight))
+    with pytest.raises(RuntimeError, match="expected \\[8, 420\\]"):
+        op(torch.randn(1, 512), [weights[0].blocks, weights[0].blocks], [12, 14], [40, 8], False)
+
+
 def test_keeps_the_input_dtype_and_leading_dims():
     weight = _weight(Q6_K, 16, 256)
     x = torch.randn(2, 3, 256, dtype=torch.bfloat16)

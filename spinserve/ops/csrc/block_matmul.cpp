@@ -24,10 +24,13 @@
 #include "half.h"
 #include "lanes.h"
 #include "namespace.h"
+#include "quantize.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -62,40 +65,27 @@ struct WeightBlock {
 };
 
 void quantize_block(const float* x, ActBlock& out) {
-  float amax = 0.0f;
-  for (int64_t i = 0; i < kQK; ++i) amax = std::fmax(amax, std::fabs(x[i]));
-  if (amax == 0.0f) {
-    std::memset(out.q, 0, sizeof(out.q));
-    std::memset(out.bsum, 0, sizeof(out.bsum));
-    out.d = 0.0f;
-    return;
-  }
-  const float inv = 127.0f / amax;
-  for (int64_t i = 0; i < kQK; ++i) {
-    float v = std::nearbyint(x[i] * inv);
-    v = std::fmin(127.0f, std::fmax(-127.0f, v));
-    out.q[i] = static_cast<int8_t>(v);
-  }
-  for (int64_t j = 0; j < kSub; ++j) {
-    int sum = 0;
-    for (int64_t i = 0; i < 16; ++i) sum += out.q[16 * j + i];
-    out.bsum[j] = static_cast<int16_t>(sum);
-  }
-  out.d = amax / 127.0f;
+  int32_t sums[kSub];
+  out.d = spinserve_quantize::quantize_int8(x, kQK, out.q, sums);
+  for (int64_t j = 0; j < kSub; ++j) out.bsum[j] = static_cast<int16_t>(sums[j]);
 }
 
-
-// Q4_K's 12 bytes of 6-bit (scale, min) pairs -> 8 scales, 8 mins (llama.cpp's bit layout).
-inline void q4_k_scales(const uint8_t* s, uint8_t* sc, uint8_t* m) {
+// Q4_K's 12 bytes of 6-bit (scale, min) pairs -> 8 scales then 8 mins, as four little-endian
+// words of bytes (llama.cpp's bit layout). Always inlined: a call here, in the kernels' block
+// loop, went through the stack and stalled the vector load after it (2.5x slower, measured).
+__attribute__((always_inline)) inline void q4_k_scale_words(const uint8_t* s, uint32_t* out) {
   uint32_t u[3];
   std::memcpy(u, s, 12);
   const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-  const uint32_t out[4] = {
-      u[0] & k1,
-      (u[2] & k2) | (((u[0] >> 6) & k3) << 4),
-      u[1] & k1,
-      ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4),
-  };
+  out[0] = u[0] & k1;
+  out[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+  out[2] = u[1] & k1;
+  out[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+}
+
+inline void q4_k_scales(const uint8_t* s, uint8_t* sc, uint8_t* m) {
+  uint32_t out[4];
+  q4_k_scale_words(s, out);
   std::memcpy(sc, out, 8);
   std::memcpy(m, out + 2, 8);
 }
@@ -217,10 +207,11 @@ void q4_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride
   for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_load_ps(lanes + kLanes * r);
   for (int64_t blk = 0; blk < nb; ++blk) {
     const uint8_t* b = w + blk * kQ4KBytes;
-    alignas(16) uint8_t sm[16];  // 8 scales, 8 mins
-    q4_k_scales(b + 4, sm, sm + 8);
-    const __m256i both =
-        _mm256_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(sm)));
+    uint32_t sm[4];  // 8 scales, 8 mins
+    q4_k_scale_words(b + 4, sm);
+    const __m256i both = _mm256_cvtepu8_epi16(_mm_setr_epi32(
+        static_cast<int>(sm[0]), static_cast<int>(sm[1]), static_cast<int>(sm[2]),
+        static_cast<int>(sm[3])));
     const __m256i scales = _mm256_permute2x128_si256(both, both, 0x00);
     // c: the min of each 16 columns (its 32-column sub-block's), as int16 lanes 0..15.
     const __m256i c = _mm256_shuffle_epi8(_mm256_permute2x128_si256(both, both, 0x11), dup);
@@ -385,37 +376,62 @@ void matmul_rows(const ActBlock* act, int64_t rows, int64_t nb, const uint8_t* b
   }
 }
 
-at::Tensor block_matmul(
-    const at::Tensor& x, const at::Tensor& blocks, int64_t qtype, int64_t n_out, bool portable) {
+const Format& format_of(int64_t qtype) {
+  TORCH_CHECK(qtype == kQ4K || qtype == kQ6K, "unsupported block type ", qtype);
+  return qtype == kQ4K ? kQ4KFormat : kQ6KFormat;
+}
+
+// y_i = x W_i^T for several weights of the same input width: x is rounded to int8 once, and
+// one parallel loop runs over all their output columns (in a decode step the q, k and v
+// projections are ~25 us each, so a separate fork/join and rounding for each shows).
+std::vector<at::Tensor> block_matmul_many(const at::Tensor& x, at::TensorList blocks,
+                                          at::IntArrayRef qtypes, at::IntArrayRef n_outs,
+                                          bool portable) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be 2-D float32");
-  TORCH_CHECK(blocks.scalar_type() == at::kByte && blocks.dim() == 2, "blocks must be 2-D uint8");
+  const size_t count = blocks.size();
+  TORCH_CHECK(count > 0 && qtypes.size() == count && n_outs.size() == count,
+              "expected as many block types and output widths as weights");
   const int64_t rows = x.size(0);
   const int64_t k = x.size(1);
   TORCH_CHECK(k % kQK == 0, "in_features must be a multiple of 256, got ", k);
   const int64_t nb = k / kQK;
-  TORCH_CHECK(qtype == kQ4K || qtype == kQ6K, "unsupported block type ", qtype);
-  const Format& fmt = qtype == kQ4K ? kQ4KFormat : kQ6KFormat;
-  const int64_t block_bytes = fmt.block_bytes;
-  TORCH_CHECK(blocks.size(0) == n_out && blocks.size(1) == nb * block_bytes,
-              "blocks have shape [", blocks.size(0), ", ", blocks.size(1), "], expected [",
-              n_out, ", ", nb * block_bytes, "]");
+  std::vector<at::Tensor> weights, outs;
+  std::vector<int64_t> first{0};  // first output column of each weight, in the joint range
+  for (size_t i = 0; i < count; ++i) {
+    const Format& fmt = format_of(qtypes[i]);
+    const int64_t n_out = n_outs[i];
+    TORCH_CHECK(blocks[i].scalar_type() == at::kByte && blocks[i].dim() == 2 &&
+                    blocks[i].size(0) == n_out && blocks[i].size(1) == nb * fmt.block_bytes,
+                "blocks have shape ", blocks[i].sizes(), ", expected [", n_out, ", ",
+                nb * fmt.block_bytes, "]");
+    weights.push_back(blocks[i].contiguous());
+    outs.push_back(at::empty({rows, n_out}, x.options()));
+    first.push_back(first.back() + n_out);
+  }
+  if (rows == 0 || first.back() == 0) return outs;
   const at::Tensor xc = x.contiguous();
-  const at::Tensor bc = blocks.contiguous();
-  at::Tensor y = at::empty({rows, n_out}, x.options());
-  if (rows == 0 || n_out == 0) return y;
   at::Tensor act_buf = at::empty({rows * nb * static_cast<int64_t>(sizeof(ActBlock))},
-                                 blocks.options());
+                                 weights[0].options());
   auto* act = reinterpret_cast<ActBlock*>(act_buf.data_ptr<uint8_t>());
   const float* xp = xc.data_ptr<float>();
   at::parallel_for(0, rows * nb, 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) quantize_block(xp + i * kQK, act[i]);
   });
-  const uint8_t* bp = bc.data_ptr<uint8_t>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
-    matmul_rows(act, rows, nb, bp, fmt, begin, end, n_out, yp, portable);
+  at::parallel_for(0, first.back(), 16, [&](int64_t begin, int64_t end) {
+    for (size_t i = 0; i < count; ++i) {
+      const int64_t lo = std::max(begin, first[i]) - first[i];
+      const int64_t hi = std::min(end, first[i + 1]) - first[i];
+      if (lo >= hi) continue;
+      matmul_rows(act, rows, nb, weights[i].data_ptr<uint8_t>(), format_of(qtypes[i]), lo, hi,
+                  n_outs[i], outs[i].data_ptr<float>(), portable);
+    }
   });
-  return y;
+  return outs;
+}
+
+at::Tensor block_matmul(
+    const at::Tensor& x, const at::Tensor& blocks, int64_t qtype, int64_t n_out, bool portable) {
+  return block_matmul_many(x, {blocks}, {qtype}, {n_out}, portable)[0];
 }
 
 }  // namespace
@@ -423,4 +439,7 @@ at::Tensor block_matmul(
 SPINSERVE_FRAGMENT(SPINSERVE_OPS, m) {
   m.def("block_matmul(Tensor x, Tensor blocks, int qtype, int n_out, bool portable) -> Tensor");
   m.impl("block_matmul", c10::DispatchKey::CPU, &block_matmul);
+  m.def("block_matmul_many(Tensor x, Tensor[] blocks, int[] qtypes, int[] n_outs, bool portable) "
+        "-> Tensor[]");
+  m.impl("block_matmul_many", c10::DispatchKey::CPU, &block_matmul_many);
 }

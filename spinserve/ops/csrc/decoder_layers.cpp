@@ -10,7 +10,8 @@
 //   h = rms_norm(x) ; x = x + (silu(h Wg^T) * (h Wu^T)) Wd^T
 //
 // The matrix products and the attention are our other kernels (block_matmul,
-// small_block_matmul, row_attention), called through torch's dispatcher, or torch's int4/int8
+// small_block_matmul, row_attention; block_matmul_many for q, k, v and for gate, up, which
+// share an input), called through torch's dispatcher, or torch's int4/int8
 // kernels for weights kept in their forms. The vector operations here compute each row on its
 // own, in a fixed order (8 float lanes summed in a fixed tree), so a row's result does not
 // depend on the rows beside it (batch invariance: docs/design.md).
@@ -37,7 +38,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -54,6 +57,8 @@ enum Linear { kQ, kK, kV, kO, kGate, kUp, kDown };
 #define SPINSERVE_STR(x) SPINSERVE_STR2(x)
 
 using MatmulOp = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, bool);
+using ManyOp = std::vector<at::Tensor>(const at::Tensor&, at::TensorList, at::IntArrayRef,
+                                       at::IntArrayRef, bool);
 using AttentionOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                const at::Tensor&, const at::Tensor&, double);
 
@@ -87,6 +92,28 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
   static const auto small = find_op<MatmulOp>("small_block_matmul");
   const auto& op = (kind == 12 || kind == 14) ? k_quant : small;
   return op.call(x, a, kind, a.size(0), false);
+}
+
+bool is_k_quant(int64_t kind) { return kind == 12 || kind == 14; }
+
+// The linears `which` of one layer on the same input: one call of block_matmul_many (one
+// activation rounding, one parallel loop) when all are k-quant blocks, else one call each.
+std::vector<at::Tensor> linears(const at::Tensor& x, const at::Tensor* w, const int64_t* kind,
+                                std::initializer_list<int> which) {
+  static const auto many = find_op<ManyOp>("block_matmul_many");
+  std::vector<at::Tensor> blocks;
+  std::vector<int64_t> qtypes, n_outs;
+  for (int i : which) {
+    if (!is_k_quant(kind[i])) {
+      std::vector<at::Tensor> out;
+      for (int j : which) out.push_back(linear(x, w[2 + 2 * j], w[3 + 2 * j], kind[j]));
+      return out;
+    }
+    blocks.push_back(w[2 + 2 * i]);
+    qtypes.push_back(kind[i]);
+    n_outs.push_back(w[2 + 2 * i].size(0));
+  }
+  return many.call(x, blocks, qtypes, n_outs, false);
 }
 
 // out[r] = w * (x[r] / sqrt(mean(x[r]^2) + eps))
@@ -196,7 +223,8 @@ at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const
     check_float(w[1], dim, "post-attention norm weight");
 
     rms_norm(xp, w[0].data_ptr<float>(), rows, dim, feps, hp);
-    at::Tensor q = lin(h, kQ), k = lin(h, kK), v = lin(h, kV);
+    std::vector<at::Tensor> qkv = linears(h, w, kind, {kQ, kK, kV});
+    at::Tensor &q = qkv[0], &k = qkv[1], &v = qkv[2];
     TORCH_CHECK(q.size(1) == heads * head_dim && k.size(1) == kv_width && v.size(1) == kv_width,
                 "layer ", l, ": projections do not match the head shapes");
     add_bias(q, w[2 + 2 * kLinears]);
@@ -219,8 +247,8 @@ at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const
     add_into(xp, lin(attended.view({rows, heads * head_dim}), kO));
 
     rms_norm(xp, w[1].data_ptr<float>(), rows, dim, feps, hp);
-    at::Tensor gate = lin(h, kGate);
-    const at::Tensor up = lin(h, kUp);
+    std::vector<at::Tensor> gate_up = linears(h, w, kind, {kGate, kUp});
+    const at::Tensor &gate = gate_up[0], &up = gate_up[1];
     float* gp = gate.data_ptr<float>();
     const float* up_p = up.data_ptr<float>();
     at::parallel_for(0, gate.numel(), 2048, [&](int64_t begin, int64_t end) {

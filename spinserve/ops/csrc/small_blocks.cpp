@@ -18,6 +18,7 @@
 #include "half.h"
 #include "lanes.h"
 #include "namespace.h"
+#include "quantize.h"
 
 #include <algorithm>
 #include <cmath>
@@ -44,22 +45,9 @@ struct alignas(32) Act {
 };
 
 void quantize(const float* x, Act& a) {
-  float amax = 0.0f;
-  for (int64_t i = 0; i < kQK; ++i) amax = std::fmax(amax, std::fabs(x[i]));
-  int32_t sum = 0;
-  if (amax == 0.0f) {
-    std::memset(a.q, 0, sizeof(a.q));
-    a.d = 0.0f;
-  } else {
-    const float inv = 127.0f / amax;
-    for (int64_t i = 0; i < kQK; ++i) {
-      const float v = std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(x[i] * inv)));
-      a.q[i] = static_cast<int8_t>(v);
-      sum += a.q[i];
-    }
-    a.d = amax / 127.0f;
-  }
-  a.sum = sum;
+  int32_t sums[kQK / 16];
+  a.d = spinserve_quantize::quantize_int8(x, kQK, a.q, sums);
+  a.sum = sums[0] + sums[1];
 }
 
 // A weight block as 32 values (unsigned, or signed for Q8_0) with the float part of its
