@@ -20,6 +20,7 @@
 
 #include "lanes.h"
 #include "namespace.h"
+#include "vec8.h"
 
 #include <cmath>
 #include <cstdint>
@@ -28,49 +29,16 @@
 
 namespace {
 
+using namespace spinserve_vec8;
 using spinserve_lanes::sum_lanes;
 
-constexpr int kLanes = 8;
 constexpr int64_t kMaxGroup = 64;
-typedef float v8f __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t v8i __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-v8f load(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-void store(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
-
-v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
-
 float dot(const float* a, const float* b, int64_t n) {
   v8f acc = splat(0.0f);
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) acc = acc + load(a + i) * load(b + i);
   for (int l = 0; i < n; ++i, ++l) acc[l] = acc[l] + a[i] * b[i];
   return sum_lanes(acc);
-}
-
-// e^x for x <= 0 (x - max of a softmax), to about 2 ulp; below -87 the result is 2^-126.
-v8f exp_nonpositive(v8f x) {
-  const v8f lo = splat(-87.0f);
-  x = x < lo ? lo : x;
-  const v8f round = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const v8f n = (x * splat(1.44269504088896341f) + round) - round;
-  const v8f r = (x - n * splat(0.693359375f)) - n * splat(-2.12194440e-4f);
-  v8f p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  const v8f y = (p * (r * r) + r) + splat(1.0f);
-  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-  v8f scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
 }
 
 // p[j] = exp(p[j] - top) for j < n, in place; returns their sum (in key order).
