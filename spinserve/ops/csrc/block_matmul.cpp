@@ -297,7 +297,6 @@ void q6_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride
 }
 #endif
 
-using Unpack = void (*)(const uint8_t*, WeightBlock&);
 // Rows sharing one pass over a weight row (AVX-512 machines have 32 vector registers to
 // hold 8 rows' sums; AVX2's 16 fit 4).
 #if defined(__AVX512VL__)
@@ -311,7 +310,7 @@ using Rows = void (*)(const uint8_t*, int64_t, const ActBlock*, int64_t, float*)
 struct Format {
   int64_t block_bytes;
   Unpack unpack;      // portable path
-  Rows rows[kGroup];  // AVX2 path, for 1..kGroup rows at once
+  Rows rows[kGroup];  // AVX2 path, for 1..group rows at once
   // Rows per pass (<= kGroup), the fastest measured: Q6_K's 8-row kernel runs out of
   // registers (8 rows of the 1.5B's down projection: 1.39 ms as one pass of 8, 1.23 as two of
   // 4, on the 2-core Zen 4 dev machine).
@@ -334,8 +333,7 @@ struct Q6K {
 #if defined(__AVX512VL__)
 constexpr Format kQ4KFormat =
     make_format<Q4K, 1, 2, 3, 4, 5, 6, 7, 8>(kQ4KBytes, unpack_q4_k, 8);
-constexpr Format kQ6KFormat =
-    make_format<Q6K, 1, 2, 3, 4, 5, 6, 7, 8>(kQ6KBytes, unpack_q6_k, 4);
+constexpr Format kQ6KFormat = make_format<Q6K, 1, 2, 3, 4>(kQ6KBytes, unpack_q6_k, 4);
 #else
 constexpr Format kQ4KFormat = make_format<Q4K, 1, 2, 3, 4>(kQ4KBytes, unpack_q4_k, 4);
 constexpr Format kQ6KFormat = make_format<Q6K, 1, 2, 3, 4>(kQ6KBytes, unpack_q6_k, 4);
