@@ -161,16 +161,19 @@ class DrafterArms:
         self.s = shared
         self._fill: dict[str, float] = {}  # drafter -> moving average of drafted / asked
 
-    def best(self, state: RequestState, num_running: int) -> tuple[Choice, float]:
-        """The drafter and k of the highest drawn goodput (the cost terms of `Shared.seconds`,
-        hoisted out of the loop over k: this runs per request per step)."""
+    def best(
+        self, state: RequestState, num_running: int, explore: bool = True
+    ) -> tuple[Choice, float]:
+        """The drafter and k of the highest drawn goodput, or without ``explore`` of the
+        highest posterior-mean goodput (the cost terms of `Shared.seconds`, hoisted out of
+        the loop over k: this runs per request per step)."""
         best, best_score = NO_SPECULATION, -1.0
         stats = {d: self._stats(state, d) for d in self.drafters}
         total = sum(s.trials[0] for s in stats.values()) + 1.0
         forward_fixed, per_token = self.s.forward.coefficients
         share = forward_fixed / num_running + per_token  # the last token's forward share
         for drafter in self.drafters:
-            rates = self._rates(state, drafter, stats[drafter], total)
+            rates = self._rates(state, drafter, stats[drafter], total, explore)
             draft_fixed, per_draft = self.s.draft.line(drafter, state.bucket)
             catchup = self.s.catchup_per_token(state, drafter)
             fixed = share + draft_fixed

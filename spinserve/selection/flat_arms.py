@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from spinserve.selection.spin import SpinParams
 
 
-def explore(belief: est.Belief, total: float, shared: Shared) -> float:
+def explore_value(belief: est.Belief, total: float, shared: Shared) -> float:
     """The configured rule applied to a Gaussian belief."""
     p = shared.params
     if p.rule == "thompson":
@@ -44,12 +44,14 @@ class FlatArms:
             self.arms.append(NO_SPECULATION)
         self._unit = 0.0  # running mean of direct rewards
 
-    def best(self, state: RequestState, num_running: int) -> tuple[Choice, float]:
+    def best(
+        self, state: RequestState, num_running: int, explore: bool = True
+    ) -> tuple[Choice, float]:
         best, best_score = NO_SPECULATION, -1.0
         total = sum(self._stats(state, a.label).weight for a in self.arms) + 1.0
         for arm in self.arms:
             belief = est.posterior(self._stats(state, arm.label), self._prior(arm, state))
-            value = explore(belief, total, self.s)
+            value = explore_value(belief, total, self.s) if explore else belief.mean
             if not self.direct:
                 value = min(max(value, 1.0), arm.num_draft_tokens + 1.0)
                 seconds = self.s.seconds(

@@ -291,3 +291,23 @@ def test_catchup_is_paid_only_where_the_rest_of_the_request_repays_it():
     state.seen["model"] = 2000 - 10  # it drafted for "r" before, 10 tokens ago
     [warm] = policy.choose([RequestView("r", 2000, 1)], LoadView(1))
     assert warm.drafter == "model"
+
+
+def test_without_exploring_under_load_only_the_posterior_mean_drafts_in_a_batch():
+    """Where each token costs 20 ms on a 20 ms fixed part, a batch of 8 pays for a draft
+    token only if it is accepted ~9 times in 10, which the prior does not expect: the
+    default still tries drawn arms under load; with ``explore_under_load=False`` no request
+    of a batch drafts on a draw alone. Alone, the switch changes nothing."""
+    line = [StepTiming(0.020 + 0.020 * n, n, 1) for n in (1, 3, 5, 9)]
+
+    def drafted(explore_under_load: bool, running: int, steps: int = 200) -> int:
+        policy = SpinPolicy(["lookup"], SpinParams(seed=1, explore_under_load=explore_under_load))
+        policy.calibrate(line)
+        views = [RequestView(f"r{i}", 50, 0) for i in range(running)]
+        return sum(
+            c.speculates for _ in range(steps) for c in policy.choose(views, LoadView(running))
+        )
+
+    assert drafted(True, 8) > 0
+    assert drafted(False, 8) == 0
+    assert drafted(True, 1) == drafted(False, 1)
