@@ -1,8 +1,9 @@
-"""Two selection configurations side by side at one load level, alternating rounds.
+"""Selection configurations side by side at one load level, alternating rounds.
 
 `selection_bench.py` times each configuration once, minutes apart, and this machine drifts by
-more than the gaps it measures under load; this times just two of them back to back, on the
-same prompts, ``--rounds`` times (a fresh engine each time).
+more than the gaps it measures under load; this times a few of them back to back, on the
+same prompts, ``--rounds`` times (a fresh engine each time). ``spin[KEY=VALUE,...]`` names
+spin with some `SpinParams` changed, e.g. ``spin[explore_under_load=False]``.
 
 Reproduce (from the repository root; ~4 minutes for the default 14 prompts and 2 rounds)::
 
@@ -15,17 +16,49 @@ Every other flag is `selection_bench.py`'s; ``--concurrency`` sets the level.
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import time
 
 import torch
-from selection_bench import Bench, log, parse_args, run_requests
+from selection_bench import Bench, ChoiceRecorder, log, parse_args, run_requests
 
 from spinserve.config.sampling import SamplingParams
+from spinserve.engine.engine import LLMEngine
+from spinserve.selection.spin import SpinParams, SpinPolicy
+
+
+def spin_params(spec: str) -> SpinParams:
+    """``KEY=VALUE,...`` -> SpinParams with those fields changed (values as Python literals:
+    ``explore_under_load=False``, ``exploration=0.25``)."""
+    changes = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        changes[key.strip()] = ast.literal_eval(value.strip())
+    return dataclasses.replace(SpinParams(), **changes)
+
+
+def make_engine(bench: Bench, name: str, level: str) -> LLMEngine:
+    """`Bench.engine`, or for ``spin[...]`` a spin engine whose policy is rebuilt with those
+    parameters and calibrated as the engine calibrates its own."""
+    base, _, spec = name.partition("[")
+    engine = bench.engine(base, level)
+    if spec:
+        policy = SpinPolicy(list(engine.drafters), spin_params(spec.rstrip("]")))
+        policy.calibrate(engine._measure_steps(), engine._measure_drafters())
+        engine.policy = ChoiceRecorder(policy)
+    return engine
 
 
 def main(argv: list[str] | None = None) -> None:
     own = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
-    own.add_argument("--configs", nargs=2, default=["target", "spin"], metavar="NAME")
+    own.add_argument(
+        "--configs",
+        nargs="+",
+        default=["target", "spin"],
+        metavar="NAME",
+        help="configurations; spin[KEY=VALUE,...] is spin with those SpinParams changed",
+    )
     own.add_argument("--rounds", type=int, default=2)
     ab, rest = own.parse_known_args(argv)
     args = parse_args(rest)  # selection_bench's flags; --concurrency is the level
@@ -36,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| round | configuration | tokens | seconds | tokens/s |\n|---:|---|---:|---:|---:|")
     for rnd in range(1, ab.rounds + 1):
         for name in ab.configs:
-            engine = bench.engine(name, level)
+            engine = make_engine(bench, name, level)
             start = time.perf_counter()
             by_id = run_requests(engine, bench.items, params)
             seconds = time.perf_counter() - start
