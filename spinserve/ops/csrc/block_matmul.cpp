@@ -161,7 +161,6 @@ inline void accumulate_portable(const WeightBlock& w, const ActBlock& a, float* 
   }
 }
 
-
 #if defined(__AVX2__)
 inline float reduce_lanes_avx2(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -400,9 +399,11 @@ std::vector<at::Tensor> block_matmul_many(const at::Tensor& x, at::TensorList bl
   TORCH_CHECK(k % kQK == 0, "in_features must be a multiple of 256, got ", k);
   const int64_t nb = k / kQK;
   std::vector<at::Tensor> weights, outs;
+  std::vector<const Format*> formats;
   std::vector<int64_t> first{0};  // first output column of each weight, in the joint range
   for (size_t i = 0; i < count; ++i) {
     const Format& fmt = format_of(qtypes[i]);
+    formats.push_back(&fmt);
     const int64_t n_out = n_outs[i];
     TORCH_CHECK(blocks[i].scalar_type() == at::kByte && blocks[i].dim() == 2 &&
                     blocks[i].size(0) == n_out && blocks[i].size(1) == nb * fmt.block_bytes,
@@ -426,7 +427,7 @@ std::vector<at::Tensor> block_matmul_many(const at::Tensor& x, at::TensorList bl
       const int64_t lo = std::max(begin, first[i]) - first[i];
       const int64_t hi = std::min(end, first[i + 1]) - first[i];
       if (lo >= hi) continue;
-      matmul_rows(act, rows, nb, weights[i].data_ptr<uint8_t>(), format_of(qtypes[i]), lo, hi,
+      matmul_rows(act, rows, nb, weights[i].data_ptr<uint8_t>(), *formats[i], lo, hi,
                   n_outs[i], outs[i].data_ptr<float>(), portable);
     }
   });

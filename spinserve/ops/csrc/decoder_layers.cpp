@@ -171,7 +171,13 @@ void silu_times(float* g, const float* u, int64_t n) {
   using namespace spinserve_vec8;
   at::parallel_for(0, (n + kLanes - 1) / kLanes, 8192, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
-      const int64_t i = v * kLanes, count = std::min<int64_t>(kLanes, n - i);
+      const int64_t i = v * kLanes;
+      if (i + kLanes <= n) {
+        store(g + i, silu(load(g + i)) * load(u + i));
+        continue;
+      }
+      // the last, partial vector: through zero-padded copies
+      const int64_t count = n - i;
       float gl[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0}, ul[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
       std::memcpy(gl, g + i, count * sizeof(float));
       std::memcpy(ul, u + i, count * sizeof(float));

@@ -22,7 +22,9 @@ inline float quantize_int8(const float* x, int64_t n, int8_t* q, int32_t* sum16)
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 m = _mm256_setzero_ps();
   // max(|x|, m) keeps m where |x| is NaN, as std::fmax does
-  for (int64_t i = 0; i < n; i += 8) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), m);
+  for (int64_t i = 0; i < n; i += 8) {
+    m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), m);
+  }
   __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
   h = _mm_max_ps(h, _mm_movehl_ps(h, h));
   h = _mm_max_ss(h, _mm_movehdup_ps(h));
@@ -56,8 +58,10 @@ inline float quantize_int8(const float* x, int64_t n, int8_t* q, int32_t* sum16)
       sum16[i / 16 + k] = _mm_cvtsi128_si32(t);
     }
     // packs interleave 128-bit halves; the permutation restores column order
-    const __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm256_permutevar8x32_epi32(w, order));
+    const __m256i w =
+        _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i),
+                        _mm256_permutevar8x32_epi32(w, order));
   }
 #else
   for (int64_t i = 0; i < n; ++i) {

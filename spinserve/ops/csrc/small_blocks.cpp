@@ -60,7 +60,7 @@ struct Weights {
   bool is_signed, has_min;
 };
 
-int64_t block_bytes(int64_t qtype) {
+constexpr int64_t block_bytes(int64_t qtype) {
   switch (qtype) {
     case kQ8_0: return 34;
     case kQ5_0: return 22;
@@ -160,7 +160,7 @@ inline __m256i load_avx2(int64_t qtype, const uint8_t* b, float& d, float& m) {
 template <int64_t QTYPE, int ROWS>
 __attribute__((noinline)) void rows_avx2(const Act* act, int64_t nb, const uint8_t* w,
                                          float* out) {
-  constexpr int64_t bytes = QTYPE == kQ8_0 ? 34 : (QTYPE == kQ5_0 ? 22 : (QTYPE == kQ4_0 ? 18 : 20));
+  constexpr int64_t bytes = block_bytes(QTYPE);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[ROWS];
   float extra[ROWS];
