@@ -58,26 +58,39 @@ def _warn_once(message: str) -> None:
     log.warning("%s; using torch's kernels instead", message)
 
 
-def load(name: str = "block_matmul", portable: bool = False) -> str:
+# Builds of the same source for tests: each code path of a kernel, whichever CPU runs them.
+VARIANTS = {
+    "native": ("spinserve", ()),  # everything this CPU has (AVX-512 where it is there)
+    "avx2": ("spinserve_avx2", ("-mno-avx512f",)),  # the AVX2 + FMA paths, no AVX-512
+    "portable": ("spinserve_portable", ("-mno-avx2", "-mno-avx512f")),  # plain C++
+}
+
+
+def load(name: str = "block_matmul", variant: str = "native") -> str:
     """Build (if needed) and load kernel ``name``; returns the torch.ops namespace of its ops.
 
-    ``portable`` builds the same source without AVX2 (the plain C++ path), under its own
-    namespace, so tests can check that both paths give the same bits. A process loads each
-    kernel once (a second library registering the same ops would abort it).
+    ``variant`` (tests only) builds the same source with fewer CPU features, under its own
+    namespace (`VARIANTS`), so tests can check that every code path gives the same bits. A
+    process loads each kernel once (a second library registering the same ops would abort it).
     """
-    return _load(name, portable)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown kernel variant {variant!r}; known: {', '.join(VARIANTS)}")
+    return _load(name, variant)
+
+
+def cpu_has(flag: str) -> bool:
+    """Whether this CPU reports ``flag`` (as /proc/cpuinfo spells it, e.g. ``avx2``)."""
+    return flag in _cpu_features().split()
 
 
 @cache
-def _load(name: str, portable: bool) -> str:
+def _load(name: str, variant: str) -> str:
     if _disabled():
         raise KernelUnavailable(f"native kernels disabled by {DISABLE_ENV_VAR}")
     for dependency in _DEPENDS.get(name, ()):
-        _load(dependency, portable)
-    namespace = "spinserve_portable" if portable else "spinserve"
-    flags = [*_FLAGS, f"-DSPINSERVE_OPS={namespace}"]
-    if portable:
-        flags += ["-mno-avx2", "-mno-avx512f"]
+        _load(dependency, variant)
+    namespace, extra = VARIANTS[variant]
+    flags = [*_FLAGS, f"-DSPINSERVE_OPS={namespace}", *extra]
     source = SOURCE_DIR / f"{name}.cpp"
     library = _build(source, flags)
     try:

@@ -79,6 +79,23 @@ def test_a_row_has_the_same_bits_alone_in_a_verification_and_in_a_batch(folders)
         assert torch.equal(beside[1], verified[i])
 
 
+@pytest.mark.parametrize("variant", ["avx2", "portable"])
+@pytest.mark.parametrize("quant", [Q.Q4_K, Q.Q8_0], ids=lambda q: q.name)
+def test_every_build_of_the_stack_gives_the_same_bits(folders, quant, variant):
+    """The layer stack (its norms, rotary, SiLU and the block kernels it calls) built without
+    AVX-512 and without AVX2: a verification's logits are the same bits as this machine's."""
+    if variant == "avx2" and not (native.cpu_has("avx2") and native.cpu_has("fma")):
+        pytest.skip("this CPU has no AVX2 + FMA")
+    arch = "llama" if quant == Q.Q4_K else "qwen2"
+    model = load(str(folders[arch, quant])).model
+    stack = model.layer_stack()
+    assert stack is not None
+    chunk = SeqChunk("a", IDS, 0, [6, 2, 4, 0, 1], len(IDS))
+    native_bits = logits(model, [chunk])
+    stack.op = getattr(torch.ops, native.load("decoder_layers", variant=variant)).decoder_layers
+    assert torch.equal(logits(model, [chunk]), native_bits)
+
+
 def test_the_kernel_names_a_malformed_call():
     ops = getattr(torch.ops, native.load("decoder_layers"))
     cache = torch.zeros(8, 1, 4)

@@ -245,11 +245,15 @@ def test_row_attention_kernel_is_accurate_over_long_contexts(heads, kv_heads, di
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
 
 
-def test_row_attention_portable_build_gives_the_same_bits():
-    """Built without AVX2 (the 8-float vectors as two SSE halves): not one bit differs."""
-    portable = getattr(torch.ops, native.load("row_attention", portable=True))
+@pytest.mark.parametrize("variant", ["avx2", "portable"])
+def test_row_attention_every_build_gives_the_same_bits(variant):
+    """Built without AVX-512, and without AVX2 (the 8-float vectors as two SSE halves): not
+    one bit differs."""
+    if variant == "avx2" and not (native.cpu_has("avx2") and native.cpu_has("fma")):
+        pytest.skip("this CPU has no AVX2 + FMA")
+    build = getattr(torch.ops, native.load("row_attention", variant=variant))
     q, k_cache, v_cache, rows, _ = _long_case(7, 300, 6, 2, 72, seed=1)
     vector = row_attention(q, k_cache, v_cache, rows, 0.1)
     assert torch.equal(
-        vector, portable.row_attention(q, k_cache, v_cache, rows.slots, rows.offsets, 0.1)
+        vector, build.row_attention(q, k_cache, v_cache, rows.slots, rows.offsets, 0.1)
     )

@@ -1,7 +1,7 @@
 """Our block kernels (GGUF blocks x int8-rounded activations: Q4_K, Q6_K super-blocks and the
 32-weight Q8_0, Q5_0, Q4_0, Q4_1): exact against a float64 reference of the same arithmetic,
 and batch-invariant by construction: every output value is the same bits whatever rows share
-the call, however many threads split it, and whichever code path (AVX2/AVX-512 or portable
+the call, however many threads split it, and whichever code path (AVX-512, AVX2 or portable
 C++) computed it."""
 
 from __future__ import annotations
@@ -105,26 +105,39 @@ def test_same_bits_with_one_thread_or_two(quant):
     assert torch.equal(one, two)
 
 
-@pytest.mark.parametrize("quant", ALL, ids=lambda q: q.name)
-def test_portable_build_gives_the_same_bits(quant):
-    """The same source built without AVX2 (plain C++, as on a CPU without it) against this
-    machine's vector build: the arithmetic is defined lane by lane, so not one bit differs."""
+def _build_op(quant, variant: str):
+    """Kernel `quant`'s op from the build `variant` (spinserve.ops.native.VARIANTS)."""
+    if variant == "avx2" and not (native.cpu_has("avx2") and native.cpu_has("fma")):
+        pytest.skip("this CPU has no AVX2 + FMA")
     kernel = BLOCK_TYPES[int(quant)].kernel
-    portable = getattr(torch.ops, native.load(kernel, portable=True))
-    op = getattr(portable, "block_matmul" if kernel == "block_matmul" else "small_block_matmul")
+    build = getattr(torch.ops, native.load(kernel, variant=variant))
+    return getattr(build, "block_matmul" if kernel == "block_matmul" else "small_block_matmul")
+
+
+BUILDS = ["avx2", "portable"]
+
+
+@pytest.mark.parametrize("variant", BUILDS)
+@pytest.mark.parametrize("quant", ALL, ids=lambda q: q.name)
+def test_every_build_gives_the_same_bits(quant, variant):
+    """The same source built without AVX-512 (the AVX2 + FMA paths, as on most x86 CPUs) and
+    without AVX2 (plain C++) against this machine's build: the arithmetic is defined lane by
+    lane, so not one bit differs. 11 rows: passes of 8 + 3 (AVX-512), 4 + 4 + 3 (AVX2)."""
+    op = _build_op(quant, variant)
     weight = _weight(quant, 48, 768, seed=3)
     x = torch.randn(11, 768) * 5
     vector = block_linear(x, weight)
     assert torch.equal(vector, op(x, weight.blocks, weight.qtype, 48, False))
+    # the plain C++ path inside this build too
+    assert torch.equal(vector, op(x, weight.blocks, weight.qtype, 48, True))
 
 
+@pytest.mark.parametrize("variant", BUILDS)
 @pytest.mark.parametrize("quant", [Q4_K, GGMLQuantizationType.Q8_0], ids=lambda q: q.name)
-def test_activation_ties_round_half_to_even_on_every_path(quant):
-    """max|x| = 127 makes the rounding step 1, so x = k + 0.5 is an exact tie: the vector and
-    portable builds must both round it to the even neighbour, as the reference does."""
-    kernel = BLOCK_TYPES[int(quant)].kernel
-    portable = getattr(torch.ops, native.load(kernel, portable=True))
-    op = getattr(portable, "block_matmul" if kernel == "block_matmul" else "small_block_matmul")
+def test_activation_ties_round_half_to_even_on_every_path(quant, variant):
+    """max|x| = 127 makes the rounding step 1, so x = k + 0.5 is an exact tie: every build
+    must round it to the even neighbour, as the reference does."""
+    op = _build_op(quant, variant)
     weight = _weight(quant, 16, 512, seed=4)
     halves = torch.arange(-64, 64, dtype=torch.float32) + 0.5
     x = halves.repeat(2, 4)

@@ -3,13 +3,17 @@
 // The companion of block_matmul.cpp for the formats llama.cpp uses where rows are not whole
 // 256-weight super-blocks (Qwen2.5-Coder-0.5B's 896-wide matrices are Q5_0 and Q8_0). Same
 // scheme: activations rounded per row and per 32 columns to int8 (scale max|x| / 127, round
-// half to even, with their sum: llama.cpp's Q8_0 activations), each weight block unpacked once
-// per row tile and multiplied into every row with exact integer dot products (AVX2 maddubs;
-// Q8_0's signed weights by the sign trick |w| * sign(x, w)), a block's integer total turned
-// into one float and added to the row's sum in column order with uncontracted float ops. So a
-// value depends only on its own row of x and of W: batch-invariant, and the same bits on the
-// AVX2 and portable paths.
-
+// half to even: llama.cpp's Q8_0 activations), each weight block unpacked once per row tile
+// and multiplied into every row with exact integer dot products, one per 4 columns (8 lanes),
+// a lane's integer turned into a float and added to the row's lane sums in column order, times
+// the product of the block's and the row's scales, in one fused multiply-add (std::fma on the
+// portable path; no other contraction: -ffp-contract=off). So a value depends only
+// on its own row of x and of W: batch-invariant, and the same bits on every code path.
+//
+// The integer dots are of the weights as stored, unsigned (Q5_0: 0..31, Q4_0: 0..15, Q8_0:
+// its signed byte + 128 where AVX512-VNNI multiplies unsigned x signed bytes in one
+// instruction), minus offset x (the lane's sum of rounded activations), so each lane holds
+// the exact dot of the signed weights. The activation block carries those lane terms ready.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -21,12 +25,15 @@
 #include "quantize.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+#define SPINSERVE_AVX2 1
 #endif
 
 namespace {
@@ -36,29 +43,12 @@ using spinserve_lanes::sum_lanes;
 
 constexpr int64_t kQK = 32;
 constexpr int64_t kRowTile = 32;
+constexpr int kLanes = 8;
 enum QType : int64_t { kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ8_0 = 8 };  // ggml's numbers
 
-struct alignas(32) Act {
-  int8_t q[kQK];
-  float d;
-  int32_t sum;
-};
-
-void quantize(const float* x, Act& a) {
-  int32_t sums[kQK / 16];
-  a.d = spinserve_quantize::quantize_int8(x, kQK, a.q, sums);
-  a.sum = sums[0] + sums[1];
-}
-
-// A weight block as 32 values (unsigned, or signed for Q8_0) with the float part of its
-// dot product with an activation block of integer dot `dot` and sum `sum`:
-// Q8_0: d * dot; Q5_0 / Q4_0: d * (dot - offset * sum); Q4_1: d * dot + m * sum.
-struct Weights {
-  alignas(32) uint8_t q[kQK];
-  float d, m;
-  int32_t offset;
-  bool is_signed, has_min;
-};
+#if defined(SPINSERVE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define SPINSERVE_VNNI 1
+#endif
 
 constexpr int64_t block_bytes(int64_t qtype) {
   switch (qtype) {
@@ -70,14 +60,50 @@ constexpr int64_t block_bytes(int64_t qtype) {
   }
 }
 
+// What the stored weight value u exceeds the signed one by (w = u - offset). Q8_0 stores w
+// itself; the VNNI path multiplies u = w + 128 (AVX2's maddubs would saturate on it, so that
+// path multiplies |w| by x with w's sign instead: offset 0). The integer is the same.
+constexpr int32_t offset(int64_t qtype) {
+  switch (qtype) {
+    case kQ5_0: return 16;
+    case kQ4_0: return 8;
+#if defined(SPINSERVE_VNNI)
+    case kQ8_0: return 128;
+#endif
+    default: return 0;
+  }
+}
+
+// A row's 32 rounded activations with their scale, their sum (Q4_1's min term) and, per lane
+// of 4 columns, -offset x their sum: where that lane's integer dot starts.
+struct alignas(32) Act {
+  int8_t q[kQK];
+  int32_t base[kLanes];
+  float d;
+  int32_t sum;
+};
+
+void quantize(const float* x, int32_t offset, Act& a) {
+  int32_t sums[kQK / 16];
+  a.d = spinserve_quantize::quantize_int8(x, kQK, a.q, sums);
+  a.sum = sums[0] + sums[1];
+  for (int l = 0; l < kLanes; ++l) {
+    const int8_t* q = a.q + 4 * l;
+    a.base[l] = -offset * (int32_t{q[0]} + int32_t{q[1]} + int32_t{q[2]} + int32_t{q[3]});
+  }
+}
+
+// A weight block as its 32 signed values with its scale d and (Q4_1) min m.
+struct Weights {
+  int32_t w[kQK];
+  float d, m;
+};
+
 void unpack(int64_t qtype, const uint8_t* b, Weights& w) {
   w.d = half_to_float(b);
   w.m = 0.0f;
-  w.offset = 0;
-  w.is_signed = qtype == kQ8_0;
-  w.has_min = qtype == kQ4_1;
   if (qtype == kQ8_0) {
-    std::memcpy(w.q, b + 2, kQK);
+    for (int64_t i = 0; i < kQK; ++i) w.w[i] = static_cast<int8_t>(b[2 + i]);
     return;
   }
   const uint8_t* qs = b + 2;
@@ -89,67 +115,82 @@ void unpack(int64_t qtype, const uint8_t* b, Weights& w) {
     std::memcpy(&qh, b + 2, 4);
     qs = b + 6;
   }
+  const int32_t off = qtype == kQ5_0 ? 16 : (qtype == kQ4_0 ? 8 : 0);
   for (int j = 0; j < 16; ++j) {
-    w.q[j] = (qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10);
-    w.q[j + 16] = (qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
+    w.w[j] = ((qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - off;
+    w.w[j + 16] = ((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - off;
   }
-  w.offset = qtype == kQ5_0 ? 16 : (qtype == kQ4_0 ? 8 : 0);
 }
 
-// A block's product with one row, added to the row's sums: 8 float lanes (lane l holds the
-// exact integer dot of columns 4l..4l+3, the lanes of AVX2's maddubs + madd) and `extra`,
-// the offset or min term (Q5_0/Q4_0: d * offset * sum of x, subtracted at the end; Q4_1:
-// m * sum of x, added). The vector code does the same operations in the same order.
-constexpr int kLanes = 8;
-
-inline float extra_term(int64_t qtype, float d, float m, int32_t sum) {
-  if (qtype == kQ4_1) return m * static_cast<float>(sum);
-  const int32_t offset = qtype == kQ5_0 ? 16 : (qtype == kQ4_0 ? 8 : 0);
-  return d * static_cast<float>(offset * sum);
+// A block's product with one row, added to the row's 8 float lanes (lane l: the exact dot of
+// columns 4l..4l+3) and, for Q4_1, to `extra` (m x the row's sum). The vector code does the
+// same operations in the same order.
+inline void accumulate_portable(int64_t qtype, const Weights& w, const Act& a, float* lanes,
+                                float& extra) {
+  for (int l = 0; l < kLanes; ++l) {
+    int32_t dot = 0;
+    for (int t = 0; t < 4; ++t) dot += w.w[4 * l + t] * int32_t{a.q[4 * l + t]};
+    lanes[l] = std::fma(a.d * w.d, static_cast<float>(dot), lanes[l]);
+  }
+  if (qtype == kQ4_1) extra = extra + a.d * (w.m * static_cast<float>(a.sum));
 }
 
 inline float finish(int64_t qtype, const float* lanes, float extra) {
   const float total = sum_lanes(lanes);
-  return qtype == kQ4_1 ? total + extra : total - extra;
+  return qtype == kQ4_1 ? total + extra : total;
 }
 
-inline void accumulate_portable(const Weights& w, const Act& a, float* lanes, float& extra) {
-  int32_t v[kQK];
-  for (int64_t i = 0; i < kQK; ++i) {
-    v[i] = w.is_signed ? int32_t{static_cast<int8_t>(w.q[i])} : int32_t{w.q[i]};
+#if defined(SPINSERVE_AVX2)
+// The block's 32 stored values u (unsigned, or Q8_0's signed bytes on the AVX2 path).
+template <int64_t QTYPE>
+inline __m256i load_avx2(const uint8_t* b) {
+  if constexpr (QTYPE == kQ8_0) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
+#if defined(SPINSERVE_VNNI)
+    return _mm256_xor_si256(w, _mm256_set1_epi8(static_cast<char>(0x80)));  // w + 128
+#else
+    return w;
+#endif
   }
-  for (int l = 0; l < kLanes; ++l) {
-    int32_t dot = 0;
-    for (int t = 0; t < 4; ++t) dot += v[4 * l + t] * int32_t{a.q[4 * l + t]};
-    lanes[l] = lanes[l] + a.d * (w.d * static_cast<float>(dot));
-  }
-  extra = extra + a.d * (w.has_min ? w.m * static_cast<float>(a.sum)
-                                   : w.d * static_cast<float>(w.offset * a.sum));
-}
-
-#if defined(__AVX2__)
-// The block's 32 values in one register (Q8_0: as they are, signed), d and m from its header.
-inline __m256i load_avx2(int64_t qtype, const uint8_t* b, float& d, float& m) {
-  d = half_to_float(b);
-  m = 0.0f;
-  if (qtype == kQ8_0) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
-  const uint8_t* qs = b + (qtype == kQ4_1 ? 4 : (qtype == kQ5_0 ? 6 : 2));
-  if (qtype == kQ4_1) m = half_to_float(b + 2);
-  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m256i low = _mm256_set1_epi8(0x0F);
-  __m256i q = _mm256_and_si256(
-      _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), low);  // low nibbles: 0..15
-  if (qtype == kQ5_0) {  // bit j of qh is bit 4 of value j
+  const uint8_t* qs = b + (QTYPE == kQ4_1 ? 4 : (QTYPE == kQ5_0 ? 6 : 2));
+  // the 16 bytes in both halves, the high half shifted down by a nibble: values 0..15
+  const __m256i bytes =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+  __m256i q = _mm256_and_si256(_mm256_srlv_epi64(bytes, _mm256_set_epi64x(4, 4, 0, 0)),
+                               _mm256_set1_epi8(0x0F));
+  if constexpr (QTYPE == kQ5_0) {  // bit j of qh is bit 4 of value j
     uint32_t qh;
     std::memcpy(&qh, b + 2, 4);
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    q = _mm256_mask_add_epi8(q, static_cast<__mmask32>(qh), q, _mm256_set1_epi8(0x10));
+#else
     const __m256i spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(static_cast<int>(qh)),
         _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
     const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
     const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
     q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+#endif
   }
   return q;
+}
+
+// The exact lane dots of the signed weights with one activation block: base + u . x.
+template <int64_t QTYPE>
+inline __m256i dot_avx2(__m256i u, const Act& a) {
+  const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(a.q));
+  const __m256i base = _mm256_load_si256(reinterpret_cast<const __m256i*>(a.base));
+#if defined(SPINSERVE_VNNI)
+  return _mm256_dpbusd_epi32(base, u, x);
+#else
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (QTYPE == kQ8_0) {  // |w| x (x with w's sign); |w| <= 128, |x| <= 127
+    return _mm256_madd_epi16(
+        _mm256_maddubs_epi16(_mm256_sign_epi8(u, u), _mm256_sign_epi8(x, u)), ones);
+  }
+  // u <= 31, |x| <= 127: the pair sums never saturate int16
+  return _mm256_add_epi32(base, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
+#endif
 }
 
 // One weight row (output column) x ROWS activation rows, the sums kept in registers across
@@ -161,7 +202,6 @@ template <int64_t QTYPE, int ROWS>
 __attribute__((noinline)) void rows_avx2(const Act* act, int64_t nb, const uint8_t* w,
                                          float* out) {
   constexpr int64_t bytes = block_bytes(QTYPE);
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[ROWS];
   float extra[ROWS];
   for (int r = 0; r < ROWS; ++r) {
@@ -169,20 +209,19 @@ __attribute__((noinline)) void rows_avx2(const Act* act, int64_t nb, const uint8
     extra[r] = 0.0f;
   }
   for (int64_t b = 0; b < nb; ++b) {
-    float d, m;
-    __m256i q = load_avx2(QTYPE, w + b * bytes, d, m);
-    const __m256i sign = q;
-    if (QTYPE == kQ8_0) q = _mm256_sign_epi8(q, q);  // |w|; x takes w's sign below
-    const __m256 dv = _mm256_set1_ps(d);
+    const uint8_t* block = w + b * bytes;
+    const __m256i u = load_avx2<QTYPE>(block);
+    // the fp16 scale in all 8 lanes (exact)
+    int16_t h;
+    std::memcpy(&h, block, 2);
+    const __m256 d = _mm256_cvtph_ps(_mm_set1_epi16(h));
     for (int r = 0; r < ROWS; ++r) {
       const Act& a = act[r * nb + b];
-      __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(a.q));
-      if (QTYPE == kQ8_0) x = _mm256_sign_epi8(x, sign);
-      // |w| <= 128 and |x| <= 127: the pair sums (<= 32512) never saturate int16.
-      const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
-      const __m256 part = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(dot));
-      acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_set1_ps(a.d), part));
-      extra[r] = extra[r] + a.d * extra_term(QTYPE, d, m, a.sum);
+      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.d), d);
+      acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot_avx2<QTYPE>(u, a)), acc[r]);
+      if constexpr (QTYPE == kQ4_1) {
+        extra[r] = extra[r] + a.d * (half_to_float(block + 2) * static_cast<float>(a.sum));
+      }
     }
   }
   alignas(32) float lanes[kLanes];
@@ -192,14 +231,24 @@ __attribute__((noinline)) void rows_avx2(const Act* act, int64_t nb, const uint8
   }
 }
 
-constexpr int kTileRows = 4;  // rows per pass over a weight row
+// Rows per pass over a weight row: AVX-512's 32 vector registers hold 8 rows' sums, AVX2's 16
+// hold 4.
+#if defined(__AVX512VL__)
+constexpr int kTileRows = 8;
+#else
+constexpr int kTileRows = 4;
+#endif
+
+template <int64_t QTYPE, int... R>
+constexpr auto row_functions(std::integer_sequence<int, R...>) {
+  using Rows = void (*)(const Act*, int64_t, const uint8_t*, float*);
+  return std::array<Rows, sizeof...(R)>{rows_avx2<QTYPE, R + 1>...};
+}
 
 template <int64_t QTYPE>
 void matmul_cols_avx2(const Act* act, int64_t rows, int64_t nb, const uint8_t* blocks,
                       int64_t n_begin, int64_t n_end, int64_t n_out, float* y) {
-  using Rows = void (*)(const Act*, int64_t, const uint8_t*, float*);
-  constexpr Rows kRows[kTileRows] = {rows_avx2<QTYPE, 1>, rows_avx2<QTYPE, 2>,
-                                     rows_avx2<QTYPE, 3>, rows_avx2<QTYPE, 4>};
+  constexpr auto kRows = row_functions<QTYPE>(std::make_integer_sequence<int, kTileRows>());
   const int64_t row_bytes = nb * block_bytes(QTYPE);
   float out[kTileRows];
   for (int64_t n = n_begin; n < n_end; ++n) {
@@ -214,7 +263,7 @@ void matmul_cols_avx2(const Act* act, int64_t rows, int64_t nb, const uint8_t* b
 
 void matmul_cols(const Act* act, int64_t rows, int64_t nb, const uint8_t* blocks, int64_t qtype,
                  int64_t n_begin, int64_t n_end, int64_t n_out, float* y, bool portable) {
-#if defined(__AVX2__)
+#if defined(SPINSERVE_AVX2)
   if (!portable) {
     switch (qtype) {
       case kQ8_0: return matmul_cols_avx2<kQ8_0>(act, rows, nb, blocks, n_begin, n_end, n_out, y);
@@ -237,7 +286,7 @@ void matmul_cols(const Act* act, int64_t rows, int64_t nb, const uint8_t* blocks
       for (int64_t b = 0; b < nb; ++b) {
         unpack(qtype, row + b * bytes, w);
         for (int64_t r = 0; r < tile; ++r) {
-          accumulate_portable(w, act[(r0 + r) * nb + b], lanes[r], extra[r]);
+          accumulate_portable(qtype, w, act[(r0 + r) * nb + b], lanes[r], extra[r]);
         }
       }
       for (int64_t r = 0; r < tile; ++r) y[(r0 + r) * n_out + n] = finish(qtype, lanes[r], extra[r]);
@@ -262,8 +311,9 @@ at::Tensor small_block_matmul(const at::Tensor& x, const at::Tensor& blocks, int
   at::Tensor buf = at::empty({rows * nb * static_cast<int64_t>(sizeof(Act))}, blocks.options());
   auto* act = reinterpret_cast<Act*>(buf.data_ptr<uint8_t>());
   const float* xp = xc.data_ptr<float>();
+  const int32_t off = offset(qtype);
   at::parallel_for(0, rows * nb, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) quantize(xp + i * kQK, act[i]);
+    for (int64_t i = begin; i < end; ++i) quantize(xp + i * kQK, off, act[i]);
   });
   const uint8_t* bp = bc.data_ptr<uint8_t>();
   float* yp = y.data_ptr<float>();
