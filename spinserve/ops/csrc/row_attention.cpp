@@ -56,11 +56,54 @@ float softmax_numerators(float* p, int64_t n, float top) {
   return total;
 }
 
-// o += w * v over dim values.
-void add_scaled(float* o, const float* v, float w, int64_t dim) {
-  int64_t d = 0;
-  for (; d + kLanes <= dim; d += kLanes) store(o + d, load(o + d) + splat(w) * load(v + d));
-  for (; d < dim; ++d) o[d] = o[d] + w * v[d];
+// sum_lanes of 8 vectors at once, as one vector: [sum_lanes(a[0]), ..., sum_lanes(a[7])]
+// up to the order of its lanes (see below), each by the very tree sum_lanes uses:
+// ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), so the bits are the same as one by one.
+// Returns [a0, a2, a4, a6, a1, a3, a5, a7]'s sums.
+inline v8f sum_lanes8(const v8f* a) {
+  // lane l + lane l + 4, two vectors per result: [x0+x4, x1+x5, x2+x6, x3+x7, y0+y4, ...]
+  auto half = [](v8f x, v8f y) {
+    return __builtin_shufflevector(x, y, 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15);
+  };
+  const v8f s01 = half(a[0], a[1]), s23 = half(a[2], a[3]);
+  const v8f s45 = half(a[4], a[5]), s67 = half(a[6], a[7]);
+  // (l0+l4) + (l2+l6) and (l1+l5) + (l3+l7), per input
+  auto quarter = [](v8f x, v8f y) {
+    return __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
+  };
+  const v8f t0 = quarter(s01, s23), t1 = quarter(s45, s67);
+  return __builtin_shufflevector(t0, t1, 0, 2, 8, 10, 4, 6, 12, 14) +
+         __builtin_shufflevector(t0, t1, 1, 3, 9, 11, 5, 7, 13, 15);
+}
+
+// scores[j] = (q . key j) * s for 8 keys, the same bits as dot(q, key j, dim) * s: each key's
+// products in 8 lanes in dim order, the lanes summed by sum_lanes' tree. dim % 8 == 0.
+inline void dot8(const float* q, const float* const* keys, int64_t dim, float s, float* scores) {
+  // sum_lanes8 returns inputs 0, 2, 4, 6, 1, 3, 5, 7: keys fed in this order come out in order
+  constexpr int kOrder[kLanes] = {0, 4, 1, 5, 2, 6, 3, 7};
+  v8f acc[kLanes];
+  for (int k = 0; k < kLanes; ++k) acc[k] = splat(0.0f);
+  for (int64_t d = 0; d < dim; d += kLanes) {
+    const v8f x = load(q + d);
+    for (int k = 0; k < kLanes; ++k) acc[k] = acc[k] + x * load(keys[kOrder[k]] + d);
+  }
+  store(scores, sum_lanes8(acc) * splat(s));
+}
+
+// o[0, V * 8) = the sum over keys j, in order from 0, of w[j] * values[j][d, d + V * 8): the
+// sums kept in registers across the keys.
+template <int V>
+inline void weighted_values(const float* const* values, int64_t d, const float* w, int64_t n,
+                            float* o) {
+  v8f acc[V];
+  for (int i = 0; i < V; ++i) acc[i] = splat(0.0f);
+  for (int64_t j = 0; j < n; ++j) {
+    const v8f wj = splat(w[j]);
+    for (int i = 0; i < V; ++i) acc[i] = acc[i] + wj * load(values[j] + d + kLanes * i);
+  }
+  for (int i = 0; i < V; ++i) store(o + kLanes * i, acc[i]);
 }
 
 at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -96,16 +139,23 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
   const float s = static_cast<float>(scale);
   at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
+    std::vector<const float*> rows_k, rows_v;  // this row's keys and values for this kv head
     for (int64_t i = begin; i < end; ++i) {
       const int64_t r = i / kv_heads, kvh = i % kv_heads;
       const int64_t first = off[r], n = off[r + 1] - off[r];
       const int64_t h0 = kvh * group;  // this kv head's first query head
       scores.resize(group * n);
+      rows_k.resize(n);
+      rows_v.resize(n);
       for (int64_t j = 0; j < n; ++j) {
-        const float* key = kp + (slot[first + j] * kv_heads + kvh) * dim;
-        for (int64_t g = 0; g < group; ++g) {
-          scores[g * n + j] = dot(qp + (r * heads + h0 + g) * dim, key, dim) * s;
-        }
+        rows_k[j] = kp + (slot[first + j] * kv_heads + kvh) * dim;
+        rows_v[j] = vp + (slot[first + j] * kv_heads + kvh) * dim;
+      }
+      const int64_t n8 = dim % kLanes == 0 ? n - n % kLanes : 0;  // keys taken 8 at a time
+      for (int64_t g = 0; g < group; ++g) {
+        const float* qg = qp + (r * heads + h0 + g) * dim;
+        for (int64_t j = 0; j < n8; j += kLanes) dot8(qg, &rows_k[j], dim, s, &scores[g * n + j]);
+        for (int64_t j = n8; j < n; ++j) scores[g * n + j] = dot(qg, rows_k[j], dim) * s;
       }
       float total[kMaxGroup];
       for (int64_t g = 0; g < group; ++g) {
@@ -115,10 +165,19 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
         total[g] = softmax_numerators(p, n, top);
       }
       float* o = op + (r * heads + h0) * dim;
-      std::fill(o, o + group * dim, 0.0f);
-      for (int64_t j = 0; j < n; ++j) {
-        const float* value = vp + (slot[first + j] * kv_heads + kvh) * dim;
-        for (int64_t g = 0; g < group; ++g) add_scaled(o + g * dim, value, scores[g * n + j], dim);
+      for (int64_t g = 0; g < group; ++g) {
+        const float* w = scores.data() + g * n;
+        float* og = o + g * dim;
+        // 64 values at a time in registers, then 32, 16, 8; the rest key by key
+        int64_t d = 0;
+        for (; d + 64 <= dim; d += 64) weighted_values<8>(rows_v.data(), d, w, n, og + d);
+        for (; d + 32 <= dim; d += 32) weighted_values<4>(rows_v.data(), d, w, n, og + d);
+        for (; d + 16 <= dim; d += 16) weighted_values<2>(rows_v.data(), d, w, n, og + d);
+        for (; d + 8 <= dim; d += 8) weighted_values<1>(rows_v.data(), d, w, n, og + d);
+        std::fill(og + d, og + dim, 0.0f);
+        for (int64_t j = 0; j < n; ++j) {
+          for (int64_t e = d; e < dim; ++e) og[e] = og[e] + w[j] * rows_v[j][e];
+        }
       }
       for (int64_t g = 0; g < group * dim; ++g) o[g] = o[g] / total[g / dim];
     }
