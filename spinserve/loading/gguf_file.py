@@ -184,19 +184,19 @@ def iter_tensors(
     in ``int4`` whose GGUF type is a 4-bit block type (`int4_names`) as an `Int4Weight`, the
     rest dequantized to fp32."""
     arch = _field(reader, "general.architecture")
+    # a tied lm_head kept as blocks: the embedding's own (the GGUF has no output.weight)
+    head_from_embedding = "lm_head.weight" in blocks and not _has_tensor(reader, "output.weight")
     for t in reader.tensors:
         name = hf_tensor_name(t.name, arch)
+        if head_from_embedding and t.name == "token_embd.weight":
+            yield "lm_head.weight", _block_weight(t, arch, hf)
         if only is not None and name not in only:
             continue
         qtype = GGMLQuantizationType(t.tensor_type)
         rows_permuted = arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight"))
         heads = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
         if name in blocks and int(qtype) in BLOCK_TYPES:
-            raw = np.asarray(t.data).view(np.uint8).reshape(int(t.shape[-1]), -1)
-            if rows_permuted:
-                raw = _unpermute(raw, heads)
-            own = torch.from_numpy(np.array(raw))  # a copy: the reader's map is read-only
-            yield name, BlockWeight(own, int(qtype), (int(t.shape[-1]), int(t.shape[0])))
+            yield name, _block_weight(t, arch, hf)
             continue
         if name in int4 and qtype in INT4_TYPES:
             parts = int4_blocks(t.data, qtype, int(t.shape[-1]))
@@ -219,6 +219,20 @@ def iter_tensors(
         yield name, torch.from_numpy(np.require(data, np.float32, ["C", "W"]))
 
 
+def _block_weight(t, arch: str, hf: dict[str, Any]) -> BlockWeight:
+    """GGUF tensor ``t`` as a `BlockWeight` of its own bytes (rows in Hugging Face order)."""
+    raw = np.asarray(t.data).view(np.uint8).reshape(int(t.shape[-1]), -1)
+    if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
+        heads = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
+        raw = _unpermute(raw, heads)
+    own = torch.from_numpy(np.array(raw))  # a copy: the reader's map is read-only
+    return BlockWeight(own, int(t.tensor_type), (int(t.shape[-1]), int(t.shape[0])))
+
+
+def _has_tensor(reader: GGUFReader, gguf_name: str) -> bool:
+    return any(t.name == gguf_name for t in reader.tensors)
+
+
 def int4_names(reader: GGUFReader, candidates: frozenset[str]) -> frozenset[str]:
     """The Hugging Face names among ``candidates`` whose GGUF tensor is in 4-bit blocks of a
     shape the int4 kernel takes (output rows a multiple of `INT4_ROW_MULTIPLE`)."""
@@ -235,11 +249,17 @@ def int4_names(reader: GGUFReader, candidates: frozenset[str]) -> frozenset[str]
 def block_names(reader: GGUFReader, candidates: frozenset[str]) -> frozenset[str]:
     """The Hugging Face names among ``candidates`` whose GGUF tensor is in blocks our kernels
     multiply as they are by default (`spinserve.ops.blocks.BLOCK_TYPES`)."""
-    return _names_where(
-        reader,
-        candidates,
-        lambda t: int(t.tensor_type) in BLOCK_TYPES and BLOCK_TYPES[int(t.tensor_type)].default,
-    )
+
+    def kept(t) -> bool:
+        return int(t.tensor_type) in BLOCK_TYPES and BLOCK_TYPES[int(t.tensor_type)].default
+
+    names = _names_where(reader, candidates, kept)
+    if "lm_head.weight" in candidates and not _has_tensor(reader, "output.weight"):
+        # tied: the lm_head multiplies by the embedding's blocks (`iter_tensors`)
+        embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+        if embedding is not None and kept(embedding):
+            names |= {"lm_head.weight"}
+    return names
 
 
 def _names_where(reader: GGUFReader, candidates: frozenset[str], keep) -> frozenset[str]:

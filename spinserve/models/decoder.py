@@ -71,10 +71,16 @@ class Decoder(nn.Module):
         if self.config.tie_word_embeddings:
             params.pop("lm_head.weight")
         seen: set[str] = set()
+        head_blocks = False  # a tied lm_head given as GGUF blocks (its own copy, or the
+        # embedding's blocks): multiplied as they are, smaller than the embedding in bf16
         for name, tensor in tensors:
             if name not in params:
                 if self.config.tie_word_embeddings and name == "lm_head.weight":
-                    continue  # some tied checkpoints carry a copy
+                    head_shape = (self.config.vocab_size, self.config.hidden_size)
+                    if isinstance(tensor, BlockWeight) and tensor.shape == head_shape:
+                        self.lm_head.set_quantized(tensor)
+                        head_blocks = True
+                    continue  # else a copy of the embedding: tied below
                 raise ValueError(
                     f"unexpected tensor {name!r} for a {self.config.architecture} model"
                 )
@@ -95,7 +101,8 @@ class Decoder(nn.Module):
         missing = sorted(set(params) - seen)
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
-        if self.config.tie_word_embeddings:
+        if self.config.tie_word_embeddings and not head_blocks:
+            self.lm_head.quantized = None
             embedding = self.model.embed_tokens.weight
             if self.linear_dtype == embedding.dtype:
                 self.lm_head.weight = embedding

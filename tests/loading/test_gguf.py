@@ -209,13 +209,17 @@ def test_kquant_gguf_runs_on_our_kernels_close_to_the_fp32_reference(arch, tmp_p
     layer = fast.model.layers[0]
     assert layer.self_attn.q_proj.quantized.type_name == "Q4_K"
     assert layer.mlp.down_proj.quantized.type_name == "Q6_K"
-    if not fast.config.tie_word_embeddings:
-        assert fast.lm_head.quantized.type_name == "Q6_K"
+    # the output matrix's blocks, or (tied) the embedding's: multiplied as they are
+    embedding = next(
+        t for t in open_gguf(tmp_path / "gguf" / "m.gguf").tensors if t.name == "token_embd.weight"
+    )
+    head_type = embedding.tensor_type.name if fast.config.tie_word_embeddings else "Q6_K"
+    assert fast.lm_head.quantized.type_name == head_type and fast.lm_head.weight is None
     assert packed_path(folder, "gguf").is_file()
     reference = _fp32_reference(tmp_path / "gguf" / "m.gguf")
     assert fast.weight_bytes() < reference.weight_bytes() / 4
     # Each matrix is the GGUF's (rows in the right order: llama's q/k unpermuted)...
-    params = dict(reference.named_parameters())
+    params = dict(reference.named_parameters(remove_duplicate=False))  # a tied lm_head too
     for name, module in fast.named_modules():
         if isinstance(getattr(module, "quantized", None), BlockWeight):
             x = torch.randn(3, module.quantized.shape[1])
