@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,14 @@ from spinserve.loading.gguf_file import (
     open_gguf,
 )
 from spinserve.loading.hf_folder import iter_safetensors, read_config
-from spinserve.loading.packed import packed_path, read_packed, write_packed
+from spinserve.loading.packed import is_current, packed_path, read_packed, write_packed
 from spinserve.loading.tokenizer import Tokenizer
 from spinserve.models.decoder import Decoder
 from spinserve.ops.blocks import kernels_available
 from spinserve.ops.quant import Int8Weight, QuantizedWeight
 from spinserve.types.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -124,7 +127,9 @@ def _packed_linears(
     """Every linear weight in its run-time form: from the saved file, or packed now from the
     GGUF's blocks and the folder's fp32 tensors, and saved."""
     path = packed_path(folder, _packing(form, blocks))
-    if path.is_file():
+    if path.is_file() and not is_current(path):
+        log.info("%s was packed by an older spinserve; packing again", path)
+    elif path.is_file():
         try:
             return dict(read_packed(path))
         except (OSError, RuntimeError, ValueError, SafetensorError) as exc:

@@ -28,6 +28,10 @@ _INT8 = ".int8_weight"
 _INT8_SCALES = ".int8_scales"
 _BLOCKS = {f".{kind.name.lower()}_blocks": qtype for qtype, kind in BLOCK_TYPES.items()}
 _ALIGNMENT = 64
+# What a saved file holds, bumped when that changes so that older files are packed again:
+# 2 = a tied lm_head in blocks is saved as its own entry (see `gguf_file.block_names`).
+PACKING_VERSION = 2
+_VERSION_KEY = "spinserve_packing"
 log = logging.getLogger(__name__)
 
 Weights = dict[str, "torch.Tensor | QuantizedWeight"]
@@ -40,6 +44,16 @@ def packed_path(folder: Path, form: str = "int4") -> Path:
     kind = "" if form == "int4" else f"{form}-"
     version = torch.__version__.split("+")[0]
     return folder / PACKED_DIR / f"linears-{kind}torch-{version}.safetensors"
+
+
+def is_current(path: Path) -> bool:
+    """Whether the saved file at ``path`` was written in this `PACKING_VERSION`."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception:  # unreadable: `read_packed` would fail too, so pack again
+        return False
+    return metadata.get(_VERSION_KEY) == str(PACKING_VERSION)
 
 
 def read_packed(path: Path) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
@@ -100,7 +114,7 @@ def write_packed(path: Path, weights: Weights) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(exist_ok=True)
-        save_file(flat, tmp, metadata={"format": "pt"})
+        save_file(flat, tmp, metadata={"format": "pt", _VERSION_KEY: str(PACKING_VERSION)})
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
