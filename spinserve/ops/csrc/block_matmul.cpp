@@ -182,6 +182,21 @@ inline __m256i load32(const void* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
 
+// q4_k_scale_words' four words in one register, computed in it: [u0, u2, u1, u2] and
+// [u0, u0, u1, u1] give out = (those >> [0, 0, 0, 4]) & [k1, k2, k1, k2] | (the second >> 2) &
+// [0, k3 << 4, 0, k3 << 4]. Reads 16 bytes from s (the 12 scale bytes and 4 of the nibbles).
+// ~8 vector instructions instead of ~30 scalar ones and moves, per super-block.
+inline __m128i q4_k_scales_avx2(const uint8_t* s) {
+  const __m128i u = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+  const __m128i p = _mm_shuffle_epi32(u, _MM_SHUFFLE(2, 1, 2, 0));
+  const __m128i q = _mm_shuffle_epi32(u, _MM_SHUFFLE(1, 1, 0, 0));
+  const __m128i low = _mm_and_si128(_mm_srlv_epi32(p, _mm_setr_epi32(0, 0, 0, 4)),
+                                    _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+  const __m128i high =
+      _mm_and_si128(_mm_srli_epi32(q, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+  return _mm_or_si128(low, high);
+}
+
 // A shuffle that fills the low 128 bits with int16 element `lo` and the high with `hi`.
 inline __m256i pick_pair(int lo, int hi) {
   const char l0 = static_cast<char>(2 * lo), l1 = static_cast<char>(2 * lo + 1);
@@ -206,11 +221,18 @@ void q4_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride
   for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_load_ps(lanes + kLanes * r);
   for (int64_t blk = 0; blk < nb; ++blk) {
     const uint8_t* b = w + blk * kQ4KBytes;
-    uint32_t sm[4];  // 8 scales, 8 mins
-    q4_k_scale_words(b + 4, sm);
-    const __m256i both = _mm256_cvtepu8_epi16(_mm_setr_epi32(
-        static_cast<int>(sm[0]), static_cast<int>(sm[1]), static_cast<int>(sm[2]),
-        static_cast<int>(sm[3])));
+    // 8 scales, 8 mins. Decoded in vector registers for up to 4 rows (1 row: 3-5% faster),
+    // in scalar ones for more (the vector form measured 1-4% slower at 8 rows, A/B per call).
+    __m128i words;
+    if constexpr (ROWS <= 4) {
+      words = q4_k_scales_avx2(b + 4);
+    } else {
+      uint32_t sm[4];
+      q4_k_scale_words(b + 4, sm);
+      words = _mm_setr_epi32(static_cast<int>(sm[0]), static_cast<int>(sm[1]),
+                             static_cast<int>(sm[2]), static_cast<int>(sm[3]));
+    }
+    const __m256i both = _mm256_cvtepu8_epi16(words);
     const __m256i scales = _mm256_permute2x128_si256(both, both, 0x00);
     // c: the min of each 16 columns (its 32-column sub-block's), as int16 lanes 0..15.
     const __m256i c = _mm256_shuffle_epi8(_mm256_permute2x128_si256(both, both, 0x11), dup);
