@@ -10,7 +10,8 @@ Reproduce (from the repository root; ~4 minutes for the default 14 prompts and 2
     .venv/bin/python benchmarks/selection_ab.py --configs target spin --rounds 2 \\
         --concurrency 8 --per-category 2 --max-tokens 64 --threads 2
 
-Every other flag is `selection_bench.py`'s; ``--concurrency`` sets the level.
+Every other flag is `selection_bench.py`'s; ``--concurrency`` sets the level, or ``--batch-1``
+runs the prompts one at a time.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import dataclasses
 import time
 
 import torch
-from selection_bench import Bench, ChoiceRecorder, log, parse_args, run_requests
+from selection_bench import BATCH1, Bench, ChoiceRecorder, log, parse_args, run_requests
 
 from spinserve.config.sampling import SamplingParams
 from spinserve.engine.engine import LLMEngine
@@ -60,18 +61,28 @@ def main(argv: list[str] | None = None) -> None:
         help="configurations; spin[KEY=VALUE,...] is spin with those SpinParams changed",
     )
     own.add_argument("--rounds", type=int, default=2)
+    own.add_argument(
+        "--batch-1",
+        action="store_true",
+        help="run the prompts one at a time (batch 1) instead of at --concurrency",
+    )
     ab, rest = own.parse_known_args(argv)
     args = parse_args(rest)  # selection_bench's flags; --concurrency is the level
     torch.set_num_threads(args.threads)
     bench = Bench(args)
     params = SamplingParams(max_tokens=args.max_tokens)
-    level = f"c{args.concurrency}"
+    level = BATCH1 if ab.batch_1 else f"c{args.concurrency}"
     print("| round | configuration | tokens | seconds | tokens/s |\n|---:|---|---:|---:|---:|")
     for rnd in range(1, ab.rounds + 1):
         for name in ab.configs:
             engine = make_engine(bench, name, level)
             start = time.perf_counter()
-            by_id = run_requests(engine, bench.items, params)
+            if ab.batch_1:  # one at a time, in order, as selection_bench's b1 level
+                by_id = {}
+                for item in bench.items:
+                    by_id |= run_requests(engine, [item], params)
+            else:
+                by_id = run_requests(engine, bench.items, params)
             seconds = time.perf_counter() - start
             tokens = sum(len(r["output_ids"]) for r in by_id.values())
             log(f"round {rnd} {name}: {tokens} tokens in {seconds:.1f} s")
