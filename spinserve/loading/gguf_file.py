@@ -193,14 +193,13 @@ def iter_tensors(
         if only is not None and name not in only:
             continue
         qtype = GGMLQuantizationType(t.tensor_type)
-        rows_permuted = arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight"))
-        heads = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
+        heads = _permuted_heads(t, arch, hf)
         if name in blocks and int(qtype) in BLOCK_TYPES:
             yield name, _block_weight(t, arch, hf)
             continue
         if name in int4 and qtype in INT4_TYPES:
             parts = int4_blocks(t.data, qtype, int(t.shape[-1]))
-            if rows_permuted:
+            if heads is not None:
                 parts = tuple(_unpermute(p, heads) for p in parts)
             q, scale, offset = (torch.from_numpy(np.ascontiguousarray(p)) for p in parts)
             yield name, Int4Weight.from_blocks(q, scale, offset)
@@ -212,7 +211,7 @@ def iter_tensors(
                 f"cannot dequantize {t.name} ({t.tensor_type.name}): {exc}"
             ) from exc
         data = data.reshape(tuple(reversed([int(d) for d in t.shape])))
-        if rows_permuted:
+        if heads is not None:
             data = _unpermute(data, heads)
         if arch == "gemma3" and name.endswith("norm.weight"):
             data = data - 1.0
@@ -222,11 +221,18 @@ def iter_tensors(
 def _block_weight(t, arch: str, hf: dict[str, Any]) -> BlockWeight:
     """GGUF tensor ``t`` as a `BlockWeight` of its own bytes (rows in Hugging Face order)."""
     raw = np.asarray(t.data).view(np.uint8).reshape(int(t.shape[-1]), -1)
-    if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
-        heads = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
+    if (heads := _permuted_heads(t, arch, hf)) is not None:
         raw = _unpermute(raw, heads)
     own = torch.from_numpy(np.array(raw))  # a copy: the reader's map is read-only
     return BlockWeight(own, int(t.tensor_type), (int(t.shape[-1]), int(t.shape[0])))
+
+
+def _permuted_heads(t, arch: str, hf: dict[str, Any]) -> int | None:
+    """The heads whose rows llama.cpp's converter permuted in tensor ``t`` (llama q and k), or
+    None."""
+    if arch != "llama" or not t.name.endswith(("attn_q.weight", "attn_k.weight")):
+        return None
+    return hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
 
 
 def _has_tensor(reader: GGUFReader, gguf_name: str) -> bool:

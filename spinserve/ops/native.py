@@ -58,7 +58,9 @@ def _warn_once(message: str) -> None:
     log.warning("%s; using torch's kernels instead", message)
 
 
-# Builds of the same source for tests: each code path of a kernel, whichever CPU runs them.
+# Builds of the same source for tests: each code path of a kernel. Each is -march=native less
+# some features, so it runs on this CPU whatever it has (on one without AVX-512, "avx2" is the
+# native build again; without AVX2, every variant is the plain C++ path).
 VARIANTS = {
     "native": ("spinserve", ()),  # everything this CPU has (AVX-512 where it is there)
     "avx2": ("spinserve_avx2", ("-mno-avx512f",)),  # the AVX2 + FMA paths, no AVX-512
@@ -76,11 +78,6 @@ def load(name: str = "block_matmul", variant: str = "native") -> str:
     if variant not in VARIANTS:
         raise ValueError(f"unknown kernel variant {variant!r}; known: {', '.join(VARIANTS)}")
     return _load(name, variant)
-
-
-def cpu_has(flag: str) -> bool:
-    """Whether this CPU reports ``flag`` (as /proc/cpuinfo spells it, e.g. ``avx2``)."""
-    return flag in _cpu_features().split()
 
 
 @cache

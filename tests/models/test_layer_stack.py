@@ -84,8 +84,6 @@ def test_a_row_has_the_same_bits_alone_in_a_verification_and_in_a_batch(folders)
 def test_every_build_of_the_stack_gives_the_same_bits(folders, quant, variant):
     """The layer stack (its norms, rotary, SiLU and the block kernels it calls) built without
     AVX-512 and without AVX2: a verification's logits are the same bits as this machine's."""
-    if variant == "avx2" and not (native.cpu_has("avx2") and native.cpu_has("fma")):
-        pytest.skip("this CPU has no AVX2 + FMA")
     arch = "llama" if quant == Q.Q4_K else "qwen2"
     model = load(str(folders[arch, quant])).model
     stack = model.layer_stack()

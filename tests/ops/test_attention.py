@@ -249,8 +249,6 @@ def test_row_attention_kernel_is_accurate_over_long_contexts(heads, kv_heads, di
 def test_row_attention_every_build_gives_the_same_bits(variant):
     """Built without AVX-512, and without AVX2 (the 8-float vectors as two SSE halves): not
     one bit differs."""
-    if variant == "avx2" and not (native.cpu_has("avx2") and native.cpu_has("fma")):
-        pytest.skip("this CPU has no AVX2 + FMA")
     build = getattr(torch.ops, native.load("row_attention", variant=variant))
     q, k_cache, v_cache, rows, _ = _long_case(7, 300, 6, 2, 72, seed=1)
     vector = row_attention(q, k_cache, v_cache, rows, 0.1)

@@ -107,8 +107,6 @@ def test_same_bits_with_one_thread_or_two(quant):
 
 def _build_op(quant, variant: str):
     """Kernel `quant`'s op from the build `variant` (spinserve.ops.native.VARIANTS)."""
-    if variant == "avx2" and not (native.cpu_has("avx2") and native.cpu_has("fma")):
-        pytest.skip("this CPU has no AVX2 + FMA")
     kernel = BLOCK_TYPES[int(quant)].kernel
     build = getattr(torch.ops, native.load(kernel, variant=variant))
     return getattr(build, "block_matmul" if kernel == "block_matmul" else "small_block_matmul")

@@ -115,7 +115,7 @@ void unpack(int64_t qtype, const uint8_t* b, Weights& w) {
     std::memcpy(&qh, b + 2, 4);
     qs = b + 6;
   }
-  const int32_t off = qtype == kQ5_0 ? 16 : (qtype == kQ4_0 ? 8 : 0);
+  const int32_t off = offset(qtype);  // Q5_0 16, Q4_0 8, Q4_1 0 (Q8_0 returned above)
   for (int j = 0; j < 16; ++j) {
     w.w[j] = ((qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - off;
     w.w[j + 16] = ((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - off;
@@ -215,13 +215,12 @@ __attribute__((noinline)) void rows_avx2(const Act* act, int64_t nb, const uint8
     int16_t h;
     std::memcpy(&h, block, 2);
     const __m256 d = _mm256_cvtph_ps(_mm_set1_epi16(h));
+    const float m = QTYPE == kQ4_1 ? half_to_float(block + 2) : 0.0f;
     for (int r = 0; r < ROWS; ++r) {
       const Act& a = act[r * nb + b];
       const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.d), d);
       acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot_avx2<QTYPE>(u, a)), acc[r]);
-      if constexpr (QTYPE == kQ4_1) {
-        extra[r] = extra[r] + a.d * (half_to_float(block + 2) * static_cast<float>(a.sum));
-      }
+      if constexpr (QTYPE == kQ4_1) extra[r] = extra[r] + a.d * (m * static_cast<float>(a.sum));
     }
   }
   alignas(32) float lanes[kLanes];
