@@ -219,12 +219,14 @@ def iter_tensors(
 
 
 def _block_weight(t, arch: str, hf: dict[str, Any]) -> BlockWeight:
-    """GGUF tensor ``t`` as a `BlockWeight` of its own bytes (rows in Hugging Face order)."""
+    """GGUF tensor ``t`` as a `BlockWeight` of its own bytes (rows in Hugging Face order), Q4_K
+    and Q6_K with 8 rows interleaved (`BlockWeight.interleaved`: the same bytes rearranged)."""
     raw = np.asarray(t.data).view(np.uint8).reshape(int(t.shape[-1]), -1)
     if (heads := _permuted_heads(t, arch, hf)) is not None:
         raw = _unpermute(raw, heads)
     own = torch.from_numpy(np.array(raw))  # a copy: the reader's map is read-only
-    return BlockWeight(own, int(t.tensor_type), (int(t.shape[-1]), int(t.shape[0])))
+    shape = (int(t.shape[-1]), int(t.shape[0]))
+    return BlockWeight(own, int(t.tensor_type), shape).interleaved()
 
 
 def _permuted_heads(t, arch: str, hf: dict[str, Any]) -> int | None:

@@ -29,8 +29,9 @@ _INT8_SCALES = ".int8_scales"
 _BLOCKS = {f".{kind.name.lower()}_blocks": qtype for qtype, kind in BLOCK_TYPES.items()}
 _ALIGNMENT = 64
 # What a saved file holds, bumped when that changes so that older files are packed again:
-# 2 = a tied lm_head in blocks is saved as its own entry (see `gguf_file.block_names`).
-PACKING_VERSION = 2
+# 2 = a tied lm_head in blocks is saved as its own entry (see `gguf_file.block_names`);
+# 3 = Q4_K and Q6_K blocks with 8 rows interleaved (`spinserve.ops.interleave`).
+PACKING_VERSION = 3
 _VERSION_KEY = "spinserve_packing"
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ def read_packed(path: Path) -> Iterator[tuple[str, torch.Tensor | QuantizedWeigh
             elif key.endswith(tuple(_BLOCKS)):
                 name, _, suffix = key.rpartition(".")
                 blocks = f.get_tensor(key)
-                shape = (blocks.shape[0], _in_features(f, key))
+                rows = BLOCK_TYPES[_BLOCKS["." + suffix]].rows
+                shape = (blocks.shape[0] * rows, _in_features(f, key))
                 yield name, BlockWeight(blocks, _BLOCKS["." + suffix], shape)
             elif key.endswith(_INT8):
                 name = key.removesuffix(_INT8)
@@ -86,7 +88,7 @@ def _in_features(f, key: str) -> int:
     """A block weight's input width, from its row of blocks."""
     row_bytes = f.get_slice(key).get_shape()[1]
     kind = BLOCK_TYPES[_BLOCKS["." + key.rpartition(".")[2]]]
-    return row_bytes // kind.bytes * kind.weights
+    return row_bytes // (kind.bytes * kind.rows) * kind.weights
 
 
 def _aligned(tensor: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spinserve.ops import native
+from spinserve.ops import interleave, native
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class BlockType:
     weights: int  # per block
     bytes: int  # per block
     kernel: str  # the native library (and op) that multiplies it
+    rows: int = 1  # weight rows per row of the blocks tensor (8: interleaved, `interleave`)
     # Whether `--weights auto` uses our kernel for it. Q4_0/Q4_1 run faster on torch's int4
     # kernel on the 2-core dev CPU (SmolLM2-135M: 14.4 against 16.0 ms per decode, 29.6
     # against 37.4 ms for 8 tokens, docs/benchmarks.md) and closer to fp32 (bf16
@@ -41,6 +42,9 @@ BLOCK_TYPES = {
     8: BlockType("Q8_0", 32, 34, "small_blocks"),
     12: BlockType("Q4_K", 256, 144, "block_matmul"),
     14: BlockType("Q6_K", 256, 210, "block_matmul"),
+    # ours: the same blocks with 8 weight rows interleaved (bytes per row and super-block)
+    interleave.Q4_K_X8: BlockType("Q4_Kx8", 256, 148, "block_matmul", rows=8),
+    interleave.Q6_K_X8: BlockType("Q6_Kx8", 256, 210, "block_matmul", rows=8),
 }
 _OPS = {"small_blocks": "small_block_matmul", "block_matmul": "block_matmul"}
 
@@ -53,7 +57,8 @@ def kernels_available() -> bool:
 @dataclass(frozen=True)
 class BlockWeight:
     """An ``[out, in]`` weight as GGUF blocks: ``blocks`` is [out, in / weights * bytes] uint8
-    of ggml type ``qtype`` (one of `BLOCK_TYPES`)."""
+    of ggml type ``qtype`` (one of `BLOCK_TYPES`); for an interleaved type (``rows`` = 8),
+    [out / 8, 8 * in / weights * bytes]."""
 
     blocks: torch.Tensor
     qtype: int
@@ -64,11 +69,16 @@ class BlockWeight:
             raise ValueError(f"unsupported block type {self.qtype}")
         out_features, in_features = self.shape
         kind = BLOCK_TYPES[self.qtype]
-        expected = (out_features, in_features // kind.weights * kind.bytes)
-        if in_features % kind.weights or tuple(self.blocks.shape) != expected:
+        expected = (out_features // kind.rows, in_features // kind.weights * kind.bytes * kind.rows)
+        if (
+            in_features % kind.weights
+            or out_features % kind.rows
+            or tuple(self.blocks.shape) != expected
+        ):
             raise ValueError(
-                f"{kind.name} weight {self.shape} needs in % {kind.weights} == 0 and blocks of "
-                f"shape {expected}, got {tuple(self.blocks.shape)}"
+                f"{kind.name} weight {self.shape} needs in % {kind.weights} == 0, "
+                f"out % {kind.rows} == 0 and blocks of shape {expected}, "
+                f"got {tuple(self.blocks.shape)}"
             )
 
     @property
@@ -79,13 +89,28 @@ class BlockWeight:
     def nbytes(self) -> int:
         return self.blocks.nbytes
 
+    def interleaved(self) -> BlockWeight:
+        """This weight in the interleaved layout our kernel reads fastest (`interleave`), or
+        itself when its type or row count has none."""
+        if not interleave.can_interleave(self.qtype, self.shape[0]):
+            return self
+        chunks = interleave.interleave(self.blocks.numpy(), self.qtype)
+        return BlockWeight(torch.from_numpy(chunks), interleave.INTERLEAVED[self.qtype], self.shape)
+
+    def gguf_blocks(self) -> tuple[np.ndarray, int]:
+        """The GGUF's own blocks [out, in / weights * bytes] and their ggml type."""
+        raw = self.blocks.numpy()
+        if self.qtype in interleave.BASE:
+            return interleave.deinterleave(raw, self.qtype), interleave.BASE[self.qtype]
+        return raw, self.qtype
+
     def dequantize(self) -> torch.Tensor:
         """[out, in] fp32: the block values exactly (as gguf's reference dequantizer)."""
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
-        raw = self.blocks.numpy().reshape(-1)
-        values = dequantize(raw, GGMLQuantizationType(self.qtype))
+        raw, qtype = self.gguf_blocks()
+        values = dequantize(raw.reshape(-1), GGMLQuantizationType(qtype))
         return torch.from_numpy(np.asarray(values, np.float32).reshape(self.shape))
 
 

@@ -205,17 +205,24 @@ def _fp32_reference(gguf: Path) -> Decoder:
 
 def test_kquant_gguf_runs_on_our_kernels_close_to_the_fp32_reference(arch, tmp_path):
     """A Q4_K_M-like file: Q4_K and Q6_K matrices stay in their blocks for our kernel (the
-    output matrix too), saved once and read back to the same logits."""
+    output matrix too; 8 rows interleaved where the row count allows), saved once and read
+    back to the same logits."""
     folder = write_zoo_folder(arch, tmp_path, GGMLQuantizationType.Q4_K)
     fast = load(str(folder)).model  # weights=auto
     layer = fast.model.layers[0]
-    assert layer.self_attn.q_proj.quantized.type_name == "Q4_K"
-    assert layer.mlp.down_proj.quantized.type_name == "Q6_K"
+
+    def stored(k_quant: str, rows: int) -> str:
+        return k_quant + "x8" if k_quant in ("Q4_K", "Q6_K") and rows % 8 == 0 else k_quant
+
+    q_proj, down_proj = layer.self_attn.q_proj.quantized, layer.mlp.down_proj.quantized
+    assert q_proj.type_name == stored("Q4_K", q_proj.shape[0]) == "Q4_Kx8"
+    assert down_proj.type_name == stored("Q6_K", down_proj.shape[0])
     # the output matrix's blocks, or (tied) the embedding's: multiplied as they are
     embedding = next(
         t for t in open_gguf(tmp_path / "gguf" / "m.gguf").tensors if t.name == "token_embd.weight"
     )
-    head_type = embedding.tensor_type.name if fast.config.tie_word_embeddings else "Q6_K"
+    tied = fast.config.tie_word_embeddings
+    head_type = stored(embedding.tensor_type.name if tied else "Q6_K", fast.config.vocab_size)
     assert fast.lm_head.quantized.type_name == head_type and fast.lm_head.weight is None
     assert packed_path(folder, "gguf").is_file()
     reference = _fp32_reference(tmp_path / "gguf" / "m.gguf")

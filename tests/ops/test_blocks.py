@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 from tiny_models import quantize_k
 
-from spinserve.ops import native
+from spinserve.ops import interleave, native
 from spinserve.ops.blocks import BLOCK_TYPES, BlockWeight, block_linear, kernels_available
 
 Q4_K, Q6_K = GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K
@@ -23,17 +23,27 @@ SMALL = [
     GGMLQuantizationType.Q4_0,
     GGMLQuantizationType.Q4_1,
 ]
-ALL = [Q4_K, Q6_K, *SMALL]
+# ours: Q4_K and Q6_K with 8 weight rows interleaved (spinserve.ops.interleave)
+Q4_K_X8, Q6_K_X8 = interleave.Q4_K_X8, interleave.Q6_K_X8
+ALL = [Q4_K, Q6_K, Q4_K_X8, Q6_K_X8, *SMALL]
 
 
-def _weight(quant: GGMLQuantizationType, out_features: int, in_features: int, seed: int = 0):
+def _name(quant) -> str:
+    return BLOCK_TYPES[int(quant)].name
+
+
+def _weight(quant, out_features: int, in_features: int, seed: int = 0):
+    """Random weights in blocks of ``quant`` (an interleaved type: its base type's blocks,
+    interleaved)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((out_features, in_features)).astype(np.float32) * 0.1
     w[0, :256] = 0.0  # an all-zero super-block
     w[1] = np.abs(w[1])  # no negative values: Q4_K's min is 0
-    raw = quantize_k(w, quant) if quant in (Q4_K, Q6_K) else quantize(w, quant)
+    base = GGMLQuantizationType(interleave.BASE.get(int(quant), int(quant)))
+    raw = quantize_k(w, base) if base in (Q4_K, Q6_K) else quantize(w, base)
     blocks = torch.from_numpy(np.ascontiguousarray(raw).reshape(out_features, -1))
-    return BlockWeight(blocks, int(quant), (out_features, in_features))
+    weight = BlockWeight(blocks, int(base), (out_features, in_features))
+    return weight.interleaved() if int(quant) in interleave.BASE else weight
 
 
 def _reference(x: torch.Tensor, weight: BlockWeight) -> torch.Tensor:
@@ -60,7 +70,7 @@ def kernels() -> None:
     assert kernels_available(), "our kernels must build here (g++ and torch headers)"
 
 
-@pytest.mark.parametrize("quant", ALL, ids=lambda q: q.name)
+@pytest.mark.parametrize("quant", ALL, ids=_name)
 @pytest.mark.parametrize("rows", [1, 3, 8, 13, 40])
 def test_matches_the_float64_reference(quant, rows):
     torch.manual_seed(rows)
@@ -72,7 +82,7 @@ def test_matches_the_float64_reference(quant, rows):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("quant", ALL, ids=lambda q: q.name)
+@pytest.mark.parametrize("quant", ALL, ids=_name)
 def test_error_against_the_dequantized_weights_is_the_activations_rounding(quant):
     weight = _weight(quant, 64, 512)
     x = torch.randn(4, 512)
@@ -81,7 +91,7 @@ def test_error_against_the_dequantized_weights_is_the_activations_rounding(quant
     assert error < 1.5e-2  # int8 steps of max|x| / 127 per 256 columns
 
 
-@pytest.mark.parametrize("quant", ALL, ids=lambda q: q.name)
+@pytest.mark.parametrize("quant", ALL, ids=_name)
 def test_each_row_is_the_same_bits_whatever_shares_its_call(quant):
     weight = _weight(quant, 72, 512, seed=1)
     x = torch.randn(21, 512)
@@ -90,7 +100,7 @@ def test_each_row_is_the_same_bits_whatever_shares_its_call(quant):
         assert torch.equal(block_linear(x[start:stop], weight), together[start:stop])
 
 
-@pytest.mark.parametrize("quant", [Q4_K, GGMLQuantizationType.Q5_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("quant", [Q4_K, Q4_K_X8, GGMLQuantizationType.Q5_0], ids=_name)
 def test_same_bits_with_one_thread_or_two(quant):
     weight = _weight(quant, 96, 512, seed=2)
     x = torch.randn(9, 512)
@@ -116,7 +126,7 @@ BUILDS = ["avx2", "portable"]
 
 
 @pytest.mark.parametrize("variant", BUILDS)
-@pytest.mark.parametrize("quant", ALL, ids=lambda q: q.name)
+@pytest.mark.parametrize("quant", ALL, ids=_name)
 def test_every_build_gives_the_same_bits(quant, variant):
     """The same source built without AVX-512 (the AVX2 + FMA paths, as on most x86 CPUs) and
     without AVX2 (plain C++) against this machine's build: the arithmetic is defined lane by
@@ -131,7 +141,7 @@ def test_every_build_gives_the_same_bits(quant, variant):
 
 
 @pytest.mark.parametrize("variant", BUILDS)
-@pytest.mark.parametrize("quant", [Q4_K, GGMLQuantizationType.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("quant", [Q4_K, GGMLQuantizationType.Q8_0], ids=_name)
 def test_activation_ties_round_half_to_even_on_every_path(quant, variant):
     """max|x| = 127 makes the rounding step 1, so x = k + 0.5 is an exact tie: every build
     must round it to the even neighbour, as the reference does."""
@@ -154,6 +164,8 @@ def test_several_weights_in_one_call_are_the_same_bits_as_one_call_each():
         _weight(Q4_K, 40, 512, seed=5),
         _weight(Q6_K, 8, 512, seed=6),
         _weight(Q4_K, 17, 512, seed=7),
+        _weight(Q4_K_X8, 24, 512, seed=10),
+        _weight(Q6_K_X8, 16, 512, seed=11),
     ]
     for rows in (1, 5):
         x = torch.randn(rows, 512)
@@ -168,6 +180,32 @@ def test_several_weights_in_one_call_are_the_same_bits_as_one_call_each():
             assert torch.equal(out, block_linear(x, weight))
     with pytest.raises(RuntimeError, match="expected \\[8, 420\\]"):
         op(torch.randn(1, 512), [weights[0].blocks, weights[0].blocks], [12, 14], [40, 8], False)
+
+
+@pytest.mark.parametrize("quant", [Q4_K, Q6_K], ids=_name)
+def test_interleaving_is_a_bijection_on_the_bytes(quant):
+    """Any bytes (not only valid blocks: every bit of a Q4_K or Q6_K block means something)
+    come back from `deinterleave` as they went in, so the interleaved weight is the GGUF's."""
+    nbytes = interleave.GGUF_BYTES[int(quant)]
+    raw = np.random.default_rng(8).integers(0, 256, (24, 3 * nbytes), dtype=np.uint8)
+    chunks = interleave.interleave(raw, int(quant))
+    assert chunks.shape == (3, 3 * interleave.CHUNK_BYTES[interleave.INTERLEAVED[int(quant)]])
+    assert np.array_equal(interleave.deinterleave(chunks, interleave.INTERLEAVED[int(quant)]), raw)
+    assert not interleave.can_interleave(int(quant), 20)
+
+
+@pytest.mark.parametrize("quant", [Q4_K, Q6_K], ids=_name)
+def test_interleaved_rows_compute_the_same_products(quant):
+    """The same integers per super-block as the row-by-row layout, summed in another float
+    order: equal to float rounding, and the same dequantized weights exactly."""
+    plain = _weight(quant, 48, 768, seed=9)
+    mixed = plain.interleaved()
+    assert mixed.type_name == f"{quant.name}x8" and mixed.shape == plain.shape
+    assert torch.equal(mixed.dequantize(), plain.dequantize())
+    x = torch.randn(11, 768) * 3
+    torch.testing.assert_close(block_linear(x, mixed), block_linear(x, plain), rtol=1e-5, atol=1e-5)
+    # a row count that is not a multiple of 8 stays as it is
+    assert _weight(quant, 20, 256).interleaved().qtype == int(quant)
 
 
 def test_keeps_the_input_dtype_and_leading_dims():
@@ -188,6 +226,11 @@ def test_misshapen_blocks_are_a_clear_error():
         BlockWeight(blocks, int(Q4_K), (4, 512))
     with pytest.raises(ValueError, match="unsupported"):
         BlockWeight(blocks, int(GGMLQuantizationType.Q5_K), (4, 256))
+    with pytest.raises(ValueError, match="out % 8"):
+        BlockWeight(torch.zeros(1, 8 * 148, dtype=torch.uint8), Q4_K_X8, (12, 256))
+    op = getattr(torch.ops, native.load("block_matmul")).block_matmul
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        op(torch.randn(1, 256), torch.zeros(1, 8 * 148, dtype=torch.uint8), Q4_K_X8, 12, False)
 
 
 def test_build_failure_is_a_clear_kernel_unavailable(monkeypatch, tmp_path):

@@ -47,11 +47,17 @@ constexpr int64_t kRowTile = 32; // activation rows per pass over a weight row (
 constexpr int64_t kQ4KBytes = 144;
 constexpr int64_t kQ6KBytes = 210;
 enum QType : int64_t { kQ4K = 12, kQ6K = 14 }; // ggml's type numbers
+// Our interleaved layouts of the same blocks (ops/interleave.py): 8 weight rows per chunk.
+enum QTypeX8 : int64_t { kQ4KX8 = 1012, kQ6KX8 = 1014 };
+constexpr int64_t kX8 = 8;                   // weight rows per chunk
+constexpr int64_t kQ4KX8Bytes = 8 * 148;     // d[8], dmin[8] f16, sc[8][8], m[4][8][2], qs
+constexpr int64_t kQ6KX8Bytes = 8 * kQ6KBytes;  // d[8] f16, sc[8][8][2], 16 x (L0, L1, H)
 
 // One row's activations for one super-block, quantized.
 struct ActBlock {
   alignas(32) int8_t q[kQK];
   int16_t bsum[kSub];  // sum of each 16 quantized values
+  int16_t bsum32[8];   // sum of each 32 (Q4_K's sub-blocks, for the interleaved layout)
   float d;             // scale: x ~ d * q
 };
 
@@ -68,6 +74,7 @@ void quantize_block(const float* x, ActBlock& out) {
   int32_t sums[kSub];
   out.d = spinserve_quantize::quantize_int8(x, kQK, out.q, sums);
   for (int64_t j = 0; j < kSub; ++j) out.bsum[j] = static_cast<int16_t>(sums[j]);
+  for (int64_t j = 0; j < 8; ++j) out.bsum32[j] = static_cast<int16_t>(sums[2 * j] + sums[2 * j + 1]);
 }
 
 // Q4_K's 12 bytes of 6-bit (scale, min) pairs -> 8 scales then 8 mins, as four little-endian
@@ -161,6 +168,65 @@ inline void accumulate_portable(const WeightBlock& w, const ActBlock& a, float* 
   }
 }
 
+// The interleaved layouts (ops/interleave.py has the byte order): a chunk holds one
+// super-block of 8 weight rows, arranged so that one 32-byte register holds 4 consecutive
+// weights of each of the 8 rows. One u8 x s8 dot product of 4 (AVX512-VNNI's dpbusd, or
+// maddubs + madd) then gives 8 rows' partial sums at once, in the lanes that are the 8 output
+// columns: a sub-block's scale is applied once per sub-block and row, as an exact integer
+// product, and no horizontal sum remains at the end. Per super-block and output column:
+//   Q4_K: isum = sum_j sc_j * dot_j, csum = sum_j m_j * sum32_j (j: 8 sub-blocks of 32),
+//         part = dA * float(isum) - dB * float(csum);
+//   Q6_K: isum = sum_j sc_j * dot_j, csum = sum_j sc_j * sum16_j (j: 16 sub-blocks of 16),
+//         part = d * float(isum - 32 * csum);
+// and acc = acc + a.d * part, super-block after super-block: exact integers, then the same
+// float operations in the same order on every path.
+inline void q4_kx8_portable(const uint8_t* c, const ActBlock& a, float* acc) {
+  const uint8_t* sc = c + 32;
+  const uint8_t* mins = c + 96;
+  const uint8_t* qs = c + 160;
+  for (int r = 0; r < kX8; ++r) {
+    int32_t isum = 0, csum = 0;
+    for (int j = 0; j < 8; ++j) {
+      int32_t dot = 0;
+      for (int k = 0; k < 4; ++k) {
+        const uint8_t* v = qs + 128 * j + 32 * k + 4 * r;
+        const int8_t* x = a.q + 32 * j + 8 * k;
+        for (int b = 0; b < 4; ++b) dot += (v[b] & 0xF) * x[b] + (v[b] >> 4) * x[4 + b];
+      }
+      isum += sc[8 * j + r] * dot;
+      csum += mins[16 * (j / 2) + 2 * r + j % 2] * a.bsum32[j];
+    }
+    const float part = half_to_float(c + 2 * r) * static_cast<float>(isum) -
+                       half_to_float(c + 16 + 2 * r) * static_cast<float>(csum);
+    acc[r] = acc[r] + a.d * part;
+  }
+}
+
+inline void q6_kx8_portable(const uint8_t* c, const ActBlock& a, float* acc) {
+  const int8_t* sc = reinterpret_cast<const int8_t*>(c + 16);
+  for (int r = 0; r < kX8; ++r) {
+    int32_t isum = 0, csum = 0;
+    for (int j = 0; j < 16; ++j) {
+      const uint8_t* l0 = c + 144 + 96 * j + 4 * r;
+      const uint8_t* l1 = l0 + 32;
+      const uint8_t* h = l0 + 64;
+      const int8_t* x = a.q + 16 * j;
+      int32_t dot = 0;
+      for (int b = 0; b < 4; ++b) {
+        dot += ((l0[b] & 0xF) | ((h[b] & 3) << 4)) * x[b];
+        dot += ((l1[b] & 0xF) | (((h[b] >> 2) & 3) << 4)) * x[4 + b];
+        dot += ((l0[b] >> 4) | (((h[b] >> 4) & 3) << 4)) * x[8 + b];
+        dot += ((l1[b] >> 4) | (((h[b] >> 6) & 3) << 4)) * x[12 + b];
+      }
+      const int32_t s = sc[16 * (j / 2) + 2 * r + j % 2];
+      isum += s * dot;
+      csum += s * a.bsum[j];
+    }
+    const float part = half_to_float(c + 2 * r) * static_cast<float>(isum - 32 * csum);
+    acc[r] = acc[r] + a.d * part;
+  }
+}
+
 #if defined(__AVX2__)
 inline float reduce_lanes_avx2(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -207,6 +273,26 @@ inline __m256i pick_pair(int lo, int hi) {
 
 inline __m256i c_times_bsum(__m256i c, const ActBlock& a) {
   return _mm256_madd_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum)));
+}
+
+// acc + a_d * (da * float(isum) - db * float(csum)): a Q4_K super-block's part of 8 lanes.
+inline __m256 add_q4_k_part(__m256 acc, float a_d, __m256 da, __m256 db, __m256i isum,
+                            __m256i csum) {
+  const __m256 part = _mm256_sub_ps(_mm256_mul_ps(da, _mm256_cvtepi32_ps(isum)),
+                                    _mm256_mul_ps(db, _mm256_cvtepi32_ps(csum)));
+  return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(a_d), part));
+}
+
+// Q6_K's 6-bit values from 32 bytes of low nibbles l0, 32 more l1 and 32 of high bit pairs h:
+// low and high nibbles of l0 with bit pairs 0 and 2 of h, those of l1 with pairs 1 and 3.
+inline void q6_k_values(__m256i l0, __m256i l1, __m256i h, __m256i* q) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i two = _mm256_set1_epi8(0x30);
+  q[0] = _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_and_si256(_mm256_slli_epi16(h, 4), two));
+  q[1] = _mm256_or_si256(_mm256_and_si256(l1, low), _mm256_and_si256(_mm256_slli_epi16(h, 2), two));
+  q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), _mm256_and_si256(h, two));
+  q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
+                         _mm256_and_si256(_mm256_srli_epi16(h, 2), two));
 }
 
 // One weight row's dot products with ROWS activation rows (act + r * stride) over nb
@@ -256,10 +342,7 @@ void q4_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride
     const __m256 db = _mm256_set1_ps(half_to_float(b + 2));
     for (int r = 0; r < ROWS; ++r) {
       const ActBlock& a = act[r * stride + blk];
-      const __m256 part =
-          _mm256_sub_ps(_mm256_mul_ps(da, _mm256_cvtepi32_ps(isum[r])),
-                        _mm256_mul_ps(db, _mm256_cvtepi32_ps(c_times_bsum(c, a))));
-      acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_set1_ps(a.d), part));
+      acc[r] = add_q4_k_part(acc[r], a.d, da, db, isum[r], c_times_bsum(c, a));
     }
   }
   for (int r = 0; r < ROWS; ++r) _mm256_store_ps(lanes + kLanes * r, acc[r]);
@@ -268,8 +351,6 @@ void q4_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride
 // Q6_K likewise: the 6-bit values are rebuilt in registers, 32 columns at a time.
 template <int ROWS>
 void q6_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride, float* lanes) {
-  const __m256i low = _mm256_set1_epi8(0x0F);
-  const __m256i two = _mm256_set1_epi8(0x30);
   __m256 acc[ROWS];
   for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_load_ps(lanes + kLanes * r);
   for (int64_t blk = 0; blk < nb; ++blk) {
@@ -285,16 +366,8 @@ void q6_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride
       const __m256i h = load32(b + 128 + 32 * half);
       const __m256i sc8 = half ? _mm256_permute2x128_si256(s16, s16, 0x11)
                                : _mm256_permute2x128_si256(s16, s16, 0x00);
-      const __m256i qs[4] = {
-          _mm256_or_si256(_mm256_and_si256(l0, low),
-                          _mm256_and_si256(_mm256_slli_epi16(h, 4), two)),
-          _mm256_or_si256(_mm256_and_si256(l1, low),
-                          _mm256_and_si256(_mm256_slli_epi16(h, 2), two)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low),
-                          _mm256_and_si256(h, two)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
-                          _mm256_and_si256(_mm256_srli_epi16(h, 2), two)),
-      };
+      __m256i qs[4];
+      q6_k_values(l0, l1, h, qs);
       for (int p = 0; p < 4; ++p) {
         const __m256i sc = _mm256_shuffle_epi8(sc8, pick_pair(2 * p, 2 * p + 1));
         for (int r = 0; r < ROWS; ++r) {
@@ -316,6 +389,127 @@ void q6_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride
   }
   for (int r = 0; r < ROWS; ++r) _mm256_store_ps(lanes + kLanes * r, acc[r]);
 }
+// acc + the dot products of each lane's 4 unsigned bytes of u with the 4 signed bytes at x
+// (the same 4 for every lane): AVX512-VNNI's dpbusd, else maddubs + madd (exact: the pairs
+// are at most 2 * 63 * 127, within int16).
+inline __m256i dot4(__m256i acc, __m256i u, const int8_t* x) {
+  int32_t quad;
+  std::memcpy(&quad, x, 4);
+  const __m256i s = _mm256_set1_epi32(quad);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+inline __m256 load_halves(const uint8_t* p) {
+#if defined(__F16C__)
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else
+  alignas(32) float f[8];
+  for (int i = 0; i < 8; ++i) f[i] = half_to_float(p + 2 * i);
+  return _mm256_load_ps(f);
+#endif
+}
+
+inline __m256i pair_of(const int16_t* sums) {
+  int32_t pair;
+  std::memcpy(&pair, sums, 4);
+  return _mm256_set1_epi32(pair);
+}
+
+// 8 weight rows (one chunk per super-block, nb of them from w) times ROWS activation rows:
+// out[8 r + i] += row r . weight row i. The nibbles are loaded and split once for all rows.
+template <int ROWS>
+void q4_kx8_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride, float* out) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256 acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_load_ps(out + kX8 * r);
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    const uint8_t* c = w + blk * kQ4KX8Bytes;
+    __m256i isum[ROWS];
+    for (int r = 0; r < ROWS; ++r) isum[r] = zero;
+    for (int j = 0; j < 8; ++j) {
+      const __m256i sc =
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 32 + 8 * j)));
+      __m256i t0[ROWS], t1[ROWS];
+      for (int r = 0; r < ROWS; ++r) t0[r] = t1[r] = zero;
+      for (int k = 0; k < 4; ++k) {
+        const __m256i v = load32(c + 160 + 128 * j + 32 * k);
+        const __m256i lo = _mm256_and_si256(v, low);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        for (int r = 0; r < ROWS; ++r) {
+          const int8_t* x = act[r * stride + blk].q + 32 * j + 8 * k;
+          t0[r] = dot4(t0[r], lo, x);
+          t1[r] = dot4(t1[r], hi, x + 4);
+        }
+      }
+      for (int r = 0; r < ROWS; ++r) {
+        isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(_mm256_add_epi32(t0[r], t1[r]), sc));
+      }
+    }
+    __m256i mins[4];
+    for (int p = 0; p < 4; ++p) {
+      mins[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 96 + 16 * p)));
+    }
+    const __m256 da = load_halves(c);
+    const __m256 db = load_halves(c + 16);
+    for (int r = 0; r < ROWS; ++r) {
+      const ActBlock& a = act[r * stride + blk];
+      __m256i csum = zero;
+      for (int p = 0; p < 4; ++p) csum = add_scaled(csum, mins[p], pair_of(a.bsum32 + 2 * p));
+      acc[r] = add_q4_k_part(acc[r], a.d, da, db, isum[r], csum);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) _mm256_store_ps(out + kX8 * r, acc[r]);
+}
+
+template <int ROWS>
+void q6_kx8_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride, float* out) {
+  const __m256i zero = _mm256_setzero_si256();
+  __m256 acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_load_ps(out + kX8 * r);
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    const uint8_t* c = w + blk * kQ6KX8Bytes;
+    __m256i isum[ROWS], csum[ROWS];
+    for (int r = 0; r < ROWS; ++r) isum[r] = csum[r] = zero;
+    for (int p = 0; p < 8; ++p) {
+      // lane i: (sc[2p], sc[2p + 1]) of weight row i, as int16
+      const __m256i pairs =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 16 + 16 * p)));
+      for (int r = 0; r < ROWS; ++r) {
+        csum[r] = add_scaled(csum[r], pairs, pair_of(act[r * stride + blk].bsum + 2 * p));
+      }
+      for (int half = 0; half < 2; ++half) {
+        const int j = 2 * p + half;
+        const __m256i sc = half ? _mm256_srai_epi32(pairs, 16)
+                                : _mm256_srai_epi32(_mm256_slli_epi32(pairs, 16), 16);
+        const uint8_t* u = c + 144 + 96 * j;
+        const __m256i l0 = load32(u), l1 = load32(u + 32), h = load32(u + 64);
+        __m256i q[4];
+        q6_k_values(l0, l1, h, q);
+        for (int r = 0; r < ROWS; ++r) {
+          const int8_t* x = act[r * stride + blk].q + 16 * j;
+          const __m256i t0 = dot4(dot4(zero, q[0], x), q[2], x + 8);
+          const __m256i t1 = dot4(dot4(zero, q[1], x + 4), q[3], x + 12);
+          isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(_mm256_add_epi32(t0, t1), sc));
+        }
+      }
+    }
+    const __m256 d = load_halves(c);
+    for (int r = 0; r < ROWS; ++r) {
+      const ActBlock& a = act[r * stride + blk];
+      const __m256i diff = _mm256_sub_epi32(isum[r], _mm256_slli_epi32(csum[r], 5));
+      const __m256 part = _mm256_mul_ps(d, _mm256_cvtepi32_ps(diff));
+      acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_set1_ps(a.d), part));
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) _mm256_store_ps(out + kX8 * r, acc[r]);
+}
 #endif
 
 // Rows sharing one pass over a weight row (AVX-512 machines have 32 vector registers to
@@ -327,15 +521,18 @@ constexpr int kGroup = 4;
 #endif
 using Unpack = void (*)(const uint8_t*, WeightBlock&);
 using Rows = void (*)(const uint8_t*, int64_t, const ActBlock*, int64_t, float*);
+using Portable8 = void (*)(const uint8_t*, const ActBlock&, float*);
 
 struct Format {
-  int64_t block_bytes;
-  Unpack unpack;      // portable path
-  Rows rows[kGroup];  // AVX2 path, for 1..group rows at once
+  int64_t block_bytes;  // per super-block: of one weight row, or of 8 when interleaved
+  Unpack unpack;        // portable path (one weight row's blocks)
+  Rows rows[kGroup];    // AVX2 path, for 1..group rows at once
   // Rows per pass (<= kGroup), the fastest measured: Q6_K's 8-row kernel runs out of
   // registers (8 rows of the 1.5B's down projection: 1.39 ms as one pass of 8, 1.23 as two of
   // 4, on the 2-core Zen 4 dev machine).
   int64_t group;
+  Portable8 portable8 = nullptr;  // portable path of an interleaved layout (8 weight rows)
+  bool interleaved() const { return portable8 != nullptr; }
 };
 
 #if defined(__AVX2__)
@@ -351,17 +548,37 @@ template <int R>
 struct Q6K {
   static constexpr Rows run = q6_k_rows<R>;
 };
+template <int R>
+struct Q4KX8 {
+  static constexpr Rows run = q4_kx8_rows<R>;
+};
+template <int R>
+struct Q6KX8 {
+  static constexpr Rows run = q6_kx8_rows<R>;
+};
+template <template <int> class K, int... R>
+constexpr Format make_x8(int64_t bytes, Portable8 portable, int64_t group) {
+  return Format{bytes, nullptr, {K<R>::run...}, group, portable};
+}
 #if defined(__AVX512VL__)
 constexpr Format kQ4KFormat =
     make_format<Q4K, 1, 2, 3, 4, 5, 6, 7, 8>(kQ4KBytes, unpack_q4_k, 8);
 constexpr Format kQ6KFormat = make_format<Q6K, 1, 2, 3, 4>(kQ6KBytes, unpack_q6_k, 4);
+constexpr Format kQ4KX8Format =
+    make_x8<Q4KX8, 1, 2, 3, 4, 5, 6, 7, 8>(kQ4KX8Bytes, q4_kx8_portable, 8);
+constexpr Format kQ6KX8Format =
+    make_x8<Q6KX8, 1, 2, 3, 4, 5, 6, 7, 8>(kQ6KX8Bytes, q6_kx8_portable, 8);
 #else
 constexpr Format kQ4KFormat = make_format<Q4K, 1, 2, 3, 4>(kQ4KBytes, unpack_q4_k, 4);
 constexpr Format kQ6KFormat = make_format<Q6K, 1, 2, 3, 4>(kQ6KBytes, unpack_q6_k, 4);
+constexpr Format kQ4KX8Format = make_x8<Q4KX8, 1, 2, 3, 4>(kQ4KX8Bytes, q4_kx8_portable, 4);
+constexpr Format kQ6KX8Format = make_x8<Q6KX8, 1, 2, 3, 4>(kQ6KX8Bytes, q6_kx8_portable, 4);
 #endif
 #else
 constexpr Format kQ4KFormat{kQ4KBytes, unpack_q4_k, {}, 1};
 constexpr Format kQ6KFormat{kQ6KBytes, unpack_q6_k, {}, 1};
+constexpr Format kQ4KX8Format{kQ4KX8Bytes, nullptr, {}, 1, q4_kx8_portable};
+constexpr Format kQ6KX8Format{kQ6KX8Bytes, nullptr, {}, 1, q6_kx8_portable};
 #endif
 
 // Output columns [n_begin, n_end) of y = x W^T, every row.
@@ -401,9 +618,44 @@ void matmul_rows(const ActBlock* act, int64_t rows, int64_t nb, const uint8_t* b
   }
 }
 
+// Output columns 8g .. 8g + 7 for the groups g in [g_begin, g_end) of an interleaved weight.
+void matmul_groups(const ActBlock* act, int64_t rows, int64_t nb, const uint8_t* chunks,
+                   const Format& fmt, int64_t g_begin, int64_t g_end, int64_t n_out, float* y,
+                   bool portable) {
+  const int64_t pass = portable ? kRowTile : fmt.group;
+  alignas(32) float acc[kRowTile * kX8];
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    const uint8_t* group = chunks + g * nb * fmt.block_bytes;
+    for (int64_t r = 0; r < rows; r += pass) {
+      const int64_t count = std::min(pass, rows - r);
+      std::memset(acc, 0, sizeof(acc));
+#if defined(__AVX2__)
+      if (!portable) {
+        fmt.rows[count - 1](group, nb, act + r * nb, nb, acc);
+      } else
+#endif
+      {
+        for (int64_t b = 0; b < nb; ++b) {
+          for (int64_t i = 0; i < count; ++i) {
+            fmt.portable8(group + b * fmt.block_bytes, act[(r + i) * nb + b], acc + kX8 * i);
+          }
+        }
+      }
+      for (int64_t i = 0; i < count; ++i) {
+        std::memcpy(y + (r + i) * n_out + kX8 * g, acc + kX8 * i, kX8 * sizeof(float));
+      }
+    }
+  }
+}
+
 const Format& format_of(int64_t qtype) {
-  TORCH_CHECK(qtype == kQ4K || qtype == kQ6K, "unsupported block type ", qtype);
-  return qtype == kQ4K ? kQ4KFormat : kQ6KFormat;
+  switch (qtype) {
+    case kQ4K: return kQ4KFormat;
+    case kQ6K: return kQ6KFormat;
+    case kQ4KX8: return kQ4KX8Format;
+    case kQ6KX8: return kQ6KX8Format;
+  }
+  TORCH_CHECK(false, "unsupported block type ", qtype);
 }
 
 // y_i = x W_i^T for several weights of the same input width: x is rounded to int8 once, and
@@ -427,9 +679,13 @@ std::vector<at::Tensor> block_matmul_many(const at::Tensor& x, at::TensorList bl
     const Format& fmt = format_of(qtypes[i]);
     formats.push_back(&fmt);
     const int64_t n_out = n_outs[i];
+    // an interleaved weight has a row of chunks per 8 output columns
+    const int64_t row_count = fmt.interleaved() ? n_out / kX8 : n_out;
+    TORCH_CHECK(!fmt.interleaved() || n_out % kX8 == 0,
+                "an interleaved weight's output width must be a multiple of 8, got ", n_out);
     TORCH_CHECK(blocks[i].scalar_type() == at::kByte && blocks[i].dim() == 2 &&
-                    blocks[i].size(0) == n_out && blocks[i].size(1) == nb * fmt.block_bytes,
-                "blocks have shape ", blocks[i].sizes(), ", expected [", n_out, ", ",
+                    blocks[i].size(0) == row_count && blocks[i].size(1) == nb * fmt.block_bytes,
+                "blocks have shape ", blocks[i].sizes(), ", expected [", row_count, ", ",
                 nb * fmt.block_bytes, "]");
     weights.push_back(blocks[i].contiguous());
     outs.push_back(at::empty({rows, n_out}, x.options()));
@@ -449,6 +705,12 @@ std::vector<at::Tensor> block_matmul_many(const at::Tensor& x, at::TensorList bl
       const int64_t lo = std::max(begin, first[i]) - first[i];
       const int64_t hi = std::min(end, first[i + 1]) - first[i];
       if (lo >= hi) continue;
+      if (formats[i]->interleaved()) {  // the groups whose first column is in [lo, hi)
+        matmul_groups(act, rows, nb, weights[i].data_ptr<uint8_t>(), *formats[i],
+                      (lo + kX8 - 1) / kX8, (hi + kX8 - 1) / kX8, n_outs[i],
+                      outs[i].data_ptr<float>(), portable);
+        continue;
+      }
       matmul_rows(act, rows, nb, weights[i].data_ptr<uint8_t>(), *formats[i], lo, hi,
                   n_outs[i], outs[i].data_ptr<float>(), portable);
     }

@@ -78,6 +78,13 @@ struct MkldnnOff {
   ~MkldnnOff() { at::globalContext().setUserEnabledMkldnn(was); }
 };
 
+// Q4_K = 12, Q6_K = 14, and the same blocks with 8 weight rows interleaved (1012, 1014:
+// ops/interleave.py), whose tensor has a row of blocks per 8 output features.
+bool is_k_quant(int64_t kind) { return kind == 12 || kind == 14 || kind == 1012 || kind == 1014; }
+int64_t out_features(const at::Tensor& blocks, int64_t kind) {
+  return kind >= 1000 ? 8 * blocks.size(0) : blocks.size(0);
+}
+
 // y = x W^T for one linear of the layer (a, b: its tensors, kind: its form).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, int64_t kind) {
   if (kind == kInt4) {
@@ -90,14 +97,12 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
     MkldnnOff off;
     return at::linear(x.to(a.scalar_type()), a).to(at::kFloat);
   }
-  // GGUF blocks: the k-quant super-blocks (Q4_K = 12, Q6_K = 14) or the 32-weight blocks
+  // GGUF blocks: the k-quant super-blocks or the 32-weight blocks
   static const auto k_quant = find_op<MatmulOp>("block_matmul");
   static const auto small = find_op<MatmulOp>("small_block_matmul");
-  const auto& op = (kind == 12 || kind == 14) ? k_quant : small;
-  return op.call(x, a, kind, a.size(0), false);
+  const auto& op = is_k_quant(kind) ? k_quant : small;
+  return op.call(x, a, kind, out_features(a, kind), false);
 }
-
-bool is_k_quant(int64_t kind) { return kind == 12 || kind == 14; }
 
 // The linears `which` of one layer on the same input: one call of block_matmul_many (one
 // activation rounding, one parallel loop) when all are k-quant blocks, else one call each.
@@ -114,7 +119,7 @@ std::vector<at::Tensor> linears(const at::Tensor& x, const at::Tensor* w, const 
     }
     blocks.push_back(w[2 + 2 * i]);
     qtypes.push_back(kind[i]);
-    n_outs.push_back(w[2 + 2 * i].size(0));
+    n_outs.push_back(out_features(w[2 + 2 * i], kind[i]));
   }
   return many.call(x, blocks, qtypes, n_outs, false);
 }

@@ -1,0 +1,156 @@
+"""Q4_K and Q6_K weights with 8 rows interleaved: the layout our k-quant kernel reads fastest.
+
+A GGUF keeps each weight row's super-blocks (256 weights) one after another. Here the same
+bytes are rearranged once, at load time, into chunks of one super-block of 8 consecutive rows,
+ordered so that each 32-byte load holds 4 consecutive weights of each of the 8 rows. One
+unsigned x signed 4-byte dot product (AVX512-VNNI's dpbusd) then advances 8 output columns
+at once; the sub-block scales are per row in the same lanes, so they are applied once per
+sub-block as exact integer products, and no horizontal sum is left at the end
+(``csrc/block_matmul.cpp``; docs/design.md, "Interleaved rows").
+
+The rearrangement is a bijection on the bytes: `deinterleave` gives back the GGUF's blocks
+bit for bit (tested), so dequantizing and checking against gguf's reference go through it.
+
+Chunk layouts (bytes; ``r`` the row in the group, ``j`` a sub-block, ``q`` a row's weights
+as unsigned integers in column order):
+
+- Q4_K (1184 = 8 x 148): ``d[r]``, ``dmin[r]`` (f16, 16 bytes each), ``sc[j][r]`` (64),
+  ``m[j // 2][r][j % 2]`` (64), then for sub-block ``j`` of 32 and ``k`` in 0..3 the 32
+  bytes ``[r][b]``: low nibble ``q[r][32j + 8k + b]``, high nibble ``q[r][32j + 8k + 4 + b]``.
+  4 bytes per row more than the GGUF's 144: its 6-bit scales and mins as whole bytes.
+- Q6_K (1680 = 8 x 210): ``d[r]`` (f16, 16), ``sc[j // 2][r][j % 2]`` (int8, 128), then for
+  sub-block ``j`` of 16 three registers of 32 bytes ``[r][b]``: L0 (low nibbles of
+  ``q[16j + b]``, high nibbles of ``q[16j + 8 + b]``), L1 (the same for ``16j + 4 + b`` and
+  ``16j + 12 + b``) and H (the top 2 bits of those four values, in bit pairs 0, 1, 2, 3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ROWS = 8  # weight rows per chunk
+Q4_K, Q6_K = 12, 14  # ggml's type numbers
+Q4_K_X8, Q6_K_X8 = 1012, 1014  # ours: the same blocks interleaved
+BASE = {Q4_K_X8: Q4_K, Q6_K_X8: Q6_K}
+INTERLEAVED = {Q4_K: Q4_K_X8, Q6_K: Q6_K_X8}
+GGUF_BYTES = {Q4_K: 144, Q6_K: 210}
+CHUNK_BYTES = {Q4_K_X8: 8 * 148, Q6_K_X8: 8 * 210}
+
+
+def can_interleave(qtype: int, out_features: int) -> bool:
+    return qtype in INTERLEAVED and out_features % ROWS == 0
+
+
+def interleave(blocks: np.ndarray, qtype: int) -> np.ndarray:
+    """GGUF blocks [out, nb * bytes] of ``qtype`` (Q4_K or Q6_K) -> [out / 8, nb * chunk]."""
+    out, row_bytes = blocks.shape
+    if not can_interleave(qtype, out):
+        raise ValueError(f"cannot interleave type {qtype} with {out} rows (Q4_K/Q6_K, 8 | rows)")
+    nb = row_bytes // GGUF_BYTES[qtype]
+    # [groups, nb, 8 rows, bytes]: a chunk's rows side by side
+    b = blocks.reshape(out // ROWS, ROWS, nb, GGUF_BYTES[qtype]).transpose(0, 2, 1, 3)
+    parts = _q4_k_chunk(b) if qtype == Q4_K else _q6_k_chunk(b)
+    chunk = np.concatenate([p.reshape(*b.shape[:2], -1) for p in parts], axis=-1)
+    return np.ascontiguousarray(chunk.reshape(out // ROWS, -1))
+
+
+def deinterleave(chunks: np.ndarray, qtype: int) -> np.ndarray:
+    """The inverse of `interleave`: [out / 8, nb * chunk] of ``qtype`` (Q4_K_X8 or Q6_K_X8)
+    -> the GGUF's blocks [out, nb * bytes], byte for byte."""
+    groups, row_bytes = chunks.shape
+    nb = row_bytes // CHUNK_BYTES[qtype]
+    c = chunks.reshape(groups, nb, CHUNK_BYTES[qtype])
+    base = BASE[qtype]
+    b = _q4_k_blocks(c) if base == Q4_K else _q6_k_blocks(c)  # [groups, nb, 8, bytes]
+    return np.ascontiguousarray(b.transpose(0, 2, 1, 3).reshape(groups * ROWS, -1))
+
+
+# Q4_K: f16 d, f16 dmin, 12 bytes of 6-bit (scale, min) pairs, 128 bytes of nibbles (bytes
+# 32i..32i+31: low nibbles are weights 64i.., high nibbles 64i + 32..).
+
+
+def _q4_k_chunk(b: np.ndarray) -> list[np.ndarray]:
+    s = b[..., 4:16].astype(np.uint8)
+    sc = np.empty((*b.shape[:3], 8), np.uint8)
+    mn = np.empty_like(sc)
+    sc[..., :4] = s[..., 0:4] & 63
+    mn[..., :4] = s[..., 4:8] & 63
+    sc[..., 4:] = (s[..., 8:12] & 0xF) | ((s[..., 0:4] >> 6) << 4)
+    mn[..., 4:] = (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)
+    qs = b[..., 16:].reshape(*b.shape[:3], 4, 32)
+    q = np.concatenate([qs & 0xF, qs >> 4], axis=-1).reshape(*b.shape[:3], 256)  # column order
+    # [.., j, k, half, b] -> bytes [j][k][r][b]: low nibble half 0, high nibble half 1
+    q = q.reshape(*b.shape[:3], 8, 4, 2, 4)
+    packed = q[..., 0, :] | (q[..., 1, :] << 4)  # [g, nb, r, j, k, b]
+    return [
+        b[..., 0:2],  # d[r]
+        b[..., 2:4],  # dmin[r]
+        sc.swapaxes(-1, -2),  # sc[j][r]
+        mn.reshape(*mn.shape[:3], 4, 2).transpose(0, 1, 3, 2, 4),  # m[j // 2][r][j % 2]
+        packed.transpose(0, 1, 3, 4, 2, 5),  # [j][k][r][b]
+    ]
+
+
+def _q4_k_blocks(c: np.ndarray) -> np.ndarray:
+    g, nb = c.shape[:2]
+    d = c[..., 0:16].reshape(g, nb, ROWS, 2)
+    dmin = c[..., 16:32].reshape(g, nb, ROWS, 2)
+    sc = c[..., 32:96].reshape(g, nb, 8, ROWS).swapaxes(-1, -2)  # [r][j]
+    mn = c[..., 96:160].reshape(g, nb, 4, ROWS, 2).transpose(0, 1, 3, 2, 4).reshape(g, nb, ROWS, 8)
+    packed = c[..., 160:].reshape(g, nb, 8, 4, ROWS, 4).transpose(0, 1, 4, 2, 3, 5)
+    q = np.stack([packed & 0xF, packed >> 4], axis=-2).reshape(g, nb, ROWS, 4, 64)
+    qs = q[..., :32] | (q[..., 32:] << 4)
+    s = np.empty((g, nb, ROWS, 12), np.uint8)
+    s[..., 0:4] = sc[..., :4] | ((sc[..., 4:] >> 4) << 6)
+    s[..., 4:8] = mn[..., :4] | ((mn[..., 4:] >> 4) << 6)
+    s[..., 8:12] = (sc[..., 4:] & 0xF) | ((mn[..., 4:] & 0xF) << 4)
+    return np.concatenate([d, dmin, s, qs.reshape(g, nb, ROWS, 128)], axis=-1)
+
+
+# Q6_K: 128 bytes of low nibbles, 64 bytes of 2-bit high parts, 16 int8 scales, f16 d. For
+# each half h of 128 weights and i < 32: ql[64h + i] holds weights 128h + i (low nibble) and
+# 128h + 64 + i (high); ql[64h + 32 + i] weights 128h + 32 + i and 128h + 96 + i; qh[32h + i]
+# the top bits of 128h + i, + 32 + i, + 64 + i, + 96 + i in bit pairs 0..3.
+
+
+def _q6_k_values(b: np.ndarray) -> np.ndarray:
+    ql = b[..., 0:128].reshape(*b.shape[:3], 2, 2, 32)  # [half, which 32, i]
+    qh = b[..., 128:192].reshape(*b.shape[:3], 2, 1, 32)
+    low = np.concatenate([ql & 0xF, ql >> 4], axis=-2)  # [half, 4 quarters, i]
+    high = np.concatenate([(qh >> s) & 3 for s in (0, 2, 4, 6)], axis=-2)
+    return (low | (high << 4)).reshape(*b.shape[:3], 256)
+
+
+def _q6_k_chunk(b: np.ndarray) -> list[np.ndarray]:
+    q = _q6_k_values(b).reshape(*b.shape[:3], 16, 4, 4)  # [g, nb, r, j, quad, b]
+    l0 = (q[..., 0, :] & 0xF) | ((q[..., 2, :] & 0xF) << 4)
+    l1 = (q[..., 1, :] & 0xF) | ((q[..., 3, :] & 0xF) << 4)
+    h = (q[..., 0, :] >> 4) | ((q[..., 1, :] >> 4) << 2) | ((q[..., 2, :] >> 4) << 4)
+    h = h | ((q[..., 3, :] >> 4) << 6)
+    units = np.stack([l0, l1, h], axis=-2)  # [g, nb, r, j, 3, b]
+    sc = b[..., 192:208].reshape(*b.shape[:3], 8, 2)
+    return [
+        b[..., 208:210],  # d[r]
+        sc.transpose(0, 1, 3, 2, 4),  # sc[j // 2][r][j % 2]
+        units.transpose(0, 1, 3, 4, 2, 5),  # [j][L0, L1, H][r][b]
+    ]
+
+
+def _q6_k_blocks(c: np.ndarray) -> np.ndarray:
+    g, nb = c.shape[:2]
+    d = c[..., 0:16].reshape(g, nb, ROWS, 2)
+    sc = c[..., 16:144].reshape(g, nb, 8, ROWS, 2).transpose(0, 1, 3, 2, 4).reshape(g, nb, ROWS, 16)
+    units = c[..., 144:].reshape(g, nb, 16, 3, ROWS, 4).transpose(0, 1, 4, 2, 3, 5)
+    l0, l1, h = units[..., 0, :], units[..., 1, :], units[..., 2, :]  # [g, nb, r, j, b]
+    quads = [
+        (l0 & 0xF) | ((h & 3) << 4),
+        (l1 & 0xF) | (((h >> 2) & 3) << 4),
+        (l0 >> 4) | (((h >> 4) & 3) << 4),
+        (l1 >> 4) | (((h >> 6) & 3) << 4),
+    ]
+    q = np.stack(quads, axis=-2).reshape(g, nb, ROWS, 2, 4, 32)  # [half, quarter, i]
+    ql = (q[..., 0:2, :] & 0xF) | ((q[..., 2:4, :] & 0xF) << 4)
+    qh = sum(((q[..., k, :] >> 4) & 3) << (2 * k) for k in range(4)).astype(np.uint8)
+    return np.concatenate(
+        [ql.reshape(g, nb, ROWS, 128), qh.reshape(g, nb, ROWS, 64), sc, d], axis=-1
+    )
