@@ -11,7 +11,13 @@ Reproduce (from the repository root; ~4 minutes for the default 14 prompts and 2
         --concurrency 8 --per-category 2 --max-tokens 64 --threads 2
 
 Every other flag is `selection_bench.py`'s; ``--concurrency`` sets the level, or ``--batch-1``
-runs the prompts one at a time.
+runs the prompts one at a time. ``--batch-1 --interleave`` goes further: one engine per
+configuration (fresh each round), and each prompt runs in every configuration in turn before
+the next prompt (the order alternating), so configurations seconds apart meet the same machine;
+it reports tokens/s per category and the ratios to the first configuration (``target``)::
+
+    .venv/bin/python benchmarks/selection_ab.py --configs target fixed:ngram spin --rounds 2 \
+        --batch-1 --interleave --per-category 2 --max-tokens 64 --threads 2
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import ast
 import dataclasses
 import time
+from collections import defaultdict
 
 import torch
 from selection_bench import BATCH1, Bench, ChoiceRecorder, log, parse_args, run_requests
@@ -66,12 +73,22 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="run the prompts one at a time (batch 1) instead of at --concurrency",
     )
+    own.add_argument(
+        "--interleave",
+        action="store_true",
+        help="with --batch-1: each prompt in every configuration in turn; per-category table",
+    )
     ab, rest = own.parse_known_args(argv)
     args = parse_args(rest)  # selection_bench's flags; --concurrency is the level
     torch.set_num_threads(args.threads)
     bench = Bench(args)
     params = SamplingParams(max_tokens=args.max_tokens)
     level = BATCH1 if ab.batch_1 else f"c{args.concurrency}"
+    if ab.interleave:
+        if not ab.batch_1:
+            raise SystemExit("--interleave needs --batch-1")
+        interleaved(bench, ab.configs, ab.rounds, params)
+        return
     print("| round | configuration | tokens | seconds | tokens/s |\n|---:|---|---:|---:|---:|")
     for rnd in range(1, ab.rounds + 1):
         for name in ab.configs:
@@ -87,6 +104,43 @@ def main(argv: list[str] | None = None) -> None:
             tokens = sum(len(r["output_ids"]) for r in by_id.values())
             log(f"round {rnd} {name}: {tokens} tokens in {seconds:.1f} s")
             print(f"| {rnd} | {name} | {tokens} | {seconds:.1f} | {tokens / seconds:.2f} |")
+
+
+def interleaved(bench: Bench, configs: list[str], rounds: int, params: SamplingParams) -> None:
+    """Each prompt at batch 1 in every configuration in turn; tokens/s per category (a
+    category's tokens over its requests' seconds, all rounds) and the ratio to configs[0]."""
+    totals: dict[str, dict[str, list[float]]] = {n: defaultdict(lambda: [0, 0.0]) for n in configs}
+    mismatches = 0
+    for rnd in range(1, rounds + 1):
+        engines = {name: make_engine(bench, name, BATCH1) for name in configs}
+        for i, item in enumerate(bench.items):
+            order = configs if (i + rnd) % 2 == 0 else configs[::-1]
+            outputs = {}
+            for name in order:
+                start = time.perf_counter()
+                record = run_requests(engines[name], [item], params)[item[0]]
+                seconds = time.perf_counter() - start
+                outputs[name] = record["output_ids"]
+                for key in (item[0].split(":")[0], "all"):
+                    totals[name][key][0] += len(record["output_ids"])
+                    totals[name][key][1] += seconds
+            differ = [n for n in configs if outputs[n] != outputs[configs[0]]]
+            mismatches += len(differ)
+            log(
+                f"round {rnd}: prompt {i + 1}/{len(bench.items)} {item[0]} done"
+                + (f"; OUTPUT DIFFERS from {configs[0]}'s: {differ}" if differ else "")
+            )
+    categories = [*sorted(k for k in totals[configs[0]] if k != "all"), "all"]
+    print("| configuration | " + " | ".join(categories) + " |")
+    print("|---|" + "---:|" * len(categories))
+    rate = {n: {c: totals[n][c][0] / totals[n][c][1] for c in categories} for n in configs}
+    for name in configs:
+        print(f"| {name} | " + " | ".join(f"{rate[name][c]:.2f}" for c in categories) + " |")
+    for name in configs[1:]:
+        ratios = " | ".join(f"{rate[name][c] / rate[configs[0]][c]:.2f}x" for c in categories)
+        print(f"| {name} / {configs[0]} | {ratios} |")
+    runs = rounds * len(bench.items) * len(configs)
+    print(f"\nOutputs equal to {configs[0]}'s: {runs - mismatches}/{runs} requests.")
 
 
 if __name__ == "__main__":
