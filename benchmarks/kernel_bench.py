@@ -9,7 +9,9 @@ For each matrix (taken from the GGUF in the spinserve cache: an MLP up projectio
 8960x1536), a down projection (Q6_K, 1536x8960), the attention q projection (Q4_K, 1536x1536)
 and the output matrix (Q6_K, 151936x1536)) and each row count, the forms are timed in turn,
 ``--repeats`` rounds, and each form's fastest round is reported (ms per call; the minimum is the
-least disturbed by the shared machine). Forms: ``ours`` (`spinserve.ops.blocks.block_linear`),
+least disturbed by the shared machine). Forms: ``ours`` (`spinserve.ops.blocks.block_linear`
+on the 8-row interleaved layout the loader makes, `BlockWeight.interleaved`), ``ours-rows``
+(the same kernel on the GGUF's row-by-row layout),
 ``torch-int4`` (`aten._weight_int4pack_mm_for_cpu` on the same Q4_K blocks; Q4_K only),
 ``bf16-rowwise`` (the dequantized matrix in bf16 on torch's per-row kernel, our form for Q6_K
 without our kernel), ``bf16-onednn`` (the same on oneDNN: fastest for many rows, not
@@ -44,8 +46,10 @@ def forms(tensor) -> dict:
         torch.from_numpy(raw.copy()), int(tensor.tensor_type), (out_features, in_features)
     )
     dense = weight.dequantize().to(torch.bfloat16)
+    interleaved = weight.interleaved()
     result = {
-        "ours": lambda x: block_linear(x, weight),
+        "ours": lambda x: block_linear(x, interleaved),
+        "ours-rows": lambda x: block_linear(x, weight),
         "bf16-rowwise": lambda x: rowwise_linear(x.to(torch.bfloat16), dense),
         "bf16-onednn": lambda x: F.linear(x.to(torch.bfloat16), dense),
     }
