@@ -71,7 +71,7 @@ FACTORIES: dict[str, PolicyFactory] = {
     ),
     "eps-greedy 0.05": _spin(rule="greedy", exploration=0.05),
     "no shared prior": _spin(shared_prior=False),
-    "no exploring under load": _spin(explore_under_load=False),
+    "exploring under load": _spin(explore_under_load=True),
     "catch-up not calibrated": _spin(_CatchupUncalibrated),
     "output horizon 32": _spin(output_tokens=32.0),
     "output horizon 512": _spin(output_tokens=512.0),

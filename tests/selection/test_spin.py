@@ -293,11 +293,12 @@ def test_catchup_is_paid_only_where_the_rest_of_the_request_repays_it():
     assert warm.drafter == "model"
 
 
-def test_without_exploring_under_load_only_the_posterior_mean_drafts_in_a_batch():
+def test_by_default_only_the_posterior_mean_drafts_in_a_batch():
     """Where each token costs 20 ms on a 20 ms fixed part, a batch of 8 pays for a draft
-    token only if it is accepted ~9 times in 10, which the prior does not expect: the
-    default still tries drawn arms under load; with ``explore_under_load=False`` no request
-    of a batch drafts on a draw alone. Alone, the switch changes nothing."""
+    token only if it is accepted ~9 times in 10, which the prior does not expect: with
+    ``explore_under_load=True`` spin still tries drawn arms under load; without (the
+    default) no request of a batch drafts on a draw alone. Alone, the switch changes
+    nothing."""
     line = [StepTiming(0.020 + 0.020 * n, n, 1) for n in (1, 3, 5, 9)]
 
     def drafted(explore_under_load: bool, running: int, steps: int = 200) -> int:
@@ -310,4 +311,5 @@ def test_without_exploring_under_load_only_the_posterior_mean_drafts_in_a_batch(
 
     assert drafted(True, 8) > 0
     assert drafted(False, 8) == 0
+    assert not SpinParams().explore_under_load
     assert drafted(True, 1) == drafted(False, 1)
