@@ -5,13 +5,18 @@
 // each weight super-block (256 weights) is read from memory once per call and its values are
 // rebuilt in registers once per group of up to 8 rows (AVX2 maddubs; AVX-512 VNNI's dpwssd
 // where the CPU has it), so the weights' memory traffic is paid once, not once per row.
+// The loader gives most matrices in the interleaved layout (8 weight rows per chunk, types
+// 1012/1014, below and docs/design.md "Interleaved rows"): one dpbusd then advances 8 output
+// columns; the GGUF's row-by-row layout (12/14) stays for row counts that are not multiples
+// of 8.
 //
-// Numerics (docs/design.md, "Our k-quant kernel"):
+// Numerics (docs/design.md, "Our block kernels"):
 // - activations are rounded per row and per 256 columns to int8 (scale = max|x| / 127,
 //   round half to even), with the sum of each 16 rounded values, like llama.cpp's Q8_K;
 // - a super-block's dot product is 8 exact integer lane sums, turned into floats once per
 //   super-block and added into 8 float lanes in column order with plain (uncontracted)
-//   float ops; the lanes are summed in a fixed tree at the end.
+//   float ops; the lanes are summed in a fixed tree at the end (interleaved: the super-block's
+//   integers per column become one float, added in column order, no lanes).
 // So every output value depends only on its own row of x and row of W: the same bits whatever
 // rows share the call, however the output columns are split across threads, and whichever
 // path (AVX2, AVX-512, portable C++) ran.
