@@ -35,6 +35,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -518,13 +519,13 @@ void q6_kx8_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stri
         }
       }
     }
-    __m256i pairs[8];
-    for (int p = 0; p < 8 && late; ++p) pairs[p] = scale_pairs(c, p);
+    __m256i all_pairs[8];
+    for (int p = 0; p < 8 && late; ++p) all_pairs[p] = scale_pairs(c, p);
     const __m256 d = load_halves(c);
     for (int r = 0; r < ROWS; ++r) {
       const ActBlock& a = act[r * stride + blk];
       for (int p = 0; p < 8 && late; ++p) {
-        csum[r] = add_scaled(csum[r], pairs[p], pair_of(a.bsum + 2 * p));
+        csum[r] = add_scaled(csum[r], all_pairs[p], pair_of(a.bsum + 2 * p));
       }
       const __m256i diff = _mm256_sub_epi32(isum[r], _mm256_slli_epi32(csum[r], 5));
       const __m256 part = _mm256_mul_ps(d, _mm256_cvtepi32_ps(diff));
@@ -542,6 +543,11 @@ constexpr int kGroup = 8;
 #else
 constexpr int kGroup = 4;
 #endif
+#if defined(__AVX2__)
+constexpr bool kVector = true;  // the AVX2 / AVX-512 kernels are built
+#else
+constexpr bool kVector = false;
+#endif
 using Unpack = void (*)(const uint8_t*, WeightBlock&);
 using Rows = void (*)(const uint8_t*, int64_t, const ActBlock*, int64_t, float*);
 using Portable8 = void (*)(const uint8_t*, const ActBlock&, float*);
@@ -550,53 +556,43 @@ struct Format {
   int64_t block_bytes;  // per super-block: of one weight row, or of 8 when interleaved
   Unpack unpack;        // portable path (one weight row's blocks)
   Rows rows[kGroup];    // AVX2 path, for 1..group rows at once
-  // Rows per pass (<= kGroup), the fastest measured: Q6_K's 8-row kernel runs out of
-  // registers (8 rows of the 1.5B's down projection: 1.39 ms as one pass of 8, 1.23 as two of
-  // 4, on the 2-core Zen 4 dev machine).
+  // Rows per pass (<= kGroup), the fastest measured: the row layout's 8-row Q6_K kernel runs
+  // out of registers (8 rows of the 1.5B's down projection: 1.39 ms as one pass of 8, 1.23 as
+  // two of 4, on the 2-core Zen 4 dev machine).
   int64_t group;
   Portable8 portable8 = nullptr;  // portable path of an interleaved layout (8 weight rows)
   bool interleaved() const { return portable8 != nullptr; }
 };
 
 #if defined(__AVX2__)
-template <template <int> class K, int... R>
-constexpr Format make_format(int64_t bytes, Unpack unpack, int64_t group) {
-  return Format{bytes, unpack, {K<R>::run...}, group};
+enum class Kernel { q4_k, q6_k, q4_kx8, q6_kx8 };
+
+template <Kernel K, int R>
+constexpr Rows rows_kernel() {
+  if constexpr (K == Kernel::q4_k) return q4_k_rows<R>;
+  else if constexpr (K == Kernel::q6_k) return q6_k_rows<R>;
+  else if constexpr (K == Kernel::q4_kx8) return q4_kx8_rows<R>;
+  else return q6_kx8_rows<R>;
 }
-template <int R>
-struct Q4K {
-  static constexpr Rows run = q4_k_rows<R>;
-};
-template <int R>
-struct Q6K {
-  static constexpr Rows run = q6_k_rows<R>;
-};
-template <int R>
-struct Q4KX8 {
-  static constexpr Rows run = q4_kx8_rows<R>;
-};
-template <int R>
-struct Q6KX8 {
-  static constexpr Rows run = q6_kx8_rows<R>;
-};
-template <template <int> class K, int... R>
-constexpr Format make_x8(int64_t bytes, Portable8 portable, int64_t group) {
-  return Format{bytes, nullptr, {K<R>::run...}, group, portable};
+
+template <Kernel K, int... I>
+constexpr Format make_format(int64_t bytes, Unpack unpack, Portable8 portable,
+                             std::integer_sequence<int, I...>) {
+  return Format{bytes, unpack, {rows_kernel<K, I + 1>()...}, sizeof...(I), portable};
 }
-#if defined(__AVX512VL__)
-constexpr Format kQ4KFormat =
-    make_format<Q4K, 1, 2, 3, 4, 5, 6, 7, 8>(kQ4KBytes, unpack_q4_k, 8);
-constexpr Format kQ6KFormat = make_format<Q6K, 1, 2, 3, 4>(kQ6KBytes, unpack_q6_k, 4);
+
+// A format whose vector kernels take 1..N rows per pass (N: its group).
+template <Kernel K, int N>
+constexpr Format make_format(int64_t bytes, Unpack unpack, Portable8 portable = nullptr) {
+  return make_format<K>(bytes, unpack, portable, std::make_integer_sequence<int, N>());
+}
+
+constexpr Format kQ4KFormat = make_format<Kernel::q4_k, kGroup>(kQ4KBytes, unpack_q4_k);
+constexpr Format kQ6KFormat = make_format<Kernel::q6_k, 4>(kQ6KBytes, unpack_q6_k);
 constexpr Format kQ4KX8Format =
-    make_x8<Q4KX8, 1, 2, 3, 4, 5, 6, 7, 8>(kQ4KX8Bytes, q4_kx8_portable, 8);
+    make_format<Kernel::q4_kx8, kGroup>(kQ4KX8Bytes, nullptr, q4_kx8_portable);
 constexpr Format kQ6KX8Format =
-    make_x8<Q6KX8, 1, 2, 3, 4, 5, 6, 7, 8>(kQ6KX8Bytes, q6_kx8_portable, 8);
-#else
-constexpr Format kQ4KFormat = make_format<Q4K, 1, 2, 3, 4>(kQ4KBytes, unpack_q4_k, 4);
-constexpr Format kQ6KFormat = make_format<Q6K, 1, 2, 3, 4>(kQ6KBytes, unpack_q6_k, 4);
-constexpr Format kQ4KX8Format = make_x8<Q4KX8, 1, 2, 3, 4>(kQ4KX8Bytes, q4_kx8_portable, 4);
-constexpr Format kQ6KX8Format = make_x8<Q6KX8, 1, 2, 3, 4>(kQ6KX8Bytes, q6_kx8_portable, 4);
-#endif
+    make_format<Kernel::q6_kx8, kGroup>(kQ6KX8Bytes, nullptr, q6_kx8_portable);
 #else
 constexpr Format kQ4KFormat{kQ4KBytes, unpack_q4_k, {}, 1};
 constexpr Format kQ6KFormat{kQ6KBytes, unpack_q6_k, {}, 1};
@@ -645,19 +641,16 @@ void matmul_rows(const ActBlock* act, int64_t rows, int64_t nb, const uint8_t* b
 void matmul_groups(const ActBlock* act, int64_t rows, int64_t nb, const uint8_t* chunks,
                    const Format& fmt, int64_t g_begin, int64_t g_end, int64_t n_out, float* y,
                    bool portable) {
-  const int64_t pass = portable ? kRowTile : fmt.group;
+  const int64_t pass = (kVector && !portable) ? fmt.group : kRowTile;
   alignas(32) float acc[kRowTile * kX8];
   for (int64_t g = g_begin; g < g_end; ++g) {
     const uint8_t* group = chunks + g * nb * fmt.block_bytes;
     for (int64_t r = 0; r < rows; r += pass) {
       const int64_t count = std::min(pass, rows - r);
       std::memset(acc, 0, sizeof(acc));
-#if defined(__AVX2__)
-      if (!portable) {
+      if (kVector && !portable) {
         fmt.rows[count - 1](group, nb, act + r * nb, nb, acc);
-      } else
-#endif
-      {
+      } else {
         for (int64_t b = 0; b < nb; ++b) {
           for (int64_t i = 0; i < count; ++i) {
             fmt.portable8(group + b * fmt.block_bytes, act[(r + i) * nb + b], acc + kX8 * i);
