@@ -218,6 +218,29 @@ def test_row_attention_kernel_gives_a_query_the_same_bits_in_any_chunk(window):
             ), (start, pos)
 
 
+def test_row_attention_kernel_shares_keys_across_a_run_without_changing_a_bit():
+    """A prefill chunk of 45 rows (cut into runs of at most 32), a verification of 5 and a
+    decode in one call, with different key lists: every row as if alone."""
+    gen = torch.Generator().manual_seed(8)
+    heads, kv_heads, dim = 6, 2, 40
+    k_cache = torch.randn(120, kv_heads, dim, generator=gen)
+    v_cache = torch.randn(120, kv_heads, dim, generator=gen)
+    q = torch.randn(51, heads, dim, generator=gen)
+    spans = [
+        SeqSpan(0, 45, slice(0, 45), None, row_keys(0, 45, 0, None)),
+        SeqSpan(45, 50, torch.arange(60, 120, 2), None, row_keys(25, 5, 0, None)),
+        SeqSpan(50, 51, slice(50, 53), None),
+    ]
+    together = row_attention(q, k_cache, v_cache, RowKeys.of(spans), 0.3)
+    rows = RowKeys.of(spans)
+    for r in range(51):
+        keys = rows.slots[rows.offsets[r] : rows.offsets[r + 1]]
+        alone = RowKeys(keys, torch.tensor([0, keys.numel()]))
+        assert torch.equal(
+            together[r], row_attention(q[r : r + 1], k_cache, v_cache, alone, 0.3)[0]
+        ), r
+
+
 def test_row_attention_kernel_rejects_bad_key_lists():
     q, k, v = torch.randn(2, 2, 8), torch.randn(5, 1, 8), torch.randn(5, 1, 8)
     with pytest.raises(RuntimeError, match="outside the cache"):

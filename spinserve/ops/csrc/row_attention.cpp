@@ -8,10 +8,14 @@
 // invariance: docs/design.md), and one call replaces a Python loop of small torch ops per row
 // per layer.
 //
-// The work is split by (row, kv head): the query heads that share a kv head read each key and
-// value once. The arithmetic is written on 8-float vectors (GCC vector extensions): AVX where
-// the CPU has it, two SSE halves otherwise, the same operations lane by lane, so both builds
-// give the same bits; exp is a fixed polynomial (Cephes' expf) on those vectors.
+// The work is split by (run of rows, kv head): the rows of one request's chunk see nested
+// key lists (each row the previous row's keys and one more), so they and the query heads that
+// share a kv head are computed together, and each key and value is read once for all of them
+// (before, each row and each head re-read them). A (row, head)'s arithmetic is the same in any
+// run: each score alone, the values summed in key order. The arithmetic is written on 8-float
+// vectors (GCC vector extensions): AVX where the CPU has it, two SSE halves otherwise, the
+// same operations lane by lane, so both builds give the same bits; exp is a fixed polynomial
+// (Cephes' expf) on those vectors.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -24,6 +28,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -32,7 +37,6 @@ namespace {
 using namespace spinserve_vec8;
 using spinserve_lanes::sum_lanes;
 
-constexpr int64_t kMaxGroup = 64;
 float dot(const float* a, const float* b, int64_t n) {
   v8f acc = splat(0.0f);
   int64_t i = 0;
@@ -92,19 +96,55 @@ inline void dot8(const float* q, const float* const* keys, int64_t dim, float s,
   store(scores, sum_lanes8(acc) * splat(s));
 }
 
-// o[0, V * 8) = the sum over keys j, in order from 0, of w[j] * values[j][d, d + V * 8): the
-// sums kept in registers across the keys.
+// o[0, V * 8) += w[j] * values[j][d, d + V * 8) for keys j in [j0, j1), in key order: the
+// sums kept in registers across those keys, loaded from and stored back to o between calls,
+// so a caller that walks the keys in blocks gets the bits of one pass over all of them.
 template <int V>
-inline void weighted_values(const float* const* values, int64_t d, const float* w, int64_t n,
-                            float* o) {
+inline void weighted_values(const float* const* values, int64_t d, const float* w, int64_t j0,
+                            int64_t j1, float* o) {
   v8f acc[V];
-  for (int i = 0; i < V; ++i) acc[i] = splat(0.0f);
-  for (int64_t j = 0; j < n; ++j) {
+  for (int i = 0; i < V; ++i) acc[i] = load(o + kLanes * i);
+  for (int64_t j = j0; j < j1; ++j) {
     const v8f wj = splat(w[j]);
     for (int i = 0; i < V; ++i) acc[i] = acc[i] + wj * load(values[j] + d + kLanes * i);
   }
   for (int i = 0; i < V; ++i) store(o + kLanes * i, acc[i]);
 }
+
+// og[0, dim) += the weighted values of keys [j0, j1), 64 values at a time in registers, then
+// 32, 16, 8; the rest key by key.
+inline void add_weighted_values(const float* const* values, int64_t dim, const float* w,
+                                int64_t j0, int64_t j1, float* og) {
+  int64_t d = 0;
+  for (; d + 64 <= dim; d += 64) weighted_values<8>(values, d, w, j0, j1, og + d);
+  for (; d + 32 <= dim; d += 32) weighted_values<4>(values, d, w, j0, j1, og + d);
+  for (; d + 16 <= dim; d += 16) weighted_values<2>(values, d, w, j0, j1, og + d);
+  for (; d + 8 <= dim; d += 8) weighted_values<1>(values, d, w, j0, j1, og + d);
+  for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t e = d; e < dim; ++e) og[e] = og[e] + w[j] * values[j][e];
+  }
+}
+
+// Rows whose keys nest: each row's keys are the previous row's followed by more (the rows of
+// one request's chunk, without a sliding window). Such a run, cut every `kMaxRunRows` rows (a
+// long prefill chunk would otherwise be one piece of work with a score per row per key), is
+// one piece of work per kv head, so each key and value is read once for all its rows and
+// heads. Returns the first row of each run, and rows as the last entry.
+constexpr int64_t kMaxRunRows = 32;
+std::vector<int64_t> nested_runs(const int64_t* slot, const int64_t* off, int64_t rows) {
+  std::vector<int64_t> starts;
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool extends = r > 0 && off[r + 1] - off[r] >= off[r] - off[r - 1] &&
+                         std::equal(slot + off[r - 1], slot + off[r], slot + off[r]);
+    if (!extends || r - starts.back() == kMaxRunRows) starts.push_back(r);
+  }
+  starts.push_back(rows);
+  return starts;
+}
+
+// Keys are scored 8 at a time across all of a run's queries while those 8 stay in cache, and
+// values weighed in blocks of this many keys.
+constexpr int64_t kValueBlock = 32;
 
 at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                          const at::Tensor& slots, const at::Tensor& offsets, double scale) {
@@ -135,51 +175,76 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
   const float* vp = vc.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t group = heads / kv_heads;
-  TORCH_CHECK(group <= kMaxGroup, "at most ", kMaxGroup, " query heads per kv head");
   const float s = static_cast<float>(scale);
-  at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
+  const std::vector<int64_t> runs = nested_runs(slot, off, rows);
+  const int64_t num_runs = static_cast<int64_t>(runs.size()) - 1;
+  at::parallel_for(0, num_runs * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
-    std::vector<const float*> rows_k, rows_v;  // this row's keys and values for this kv head
+    std::vector<const float*> run_k, run_v;  // the run's longest key list, for this kv head
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t r = i / kv_heads, kvh = i % kv_heads;
-      const int64_t first = off[r], n = off[r + 1] - off[r];
+      const int64_t run = i / kv_heads, kvh = i % kv_heads;
+      const int64_t r0 = runs[run], r1 = runs[run + 1], last = r1 - 1;
+      const int64_t first = off[last], n_max = off[last + 1] - off[last];
       const int64_t h0 = kvh * group;  // this kv head's first query head
-      scores.resize(group * n);
-      rows_k.resize(n);
-      rows_v.resize(n);
-      for (int64_t j = 0; j < n; ++j) {
-        rows_k[j] = kp + (slot[first + j] * kv_heads + kvh) * dim;
-        rows_v[j] = vp + (slot[first + j] * kv_heads + kvh) * dim;
+      const int64_t queries = (r1 - r0) * group;
+      scores.resize(queries * n_max);
+      run_k.resize(n_max);
+      run_v.resize(n_max);
+      for (int64_t j = 0; j < n_max; ++j) {
+        run_k[j] = kp + (slot[first + j] * kv_heads + kvh) * dim;
+        run_v[j] = vp + (slot[first + j] * kv_heads + kvh) * dim;
       }
-      const int64_t n8 = dim % kLanes == 0 ? n - n % kLanes : 0;  // keys taken 8 at a time
-      for (int64_t g = 0; g < group; ++g) {
-        const float* qg = qp + (r * heads + h0 + g) * dim;
-        for (int64_t j = 0; j < n8; j += kLanes) dot8(qg, &rows_k[j], dim, s, &scores[g * n + j]);
-        for (int64_t j = n8; j < n; ++j) scores[g * n + j] = dot(qg, rows_k[j], dim) * s;
-      }
-      float total[kMaxGroup];
-      for (int64_t g = 0; g < group; ++g) {
-        float* p = scores.data() + g * n;
-        float top = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) top = std::fmax(top, p[j]);
-        total[g] = softmax_numerators(p, n, top);
-      }
-      float* o = op + (r * heads + h0) * dim;
-      for (int64_t g = 0; g < group; ++g) {
-        const float* w = scores.data() + g * n;
-        float* og = o + g * dim;
-        // 64 values at a time in registers, then 32, 16, 8; the rest key by key
-        int64_t d = 0;
-        for (; d + 64 <= dim; d += 64) weighted_values<8>(rows_v.data(), d, w, n, og + d);
-        for (; d + 32 <= dim; d += 32) weighted_values<4>(rows_v.data(), d, w, n, og + d);
-        for (; d + 16 <= dim; d += 16) weighted_values<2>(rows_v.data(), d, w, n, og + d);
-        for (; d + 8 <= dim; d += 8) weighted_values<1>(rows_v.data(), d, w, n, og + d);
-        std::fill(og + d, og + dim, 0.0f);
-        for (int64_t j = 0; j < n; ++j) {
-          for (int64_t e = d; e < dim; ++e) og[e] = og[e] + w[j] * rows_v[j][e];
+      // query (row r, head g) is number (r - r0) * group + g; row r sees the first keys(r)
+      auto keys = [&](int64_t r) { return off[r + 1] - off[r]; };
+      auto row_scores = [&](int64_t r, int64_t g) {
+        return scores.data() + ((r - r0) * group + g) * n_max;
+      };
+      for (int64_t j = 0; j < n_max; j += kLanes) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t n = keys(r);
+          if (j >= n) continue;
+          const bool eight = j + kLanes <= n && dim % kLanes == 0;
+          for (int64_t g = 0; g < group; ++g) {
+            const float* qg = qp + (r * heads + h0 + g) * dim;
+            float* p = row_scores(r, g);
+            if (eight) {
+              dot8(qg, &run_k[j], dim, s, p + j);
+            } else {
+              for (int64_t jj = j; jj < std::min(j + kLanes, n); ++jj) {
+                p[jj] = dot(qg, run_k[jj], dim) * s;
+              }
+            }
+          }
         }
       }
-      for (int64_t g = 0; g < group * dim; ++g) o[g] = o[g] / total[g / dim];
+      std::vector<float> total(queries);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t g = 0; g < group; ++g) {
+          float* p = row_scores(r, g);
+          float top = -INFINITY;
+          for (int64_t j = 0; j < keys(r); ++j) top = std::fmax(top, p[j]);
+          total[(r - r0) * group + g] = softmax_numerators(p, keys(r), top);
+        }
+      }
+      for (int64_t r = r0; r < r1; ++r) {
+        std::fill(op + (r * heads + h0) * dim, op + (r * heads + h0 + group) * dim, 0.0f);
+      }
+      for (int64_t j = 0; j < n_max; j += kValueBlock) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t j1 = std::min(j + kValueBlock, keys(r));
+          if (j >= j1) continue;
+          for (int64_t g = 0; g < group; ++g) {
+            add_weighted_values(run_v.data(), dim, row_scores(r, g), j, j1,
+                                op + (r * heads + h0 + g) * dim);
+          }
+        }
+      }
+      for (int64_t r = r0; r < r1; ++r) {
+        float* orow = op + (r * heads + h0) * dim;
+        for (int64_t e = 0; e < group * dim; ++e) {
+          orow[e] = orow[e] / total[(r - r0) * group + e / dim];
+        }
+      }
     }
   });
   return out;
