@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import re
 import time
 from collections import defaultdict
 
@@ -38,9 +39,10 @@ from spinserve.selection.spin import SpinParams, SpinPolicy
 
 def spin_params(spec: str) -> SpinParams:
     """``KEY=VALUE,...`` -> SpinParams with those fields changed (values as Python literals:
-    ``explore_under_load=False``, ``exploration=0.25``)."""
+    ``explore_under_load=False``, ``exploration=0.25,draft_lengths=(1,2,3,4)``)."""
     changes = {}
-    for item in filter(None, spec.split(",")):
+    # a comma starts the next item only where a KEY= follows: values may hold commas
+    for item in filter(None, re.split(r",\s*(?=\w+\s*=)", spec)):
         key, _, value = item.partition("=")
         changes[key.strip()] = ast.literal_eval(value.strip())
     return dataclasses.replace(SpinParams(), **changes)

@@ -45,7 +45,7 @@ HELP = {
     "drafter_kv_cache_gib": "KV cache pool of each model drafter, in GiB",
     "policy": "drafter selection: spin (learns per request), fixed:NAME, random, "
     "round-robin, oracle",
-    "draft_lengths": "the k the spin policy may choose among (repeatable; default 1,2,3,4,6,8)",
+    "draft_lengths": "the k the spin policy may choose among (repeatable; default 1,2,3,4)",
     "policy_seed": "seed of the random and spin policies",
     "oracle_table": "JSON file of per-request choices for the oracle policy",
 }

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# A temperature below this is greedy. Dividing logits by a tinier one overflows fp32 (at
+# 1e-272 every logit becomes inf and the probabilities NaN), and the distribution such a
+# temperature stands for is the argmax anyway, barring logits within ~1e-5 of each other.
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request picks its tokens and when it stops.
 
-    ``temperature == 0`` is greedy. ``top_k == 0`` and ``top_p == 1`` disable those filters.
+    ``temperature == 0`` is greedy (so is any below `GREEDY_BELOW`). ``top_k == 0`` and
+    ``top_p == 1`` disable those filters.
     ``seed`` makes a sampled request reproducible, alone or in any batch.
     ``stop`` strings end the output before the first match (the match is not returned).
     """
@@ -41,4 +47,4 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW

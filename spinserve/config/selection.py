@@ -19,7 +19,7 @@ DEFAULT_POLICY = "spin"
 @dataclass(frozen=True)
 class SelectionConfig:
     """How requests get their drafter. ``policy``: a name above. ``draft_lengths``: the k
-    `spin` may choose among (empty: 1, 2, 3, 4, 6, 8). ``policy_seed``: seeds the random
+    `spin` may choose among (empty: 1, 2, 3, 4). ``policy_seed``: seeds the random
     choices of ``random`` and ``spin``. ``oracle_table``: the file ``oracle`` reads."""
 
     policy: str = DEFAULT_POLICY

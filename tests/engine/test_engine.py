@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from spinserve.config.engine import CacheConfig, EngineConfig, SchedulerConfig
-from spinserve.config.sampling import SamplingParams
+from spinserve.config.sampling import GREEDY_BELOW, SamplingParams
+from spinserve.config.speculative import SpecParams
 from spinserve.engine.engine import LLMEngine
 from spinserve.runtime.backend import ModelBackend
+from spinserve.spec.ngram import NgramDrafter
 from spinserve.types.errors import InvalidRequestError
 
 PROMPTS = [list(range(10, 10 + n)) for n in (3, 17, 1, 9, 30, 5, 12, 24)]
@@ -90,6 +92,17 @@ def test_seeded_sampling_is_independent_of_the_batch(tiny_loaded):
     assert batched[1].token_ids == alone
     reseeded = SamplingParams(max_tokens=10, temperature=0.9, top_p=0.95, top_k=40, seed=124)
     assert engine.generate([PROMPTS[1]], reseeded)[0].token_ids != alone
+
+
+def test_a_vanishing_temperature_is_greedy(tiny_loaded):
+    """1e-272 is > 0 but divides logits into inf (found by the server's fuzz test: the
+    step failed on NaN probabilities); below `GREEDY_BELOW` a request is greedy."""
+    engine = LLMEngine(tiny_loaded["llama"], drafters={"ngram": NgramDrafter()})
+    tiny = SamplingParams(max_tokens=8, temperature=1e-272, seed=3)
+    assert tiny.greedy and not SamplingParams(temperature=GREEDY_BELOW).greedy
+    spec = SpecParams(drafter="ngram", num_draft_tokens=3)
+    out = engine.generate([PROMPTS[0]], tiny, spec)[0].token_ids
+    assert out == engine.generate([PROMPTS[0]], SamplingParams(max_tokens=8))[0].token_ids
 
 
 def test_stop_string_truncates_text(tiny_loaded):
