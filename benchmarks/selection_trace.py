@@ -11,12 +11,14 @@ the target alone, ``fixed:NAME@K``, ``spin``, ``spin[KEY=VALUE,...]`` and ``orac
 request the fastest single drafter and k, or none, in hindsight), over several request
 orders and policy seeds, and prints tokens/s relative to the target per category.
 
-Reproduce (from the repository root; collect ~8 minutes for 28 prompts, replay seconds)::
+Reproduce (from the repository root; collect ~12 minutes for 28 prompts, replay seconds)::
 
     .venv/bin/python benchmarks/selection_trace.py collect --per-category 4 --max-tokens 64 \\
         --out results/selection_trace.json
-    .venv/bin/python benchmarks/selection_trace.py replay results/selection_trace.json \\
-        --configs fixed:ngram@4 fixed:suffix@2 spin "spin[exploration=0.25]"
+    .venv/bin/python benchmarks/selection_trace.py replay benchmarks/traces/selection_trace.json \\
+        --configs fixed:ngram@4 fixed:suffix@2 spin "spin[exploration=0.25]" oracle
+
+(``benchmarks/traces/selection_trace.json`` is the recording of 2026-11-28, docs/benchmarks.md.)
 """
 
 from __future__ import annotations

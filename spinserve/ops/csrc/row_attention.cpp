@@ -142,6 +142,23 @@ std::vector<int64_t> nested_runs(const int64_t* slot, const int64_t* off, int64_
   return starts;
 }
 
+// Runs halved, longest first, while the pieces of work are few and do not divide evenly
+// among the threads (or until no run has two rows): a verification of 8 rows with 3 kv heads
+// (SmolLM2) would otherwise be 3 pieces on 2 threads, one thread doing twice the other's work.
+std::vector<int64_t> enough_runs(std::vector<int64_t> starts, int64_t kv_heads, int64_t threads) {
+  auto pieces = [&] { return (static_cast<int64_t>(starts.size()) - 1) * kv_heads; };
+  while (pieces() < 2 * threads && pieces() % threads != 0) {
+    size_t longest = 0;
+    for (size_t i = 0; i + 1 < starts.size(); ++i) {
+      if (starts[i + 1] - starts[i] > starts[longest + 1] - starts[longest]) longest = i;
+    }
+    const int64_t length = starts[longest + 1] - starts[longest];
+    if (length < 2) break;
+    starts.insert(starts.begin() + longest + 1, starts[longest] + length / 2);
+  }
+  return starts;
+}
+
 // Keys are scored 8 at a time across all of a run's queries while those 8 stay in cache, and
 // values weighed in blocks of this many keys.
 constexpr int64_t kValueBlock = 32;
@@ -176,7 +193,8 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
   float* op = out.data_ptr<float>();
   const int64_t group = heads / kv_heads;
   const float s = static_cast<float>(scale);
-  const std::vector<int64_t> runs = nested_runs(slot, off, rows);
+  const std::vector<int64_t> runs =
+      enough_runs(nested_runs(slot, off, rows), kv_heads, at::get_num_threads());
   const int64_t num_runs = static_cast<int64_t>(runs.size()) - 1;
   at::parallel_for(0, num_runs * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
