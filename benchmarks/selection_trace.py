@@ -47,20 +47,12 @@ from spinserve.selection.replay import (
     shuffled,
 )
 from spinserve.selection.spin import SpinPolicy
+from spinserve.spec.draft_model import common_prefix_length
 from spinserve.spec.drafter import DraftRequest
-from spinserve.spec.ngram import NgramDrafter
-from spinserve.spec.suffix import SuffixDrafter
+from spinserve.spec.registry import MODEL_FREE
 from spinserve.types.batch import SeqChunk, StepBatch
 
 CONTEXTS = (64, 512, 1536)
-MODEL_FREE = ("ngram", "suffix")
-
-
-def matched(draft: list[int], output: list[int]) -> int:
-    n = 0
-    while n < len(draft) and n < len(output) and draft[n] == output[n]:
-        n += 1
-    return n
 
 
 def trace_request(bench: Bench, engine, drafters: dict, rid: str, max_draft: int) -> TracedRequest:
@@ -74,7 +66,7 @@ def trace_request(bench: Bench, engine, drafters: dict, rid: str, max_draft: int
         for name, drafter in drafters.items():
             [draft] = drafter.propose([DraftRequest(rid, ids, max_draft, greedy)])
             proposed = draft.token_ids[:max_draft]
-            drafts[name].append((len(proposed), matched(proposed, output[t:])))
+            drafts[name].append((len(proposed), common_prefix_length(proposed, output[t:])))
     for drafter in drafters.values():
         drafter.finish(rid, prompt + output)
     return TracedRequest(rid, bench.prompts[rid].category, len(prompt), len(output), drafts)
@@ -165,8 +157,9 @@ def collect(argv: list[str], trace: bool = True) -> None:
     old = None if trace else json.loads(args.out.read_text())
     bench = Bench(args)
     engine = bench.engine("target", "b1")
-    drafters = {"ngram": NgramDrafter(), "suffix": SuffixDrafter(), **bench.model_drafters}
-    drafters = {name: drafters[name] for name in args.drafters}
+    drafters = {
+        d: MODEL_FREE[d]() if d in MODEL_FREE else bench.model_drafters[d] for d in args.drafters
+    }
     requests = []
     for i, rid in enumerate(bench.order if trace else (), 1):
         requests.append(trace_request(bench, engine, drafters, rid, mine.max_draft))

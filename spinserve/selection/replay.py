@@ -201,7 +201,7 @@ def replay(
 ) -> ReplayResult:
     """Run ``requests`` one after another (batch 1) under ``policy``; see the module
     docstring for what a step is and costs."""
-    if getattr(policy, "wants_step_costs", False):
+    if policy.wants_step_costs:
         policy.calibrate(*calibration(cost))
     result = ReplayResult()
     load = LoadView(1)

@@ -26,9 +26,9 @@
 #include "namespace.h"
 #include "vec8.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -197,7 +197,7 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
       enough_runs(nested_runs(slot, off, rows), kv_heads, at::get_num_threads());
   const int64_t num_runs = static_cast<int64_t>(runs.size()) - 1;
   at::parallel_for(0, num_runs * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
+    std::vector<float> scores, total;  // per query: its scores, its softmax sum
     std::vector<const float*> run_k, run_v;  // the run's longest key list, for this kv head
     for (int64_t i = begin; i < end; ++i) {
       const int64_t run = i / kv_heads, kvh = i % kv_heads;
@@ -206,6 +206,7 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
       const int64_t h0 = kvh * group;  // this kv head's first query head
       const int64_t queries = (r1 - r0) * group;
       scores.resize(queries * n_max);
+      total.resize(queries);
       run_k.resize(n_max);
       run_v.resize(n_max);
       for (int64_t j = 0; j < n_max; ++j) {
@@ -235,7 +236,6 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
           }
         }
       }
-      std::vector<float> total(queries);
       for (int64_t r = r0; r < r1; ++r) {
         for (int64_t g = 0; g < group; ++g) {
           float* p = row_scores(r, g);
