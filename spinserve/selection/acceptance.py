@@ -92,8 +92,11 @@ class Rates:
     later: float
     fill: float = 1.0
 
+    def drafted_when_proposed(self, k: int) -> float:
+        return min(k, max(1.0, self.fill * k))
+
     def expected_drafted(self, k: int) -> float:
-        return self.propose * min(k, max(1.0, self.fill * k))
+        return self.propose * self.drafted_when_proposed(k)
 
     def variance_emitted(self, k: int) -> float:
         """Variance of the tokens a step emits (whole positions only: m rounded).

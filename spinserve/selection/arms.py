@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from spinserve.selection.spin import SpinParams
 
 OPTIMISTIC_RATE = 0.75
+STREAK = "streak"  # the second part of a drafter's streak statistics key
 DEFAULT_PRIOR_TRIALS = 1.0
 # Change detection: a CUSUM of standardized residuals with this drift, once a drafter has
 # this many recent steps; variance floored so a drafter that was always right still alarms.
@@ -46,9 +47,10 @@ class RequestState:
     seen: dict[str, int] = field(default_factory=dict)  # drafter -> num_tokens it last saw
     last_drafter: str | None = None  # the drafter of the last step (None: no speculation)
     catchup: int = 0  # tokens the drafter of the pending step had to catch up on
-    cusum: dict[str, tuple[float, float]] = field(default_factory=dict)  # change detection
+    cusum: dict[Hashable, tuple[float, float]] = field(default_factory=dict)  # change detection
     num_restarts: int = 0  # changes of text detected
-    stats: dict[str, Any] = field(default_factory=dict)  # drafter (or arm) -> its statistics
+    stats: dict[Hashable, Any] = field(default_factory=dict)  # statistics key -> statistics
+    streak: bool = False  # whether the last step that drafted had every draft token pass
     totals: dict[Hashable, list[float]] = field(
         default_factory=lambda: defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     )  # prior key -> [count, total, total_sq, drafted], undiscounted: taught to the prior
@@ -168,41 +170,56 @@ class DrafterArms:
         highest posterior-mean goodput (the cost terms of `Shared.seconds`, hoisted out of
         the loop over k: this runs per request per step)."""
         best, best_score = NO_SPECULATION, -1.0
-        stats = {d: self._stats(state, d) for d in self.drafters}
+        keys = {d: self.key(state, d) for d in self.drafters}
+        stats = {d: self._stats(state, keys[d]) for d in self.drafters}
         total = sum(s.trials[0] for s in stats.values()) + 1.0
-        forward_fixed, per_token = self.s.forward.coefficients
-        share = forward_fixed / num_running + per_token  # the last token's forward share
+        forward = self.s.forward
+        alone = forward.share(num_running, 1.0)  # a step with no draft (none proposed)
         for drafter in self.drafters:
-            rates = self._rates(state, drafter, stats[drafter], total, explore)
+            rates = self._rates(keys[drafter], stats[drafter], total, explore)
             draft_fixed, per_draft = self.s.draft.line(drafter, state.bucket)
             catchup = self.s.catchup_per_token(state, drafter)
-            fixed = share + draft_fixed
             for k in self.lengths:
                 emitted = rates.expected_emitted(k)
-                seconds = fixed + per_draft * k + per_token * rates.expected_drafted(k)
+                # the forward's expected share over proposing or not: a lone sequence's
+                # curve is not a line, so the share of the mean draft would underprice it
+                drafted = forward.share(num_running, 1.0 + rates.drafted_when_proposed(k))
+                share = rates.propose * drafted + (1.0 - rates.propose) * alone
+                seconds = share + draft_fixed + per_draft * k
                 score = emitted / max(seconds + catchup * emitted, 1e-12)
                 if score > best_score:
                     best, best_score = Choice(drafter, k), score
         return best, best_score
 
-    def _stats(self, state: RequestState, drafter: str) -> acc.DrafterStats:
-        old = state.stats.get(drafter, acc.DrafterStats())
+    def key(self, state: RequestState, drafter: str) -> Hashable:
+        """Where a step of ``drafter`` for this request is learned from and counted: right
+        after a step of it whose every draft token passed (a streak), its streak statistics,
+        else its own. The two differ by much: replaying real lookup drafts at k = 4, after a
+        whole pass the next draft's first token passed 91% of the time, after a miss or a
+        partial pass 27-35% (docs/design.md, "Streaks"), so a long draft pays in a streak and
+        a short one elsewhere, which one set of rates for the request averages away."""
+        if self.s.params.streaks and state.streak:
+            return (drafter, STREAK)
+        return drafter
+
+    def _stats(self, state: RequestState, key: Hashable) -> acc.DrafterStats:
+        old = state.stats.get(key, acc.DrafterStats())
         return acc.decay(old, state.step, self.s.params.discount)
 
     def _rates(
         self,
-        state: RequestState,
-        drafter: str,
+        key: Hashable,
         stats: acc.DrafterStats,
         total: float,
         explore: bool = True,
     ) -> acc.Rates:
         """Each rate's belief (the shared prior updated with the request's discounted steps),
         drawn from by the exploration rule, or without ``explore`` its mean."""
+        drafter = key[0] if isinstance(key, tuple) else key
         recent = _per_step(list(zip(stats.trials, stats.successes, strict=True)))
         values = []
         for i, name in enumerate(acc.RATES):
-            a, b = beta_pseudo_counts(self.s.prior.prior((drafter, name)))
+            a, b = beta_pseudo_counts(self.s.prior.prior((key, name)))
             n, won = recent[i]
             a, b = a + won, b + n - won
             values.append(explore_rate(a, b, total, self.s) if explore else a / (a + b))
@@ -210,23 +227,23 @@ class DrafterArms:
         fill = (stats.filled + global_fill) / (stats.trials[1] + 1.0)
         return acc.Rates(*values, fill=fill)
 
-    def _detect_change(self, state: RequestState, fb: Feedback) -> None:
+    def _detect_change(self, state: RequestState, key: Hashable, fb: Feedback) -> None:
         """CUSUM of the played drafter's emitted tokens against its prediction; on an alarm
         the text has changed under the request (a new stretch), so every drafter's recent
         statistics of this request are dropped and the arms are explored afresh."""
         threshold = self.s.params.change_threshold
-        d, k = fb.choice.drafter, fb.choice.num_draft_tokens
-        if not threshold or d is None:
+        k = fb.choice.num_draft_tokens
+        if not threshold:
             return
-        stats = self._stats(state, d)
+        stats = self._stats(state, key)
         if stats.trials[0] < CHANGE_MIN_STEPS:
             return
-        rates = self._rates(state, d, stats, 1.0, explore=False)
+        rates = self._rates(key, stats, 1.0, explore=False)
         sd = max(rates.variance_emitted(k), CHANGE_MIN_VARIANCE) ** 0.5
         z = (fb.num_emitted - rates.expected_emitted(k)) / sd
         z = min(max(z, -CHANGE_MAX_Z), CHANGE_MAX_Z)  # one lucky long run is not a change
-        high, low = est.cusum(*state.cusum.get(d, (0.0, 0.0)), z, CHANGE_DRIFT)
-        state.cusum[d] = (high, low)
+        high, low = est.cusum(*state.cusum.get(key, (0.0, 0.0)), z, CHANGE_DRIFT)
+        state.cusum[key] = (high, low)
         if max(high, low) > threshold:
             for name, old in state.stats.items():
                 state.stats[name] = acc.scale(old, 0.0, state.step)
@@ -236,10 +253,11 @@ class DrafterArms:
     def record(self, state: RequestState, fb: Feedback, timing: StepTiming) -> None:
         if fb.choice.drafter is None:
             return  # one token, one forward share: nothing to learn
-        self._detect_change(state, fb)
         d, k = fb.choice.drafter, fb.choice.num_draft_tokens
-        old = state.stats.get(d, acc.DrafterStats())
-        state.stats[d] = acc.record(
+        key = self.key(state, d)
+        self._detect_change(state, key, fb)
+        old = state.stats.get(key, acc.DrafterStats())
+        state.stats[key] = acc.record(
             old,
             k,
             fb.num_drafted,
@@ -250,7 +268,8 @@ class DrafterArms:
         trials, successes = acc.outcome_counts(fb.num_drafted, fb.num_accepted)
         for name, n, won in zip(acc.RATES, trials, successes, strict=True):
             if n:
-                state.tally((d, name), n, won, won)
+                state.tally((key, name), n, won, won)
+        state.streak = bool(fb.num_drafted) and fb.num_accepted == fb.num_drafted
         if fb.num_drafted:
             old_fill = self._fill.get(d, 1.0)
             self._fill[d] = old_fill + 0.05 * (fb.num_drafted / k - old_fill)

@@ -99,7 +99,23 @@ class CostLine:
 
 
 class ForwardCost(CostLine):
-    """The target forward's line in its tokens, split by marginal cost (module docstring)."""
+    """The target forward's line in its tokens, split by marginal cost (module docstring),
+    and, for a forward of one sequence, its measured curve.
+
+    One sequence's forward is not a line in its tokens on a CPU: a few tokens ride on the
+    weights' memory traffic nearly free, more are bound by the multiplies (Qwen 1.5B on 2
+    cores: 2 tokens 1.07x a decode, 3 1.12x, 5 1.30x, 9 2.08x; docs/benchmarks.md). A line
+    through those prices 3 tokens at ~1.35x and so buys drafts of 1 where 2 pay. So steps of
+    one sequence also keep a moving average of seconds per token count, and `share` of a lone
+    sequence interpolates between the counts measured (the calibration measures 1, 3, 5 and
+    9); the line stays for the rest, and wherever fewer than two counts are known."""
+
+    SINGLE_RATE = 0.1  # weight of a new step in its token count's moving average
+
+    def __init__(self, discount: float = 0.995, proportional: bool = False) -> None:
+        super().__init__(discount, proportional)
+        self._single: dict[int, float] = {}  # tokens -> seconds, steps of one sequence
+        self._points: tuple[list[int], list[float]] | None = None  # sorted, cached
 
     def add_step(self, timing: StepTiming) -> None:
         """Learn from a step of decodes and verifications; a step that also prefilled is
@@ -111,11 +127,30 @@ class ForwardCost(CostLine):
         requests and lost 13% of the throughput, docs/benchmarks.md)."""
         if timing.num_prefill_tokens == 0:
             self.add(timing.num_batched_tokens, timing.forward_seconds)
+            if timing.num_seqs == 1:
+                n, t = timing.num_batched_tokens, timing.forward_seconds
+                old = self._single.get(n)
+                self._single[n] = t if old is None else old + self.SINGLE_RATE * (t - old)
+                self._points = None
 
     def share(self, num_seqs: int, num_tokens: float) -> float:
-        """A sequence's marginal share of a forward of ``num_seqs`` sequences."""
+        """A sequence's marginal share of a forward of ``num_seqs`` sequences (alone: the
+        seconds of a forward of ``num_tokens`` tokens)."""
+        if num_seqs == 1 and len(self._single) >= 2:
+            return self._single_seconds(num_tokens)
         fixed, per_token = self.coefficients
         return fixed / num_seqs + per_token * num_tokens
+
+    def _single_seconds(self, num_tokens: float) -> float:
+        """The one-sequence curve at ``num_tokens``: linear between the counts measured, and
+        beyond them along the nearest segment (never below the smallest count's seconds)."""
+        if self._points is None:
+            counts = sorted(self._single)
+            self._points = counts, [self._single[n] for n in counts]
+        xs, ys = self._points
+        i = min(max(bisect_right(xs, num_tokens), 1), len(xs) - 1)
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return max(y0 + (y1 - y0) * (num_tokens - x0) / (x1 - x0), ys[0])
 
 
 class DraftCost:

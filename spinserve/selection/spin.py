@@ -80,6 +80,9 @@ class SpinParams:
     - ``output_tokens``: a request's expected output length before any has finished (the
       horizon a drafter's catch-up is shared over, see `horizon`).
     - ``reward`` (flat only): ``factored`` or ``direct`` (tokens / token-share seconds).
+    - ``streaks`` (drafter model): learn each drafter's rates apart right after a step of it
+      whose every draft token passed (`DrafterArms.key`). On the replayed real drafts
+      1.49x the target against 1.42x without (docs/design.md, "Streaks").
     - ``explore_under_load``: with other requests in the forward, whether a request may
       draft on a draw that its posterior means would not take. Under load a draft token
       must be accepted far more often to pay, so such draws rarely find an arm that does;
@@ -104,6 +107,7 @@ class SpinParams:
     output_tokens: float = 64.0
     reward: str = "factored"
     explore_under_load: bool = False
+    streaks: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -41,6 +41,15 @@ def step(policy: SpinPolicy, rid: str, num_output: int, accepted_if: str) -> Cho
     return choice
 
 
+def steps_of(state: RequestState, drafter: str) -> float:
+    """A drafter's (discounted) steps in a request, in and out of streaks."""
+    return sum(
+        stats.trials[0]
+        for key, stats in state.stats.items()
+        if key == drafter or (isinstance(key, tuple) and key[0] == drafter)
+    )
+
+
 def test_a_change_of_text_restarts_the_request():
     """One drafter always right, then always wrong: the CUSUM fires (and not before) and the
     request's statistics are dropped, so it explores again instead of trusting the old
@@ -51,11 +60,35 @@ def test_a_change_of_text_restarts_the_request():
         choice = step(policy, "r", out, accepted_if="a")
         out += choice.num_draft_tokens + 1
     state = policy._requests["r"]
-    assert state.num_restarts == 0 and state.stats["a"].trials[0] > 10  # type: ignore[attr-defined]
+    assert state.num_restarts == 0 and steps_of(state, "a") > 10
     for _ in range(10):
         step(policy, "r", out, accepted_if="b")
         out += 1
         if state.num_restarts:
             break
     assert state.num_restarts == 1
-    assert state.stats["a"].trials[0] <= 1  # type: ignore[attr-defined]
+    assert steps_of(state, "a") <= 1
+
+
+def test_streaks_keep_the_steps_after_a_whole_pass_apart():
+    """With ``streaks``, a step right after one whose every draft token passed is learned in
+    the drafter's streak statistics; a miss or a partial pass goes back to its own."""
+    policy = SpinPolicy(("a",), SpinParams(seed=0, streaks=True))
+    [choice] = policy.choose([RequestView("r", 20, 0)], LoadView(1))
+    k = choice.num_draft_tokens
+    timing = StepTiming(0.01, k + 1, 1)
+    policy.observe([Feedback("r", choice, k, k, 0.0)], timing)  # whole pass: a streak
+    state = policy._requests["r"]
+    assert state.streak and set(state.stats) == {"a"}
+    [choice] = policy.choose([RequestView("r", 20, k + 1)], LoadView(1))
+    k2 = choice.num_draft_tokens
+    policy.observe([Feedback("r", choice, k2, 0, 0.0)], StepTiming(0.01, k2 + 1, 1))
+    assert not state.streak and set(state.stats) == {"a", ("a", "streak")}
+    assert state.stats[("a", "streak")].trials[0] == 1  # the miss, counted in the streak
+    # without streaks one set of statistics, whatever passed
+    plain = SpinPolicy(("a",), SpinParams(seed=0))
+    [choice] = plain.choose([RequestView("r", 20, 0)], LoadView(1))
+    plain.observe([Feedback("r", choice, k, k, 0.0)], timing)
+    [choice] = plain.choose([RequestView("r", 20, k + 1)], LoadView(1))
+    plain.observe([Feedback("r", choice, k2, 0, 0.0)], StepTiming(0.01, k2 + 1, 1))
+    assert set(plain._requests["r"].stats) == {"a"}

@@ -112,3 +112,36 @@ def test_forward_line_learns_from_decode_and_verify_steps_only():
     assert before == pytest.approx((0.020, 0.015))
     with pytest.raises(ValueError, match="num_prefill_tokens"):
         StepTiming(0.1, 4, 1, num_prefill_tokens=5)
+
+
+# The Qwen 1.5B's one-sequence step on 2 cores after the prefetch: flat, then steep.
+CURVE = {1: 0.034, 3: 0.038, 5: 0.045, 9: 0.072}
+
+
+def test_a_lone_sequence_is_priced_by_its_measured_curve():
+    cost = ForwardCost()
+    for n, seconds in CURVE.items():
+        cost.add_step(StepTiming(seconds, n, 1))
+    assert cost.share(1, 3) == pytest.approx(0.038)  # a count measured: its seconds
+    assert cost.share(1, 2) == pytest.approx(0.036)  # between two: on the segment
+    assert cost.share(1, 11) == pytest.approx(0.072 + 2 * (0.072 - 0.045) / 4)  # beyond
+    assert cost.share(1, 0.5) == pytest.approx(0.034)  # never below the smallest count
+    # the line through the same points prices 3 tokens at 1.32x 1 token, the curve at 1.12x
+    fixed, per_token = cost.coefficients
+    assert (fixed + 3 * per_token) / (fixed + per_token) > 1.3
+    assert cost.share(1, 3) / cost.share(1, 1) < 1.15
+    # more than one sequence: the line's marginal split, as before
+    assert cost.share(4, 2) == pytest.approx(fixed / 4 + 2 * per_token)
+
+
+def test_the_curve_follows_new_steps_and_needs_two_counts():
+    cost = ForwardCost()
+    cost.add_step(StepTiming(0.034, 1, 1))
+    fixed, per_token = cost.coefficients
+    assert cost.share(1, 3) == fixed + 3 * per_token  # one count: no curve yet
+    cost.add_step(StepTiming(0.040, 3, 1))
+    cost.add_step(StepTiming(0.050, 3, 2))  # two sequences: not the curve's
+    cost.add_step(StepTiming(0.060, 3, 1, num_prefill_tokens=2))  # a prefill: neither
+    assert cost.share(1, 3) == pytest.approx(0.040)
+    cost.add_step(StepTiming(0.050, 3, 1))
+    assert cost.share(1, 3) == pytest.approx(0.040 + ForwardCost.SINGLE_RATE * 0.010)
