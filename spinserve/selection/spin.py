@@ -13,7 +13,9 @@ halves are learned where they vary:
   line in k per drafter and load bucket, the cost of catching a drafter up on the tokens it
   has not seen (a model drafter's prefill of a long prompt), shared by the tokens the request
   is still expected to emit (`horizon`), and the request's marginal share of the forward
-  (`cost`) at the current batch size. Under a big batch each extra token's share grows
+  (`cost`) at the current batch size (alone in the forward: the measured curve of a
+  one-sequence step, which is far from a line on a CPU; the forward priced over the drafter
+  proposing or not). Under a big batch each extra token's share grows
   against the fixed part, so shorter drafts or none win by themselves. The forward's line
   and each drafter's catch-up per token are measured when the engine starts (`calibrate`),
   so a cold request with a long prompt is not where spin learns that a prefill is dear.
