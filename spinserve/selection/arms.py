@@ -192,12 +192,11 @@ class DrafterArms:
         return best, best_score
 
     def key(self, state: RequestState, drafter: str) -> Hashable:
-        """Where a step of ``drafter`` for this request is learned from and counted: right
-        after a step of it whose every draft token passed (a streak), its streak statistics,
-        else its own. The two differ by much: replaying real lookup drafts at k = 4, after a
-        whole pass the next draft's first token passed 91% of the time, after a miss or a
-        partial pass 27-35% (docs/design.md, "Streaks"), so a long draft pays in a streak and
-        a short one elsewhere, which one set of rates for the request averages away."""
+        """Where a step of ``drafter`` for this request is learned from and counted: with
+        ``streaks``, right after a step (of any drafter) whose every draft token passed, the
+        drafter's streak statistics, else its own. The two differ by much: replaying real
+        lookup drafts at k = 4, after a whole pass the next draft's first token passed ~91%
+        of the time, after a miss or a partial pass 27-35% (docs/design.md, "Streaks")."""
         if self.s.params.streaks and state.streak:
             return (drafter, STREAK)
         return drafter

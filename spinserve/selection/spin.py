@@ -82,9 +82,11 @@ class SpinParams:
     - ``output_tokens``: a request's expected output length before any has finished (the
       horizon a drafter's catch-up is shared over, see `horizon`).
     - ``reward`` (flat only): ``factored`` or ``direct`` (tokens / token-share seconds).
-    - ``streaks`` (drafter model): learn each drafter's rates apart right after a step of it
-      whose every draft token passed (`DrafterArms.key`). On the replayed real drafts
-      1.49x the target against 1.42x without (docs/design.md, "Streaks").
+    - ``streaks`` (drafter model): learn each drafter's rates apart right after a step
+      (of any drafter) whose every draft token passed (`DrafterArms.key`). Off: on the
+      replayed real drafts 1.43x the target against 1.42x without, side by side on the
+      real engine 1.11x against 1.12x, and it slowed the simulator's switches
+      (docs/design.md, "Streaks").
     - ``explore_under_load``: with other requests in the forward, whether a request may
       draft on a draw that its posterior means would not take. Under load a draft token
       must be accepted far more often to pay, so such draws rarely find an arm that does;
