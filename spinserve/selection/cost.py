@@ -30,6 +30,23 @@ def load_bucket(num_running: int) -> int:
     return max(0, bisect_right(LOAD_BUCKET_EDGES, num_running) - 1)
 
 
+def interpolate(xs: Sequence[float], ys: Sequence[float], x: float, extend: bool = False) -> float:
+    """Piecewise linear through (xs, ys), sorted by x; past the ends flat, or with ``extend``
+    along the end segment (which needs two points).
+
+    >>> interpolate([0, 10], [1.0, 2.0], 5), interpolate([0, 10], [1.0, 2.0], 20)
+    (1.5, 2.0)
+    >>> interpolate([0, 10], [1.0, 2.0], 20, extend=True)
+    3.0
+    """
+    i = bisect_right(xs, x)
+    if not extend and (i == 0 or i == len(xs)):
+        return ys[0] if i == 0 else ys[-1]
+    i = min(max(i, 1), len(xs) - 1)
+    w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+    return ys[i - 1] + w * (ys[i] - ys[i - 1])
+
+
 def fit_line(
     weight: float,
     sum_n: float,
@@ -104,8 +121,9 @@ class ForwardCost(CostLine):
 
     One sequence's forward is not a line in its tokens on a CPU: a few tokens ride on the
     weights' memory traffic nearly free, more are bound by the multiplies (Qwen 1.5B on 2
-    cores: 2 tokens 1.07x a decode, 3 1.12x, 5 1.30x, 9 2.08x; docs/benchmarks.md). A line
-    through those prices 3 tokens at ~1.35x and so buys drafts of 1 where 2 pay. So steps of
+    cores: 2 tokens 1.07x a decode, 3 1.12x, 5 1.30x, 9 2.08x; docs/benchmarks.md). The line
+    fitted in the replay of real drafts priced 3 tokens at 1.24x a decode where the counts
+    measured said 1.16x, and 9 at 1.95x where they said 2.28x. So steps of
     one sequence also keep a moving average of seconds per token count, and `share` of a lone
     sequence interpolates between the counts measured (the calibration measures 1, 3, 5 and
     9); the line stays for the rest, and wherever fewer than two counts are known."""
@@ -148,9 +166,7 @@ class ForwardCost(CostLine):
             counts = sorted(self._single)
             self._points = counts, [self._single[n] for n in counts]
         xs, ys = self._points
-        i = min(max(bisect_right(xs, num_tokens), 1), len(xs) - 1)
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return max(y0 + (y1 - y0) * (num_tokens - x0) / (x1 - x0), ys[0])
+        return max(interpolate(xs, ys, num_tokens, extend=True), ys[0])
 
 
 class DraftCost:

@@ -22,12 +22,12 @@ only: under load the interaction of requests in one forward is what the simulato
 from __future__ import annotations
 
 import random
-from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from spinserve.selection.baselines import FixedPolicy
+from spinserve.selection.cost import interpolate
 from spinserve.selection.policy import (
     CALIBRATION_DRAFT_TOKENS,
     CALIBRATION_TOKENS,
@@ -83,21 +83,6 @@ class TracedRequest:
         }
 
 
-def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
-    """Piecewise linear through (xs, ys), flat past the ends.
-
-    >>> _interpolate([0, 10], [1.0, 2.0], 5), _interpolate([0, 10], [1.0, 2.0], 20)
-    (1.5, 2.0)
-    """
-    i = bisect_right(xs, x)
-    if i == 0:
-        return ys[0]
-    if i == len(xs):
-        return ys[-1]
-    w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
-    return ys[i - 1] + w * (ys[i] - ys[i - 1])
-
-
 @dataclass(frozen=True)
 class DrafterCost:
     """A drafter's call for one request: ``call`` seconds plus ``per_round`` per draft token
@@ -143,7 +128,7 @@ class CostModel:
         if not 1 <= num_tokens <= self.max_tokens:
             raise ValueError(f"forward of {num_tokens} tokens not measured")
         column = [row[num_tokens - 1] for row in self.forward]
-        return _interpolate(self.contexts, column, context)
+        return interpolate(self.contexts, column, context)
 
     def draft_seconds(self, drafter: str, k: int, context: int, catchup_tokens: int) -> float:
         return self.drafters[drafter].seconds(k, context, catchup_tokens)

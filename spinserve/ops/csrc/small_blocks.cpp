@@ -213,7 +213,9 @@ __attribute__((noinline)) void rows_avx2(const Act* act, int64_t nb, const uint8
     const uint8_t* block = w + b * bytes;
     // at 3 or more rows the pass is bound by its multiplies and waited on memory between
     // them: the line kPrefetchBytes on is asked for ahead (see block_matmul.cpp)
-    if constexpr (ROWS >= 3) _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes, _MM_HINT_T0);
+    if constexpr (ROWS >= 3) {
+      _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes, _MM_HINT_T0);
+    }
     const __m256i u = load_avx2<QTYPE>(block);
     // the fp16 scale in all 8 lanes (exact)
     int16_t h;
