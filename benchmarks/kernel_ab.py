@@ -16,6 +16,14 @@ was meant to move them (then the largest difference is printed). The report: eac
 median per step and relative to its own 1-token step, and the median of the per-pair ratios
 new / old.
 
+``--row-layout`` compares weight layouts instead of revisions: the "old" side is the same
+kernels with the 32-weight blocks (Q5_0, Q8_0) kept in GGUF's row layout, loaded as a second
+copy of the model (packed to a temporary file), against the interleaved layout the loader
+keeps (``ops/interleave.py``)::
+
+    .venv/bin/python benchmarks/kernel_ab.py --row-layout \
+        --models qwen2.5-coder-0.5b-instruct --tokens 1 2 3 5 9 --pairs 21
+
 Only the models whose layers run in one call of our kernel (`LayerStack`: the Qwen pair and
 SmolLM2 with their default weights) are switched whole; the lm_head and anything else that
 calls a kernel through `native.load` follows the switch too.
@@ -40,7 +48,7 @@ from step_bench import BLOCK_SIZE, Workload, log
 
 from spinserve.config.engine import RuntimeConfig
 from spinserve.loading import loader
-from spinserve.ops import native
+from spinserve.ops import interleave, native
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
 
@@ -50,7 +58,13 @@ KERNELS = ("block_matmul", "small_blocks", "row_attention", "decoder_layers")  #
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--old-rev", required=True, help="git revision of the old kernels")
+    old = p.add_mutually_exclusive_group(required=True)
+    old.add_argument("--old-rev", help="git revision of the old kernels")
+    old.add_argument(
+        "--row-layout",
+        action="store_true",
+        help="old: these kernels with Q5_0/Q8_0 blocks in row layout (a second model copy)",
+    )
     p.add_argument("--models", nargs="+", default=["qwen2.5-coder-1.5b-instruct"])
     p.add_argument(
         "--tokens",
@@ -93,6 +107,45 @@ def build_old(rev: str) -> None:
         torch.ops.load_library(str(native._build(source / f"{kernel}.cpp", flags)))
 
 
+def load_model(name: str, args: argparse.Namespace):
+    return loader.load(
+        name, RuntimeConfig(weights="auto"), cache_dir=args.cache_dir, fetch_missing=False
+    ).model
+
+
+def load_row_layout(name: str, args: argparse.Namespace):
+    """``name`` with its Q5_0 and Q8_0 blocks in row layout, packed to a temporary file (the
+    cache's own packed file is left as it is)."""
+    folder = Path(tempfile.mkdtemp(prefix="kernel_ab_rows_"))
+    kept = {q: interleave.INTERLEAVED[q] for q in (interleave.Q4_K, interleave.Q6_K)}
+    saved = interleave.INTERLEAVED, loader.packed_path
+    interleave.INTERLEAVED = kept
+    loader.packed_path = lambda _folder, form="int4": folder / f"{form}.safetensors"
+    try:
+        return load_model(name, args)
+    finally:
+        interleave.INTERLEAVED, loader.packed_path = saved
+
+
+class Side:
+    """One side of the comparison: a runner holding one request of ``context`` tokens, and
+    how to make its kernels the ones that run."""
+
+    def __init__(self, model, args: argparse.Namespace, select) -> None:
+        self.model, self.select = model, select
+        self.work = Workload.make(model.config.vocab_size, args.context)
+        self.blocks = list(range(math.ceil((args.context + max(args.tokens)) / BLOCK_SIZE)))
+        self.runner = ModelRunner(model, len(self.blocks), BLOCK_SIZE)
+        select()
+        self.runner.execute(
+            StepBatch([SeqChunk("r", self.work.prompts[0].tolist(), 0, self.blocks, 1)])
+        )
+
+    def run(self, batch_of) -> torch.Tensor:
+        self.select()
+        return self.runner.execute(batch_of(self.blocks))
+
+
 def bench_model(name: str, args: argparse.Namespace) -> dict:
     real_load = native.load
     use_old = {"on": False}
@@ -102,51 +155,61 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
 
     native.load = load
     try:
-        model = loader.load(
-            name, RuntimeConfig(weights="auto"), cache_dir=args.cache_dir, fetch_missing=False
-        ).model
-        work = Workload.make(model.config.vocab_size, args.context)
-        blocks = list(range(math.ceil((args.context + max(args.tokens)) / BLOCK_SIZE)))
-        runner = ModelRunner(model, len(blocks), BLOCK_SIZE)
-        prompt = work.prompts[0].tolist()
-        new = torch.randint(
-            0,
-            model.config.vocab_size,
-            (max(args.tokens),),
-            generator=torch.Generator().manual_seed(1),
-        ).tolist()
-        runner.execute(StepBatch([SeqChunk("r", prompt, 0, blocks, 1)]))
-        stack = model._stack
-        if stack is None:
+        model = load_model(name, args)
+        if model.layer_stack() is None:
             raise SystemExit(f"{name}: its layers do not run in one kernel call; nothing to switch")
-        ops = {False: stack.op, True: getattr(torch.ops, OLD_NAMESPACE).decoder_layers}
+        if args.row_layout:  # two models, one build
+            sides = {
+                False: Side(model, args, lambda: None),
+                True: Side(load_row_layout(name, args), args, lambda: None),
+            }
+        else:  # one model, two builds
+            stack = model.layer_stack()
+            ops = {False: stack.op, True: getattr(torch.ops, OLD_NAMESPACE).decoder_layers}
 
-        def use(old: bool) -> None:
-            use_old["on"] = old
-            stack.op = ops[old]
+            def use(old: bool):
+                def select() -> None:
+                    use_old["on"] = old
+                    stack.op = ops[old]
 
-        c = args.context
-        steps = {n: StepBatch([SeqChunk("r", new[:n], c, blocks, n)]) for n in args.tokens}
-        differences = {}
-        for n, batch in steps.items():
-            use(True)
-            old_logits = runner.execute(batch)
-            use(False)
-            new_logits = runner.execute(batch)
-            differences[n] = float((old_logits - new_logits).abs().max())
-        times: dict[tuple[bool, int], list[float]] = {(o, n): [] for o in (0, 1) for n in steps}
-        for i in range(args.pairs):
-            for n, batch in steps.items():
-                for old in (True, False) if i % 2 == 0 else (False, True):
-                    use(old)
-                    start = time.perf_counter()
-                    runner.execute(batch)
-                    times[(old, n)].append(time.perf_counter() - start)
-        use(False)
+                return select
+
+            sides = {False: Side(model, args, use(False))}
+            sides[True] = Side(model, args, use(True))
+        times = time_steps(sides, model.config.vocab_size, args)
+        sides[False].select()
     finally:
         native.load = real_load
+    return report(name, *times)
+
+
+def time_steps(sides: dict, vocab_size: int, args: argparse.Namespace):
+    new = torch.randint(
+        0, vocab_size, (max(args.tokens),), generator=torch.Generator().manual_seed(1)
+    ).tolist()
+    c = args.context
+    steps = {
+        n: (lambda blocks, n=n: StepBatch([SeqChunk("r", new[:n], c, blocks, n)]))
+        for n in args.tokens
+    }
+    differences = {}
+    for n, batch_of in steps.items():
+        old_logits = sides[True].run(batch_of)
+        new_logits = sides[False].run(batch_of)
+        differences[n] = float((old_logits - new_logits).abs().max())
+    times: dict[tuple[bool, int], list[float]] = {(o, n): [] for o in (0, 1) for n in steps}
+    for i in range(args.pairs):
+        for n, batch_of in steps.items():
+            for old in (True, False) if i % 2 == 0 else (False, True):
+                start = time.perf_counter()
+                sides[old].run(batch_of)
+                times[(old, n)].append(time.perf_counter() - start)
+    return times, differences
+
+
+def report(name: str, times: dict, differences: dict) -> dict:
     result = {"model": name, "cases": []}
-    for n in steps:
+    for n in differences:
         old_t, new_t = times[(True, n)], times[(False, n)]
         result["cases"].append(
             {
@@ -165,7 +228,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    build_old(args.old_rev)
+    if args.old_rev:
+        build_old(args.old_rev)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     results = []
     print(

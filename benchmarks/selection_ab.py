@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="with --batch-1: each prompt in every configuration in turn; per-category table",
     )
+    own.add_argument(
+        "--choices",
+        action="store_true",
+        help="with --interleave: log each request's tokens/s and choices per configuration",
+    )
     ab, rest = own.parse_known_args(argv)
     args = parse_args(rest)  # selection_bench's flags; --concurrency is the level
     torch.set_num_threads(args.threads)
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     if ab.interleave:
         if not ab.batch_1:
             raise SystemExit("--interleave needs --batch-1")
-        interleaved(bench, ab.configs, ab.rounds, params)
+        interleaved(bench, ab.configs, ab.rounds, params, ab.choices)
         return
     print("| round | configuration | tokens | seconds | tokens/s |\n|---:|---|---:|---:|---:|")
     for rnd in range(1, ab.rounds + 1):
@@ -108,21 +113,26 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {rnd} | {name} | {tokens} | {seconds:.1f} | {tokens / seconds:.2f} |")
 
 
-def interleaved(bench: Bench, configs: list[str], rounds: int, params: SamplingParams) -> None:
+def interleaved(
+    bench: Bench, configs: list[str], rounds: int, params: SamplingParams, verbose: bool = False
+) -> None:
     """Each prompt at batch 1 in every configuration in turn; tokens/s per category (a
-    category's tokens over its requests' seconds, all rounds) and the ratio to configs[0]."""
+    category's tokens over its requests' seconds, all rounds) and the ratio to configs[0];
+    with ``verbose``, each request's tokens/s and choices (runs of ``LABELxSTEPS``) logged."""
     totals: dict[str, dict[str, list[float]]] = {n: defaultdict(lambda: [0, 0.0]) for n in configs}
     mismatches = 0
     for rnd in range(1, rounds + 1):
         engines = {name: make_engine(bench, name, BATCH1) for name in configs}
         for i, item in enumerate(bench.items):
             order = configs if (i + rnd) % 2 == 0 else configs[::-1]
-            outputs = {}
+            outputs, notes = {}, []
             for name in order:
                 start = time.perf_counter()
                 record = run_requests(engines[name], [item], params)[item[0]]
                 seconds = time.perf_counter() - start
                 outputs[name] = record["output_ids"]
+                runs = " ".join(f"{label}x{n}" for label, n in record["choice_trace"])
+                notes.append(f"{name} {len(outputs[name]) / seconds:.1f} tok/s [{runs}]")
                 for key in (item[0].split(":")[0], "all"):
                     totals[name][key][0] += len(record["output_ids"])
                     totals[name][key][1] += seconds
@@ -132,6 +142,9 @@ def interleaved(bench: Bench, configs: list[str], rounds: int, params: SamplingP
                 f"round {rnd}: prompt {i + 1}/{len(bench.items)} {item[0]} done"
                 + (f"; OUTPUT DIFFERS from {configs[0]}'s: {differ}" if differ else "")
             )
+            if verbose:
+                for note in notes:
+                    log(f"  {note}")
     categories = [*sorted(k for k in totals[configs[0]] if k != "all"), "all"]
     print("| configuration | " + " | ".join(categories) + " |")
     print("|---|" + "---:|" * len(categories))

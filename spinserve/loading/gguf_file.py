@@ -219,8 +219,9 @@ def iter_tensors(
 
 
 def _block_weight(t, arch: str, hf: dict[str, Any]) -> BlockWeight:
-    """GGUF tensor ``t`` as a `BlockWeight` of its own bytes (rows in Hugging Face order), Q4_K
-    and Q6_K with 8 rows interleaved (`BlockWeight.interleaved`: the same bytes rearranged)."""
+    """GGUF tensor ``t`` as a `BlockWeight` of its own bytes (rows in Hugging Face order), Q5_0,
+    Q8_0, Q4_K and Q6_K with 8 rows interleaved (`BlockWeight.interleaved`: the same bytes
+    rearranged)."""
     raw = np.asarray(t.data).view(np.uint8).reshape(int(t.shape[-1]), -1)
     if (heads := _permuted_heads(t, arch, hf)) is not None:
         raw = _unpermute(raw, heads)

@@ -30,8 +30,9 @@ _BLOCKS = {f".{kind.name.lower()}_blocks": qtype for qtype, kind in BLOCK_TYPES.
 _ALIGNMENT = 64
 # What a saved file holds, bumped when that changes so that older files are packed again:
 # 2 = a tied lm_head in blocks is saved as its own entry (see `gguf_file.block_names`);
-# 3 = Q4_K and Q6_K blocks with 8 rows interleaved (`spinserve.ops.interleave`).
-PACKING_VERSION = 3
+# 3 = Q4_K and Q6_K blocks with 8 rows interleaved (`spinserve.ops.interleave`);
+# 4 = Q5_0 and Q8_0 blocks too.
+PACKING_VERSION = 4
 _VERSION_KEY = "spinserve_packing"
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,9 @@ BLOCK_TYPES = {
     8: BlockType("Q8_0", 32, 34, "small_blocks"),
     12: BlockType("Q4_K", 256, 144, "block_matmul"),
     14: BlockType("Q6_K", 256, 210, "block_matmul"),
-    # ours: the same blocks with 8 weight rows interleaved (bytes per row and super-block)
+    # ours: the same blocks with 8 weight rows interleaved (bytes per row and block)
+    interleave.Q5_0_X8: BlockType("Q5_0x8", 32, 22, "small_blocks", rows=8),
+    interleave.Q8_0_X8: BlockType("Q8_0x8", 32, 34, "small_blocks", rows=8),
     interleave.Q4_K_X8: BlockType("Q4_Kx8", 256, 148, "block_matmul", rows=8),
     interleave.Q6_K_X8: BlockType("Q6_Kx8", 256, 210, "block_matmul", rows=8),
 }

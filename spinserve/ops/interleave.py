@@ -1,4 +1,4 @@
-"""Q4_K and Q6_K weights with 8 rows interleaved: the layout our k-quant kernel reads fastest.
+"""GGUF weights with 8 rows interleaved: the layout our kernels read fastest at several rows.
 
 A GGUF keeps each weight row's super-blocks (256 weights) one after another. Here the same
 bytes are rearranged once, at load time, into chunks of one super-block of 8 consecutive rows,
@@ -6,7 +6,11 @@ ordered so that each 32-byte load holds 4 consecutive weights of each of the 8 r
 unsigned x signed 4-byte dot product (AVX512-VNNI's dpbusd) then advances 8 output columns
 at once; the sub-block scales are per row in the same lanes, so they are applied once per
 sub-block as exact integer products, and no horizontal sum is left at the end
-(``csrc/block_matmul.cpp``; docs/design.md, "Interleaved rows").
+(``csrc/block_matmul.cpp``; docs/design.md, "Interleaved rows"). The 32-weight Q5_0 and
+Q8_0 blocks (the Qwen2.5-Coder-0.5B's 896-wide matrices) get the same treatment
+(``csrc/small_blocks.cpp``): a chunk is one block of 8 rows, and a row's 32 products are one
+exact integer before its scale is applied, where the row layout needed a float multiply-add
+per 4 weights and a horizontal sum.
 
 The rearrangement is a bijection on the bytes: `deinterleave` gives back the GGUF's blocks
 bit for bit (tested), so dequantizing and checking against gguf's reference go through it.
@@ -22,6 +26,12 @@ as unsigned integers in column order):
   sub-block ``j`` of 16 three registers of 32 bytes ``[r][b]``: L0 (low nibbles of
   ``q[16j + b]``, high nibbles of ``q[16j + 8 + b]``), L1 (the same for ``16j + 4 + b`` and
   ``16j + 12 + b``) and H (the top 2 bits of those four values, in bit pairs 0, 1, 2, 3).
+- Q8_0 (272 = 8 x 34): ``d[r]`` (f16, 16), then for ``k`` in 0..7 the 32 bytes ``[r][b]``:
+  ``q[r][4k + b]`` (signed, as stored).
+- Q5_0 (176 = 8 x 22): ``d[r]`` (f16, 16); for ``k`` in 0..3 the 32 bytes ``[r][b]``: low
+  nibble the low 4 bits of ``q[r][8k + b]``, high nibble of ``q[r][8k + 4 + b]``; then for
+  ``k`` in 0..3 and ``h`` in 0..1 a 32-bit mask (little-endian) whose bit ``4r + b`` is the
+  fifth bit of ``q[r][8k + 4h + b]``: the byte lanes of that register that get 16 added.
 """
 
 from __future__ import annotations
@@ -29,12 +39,13 @@ from __future__ import annotations
 import numpy as np
 
 ROWS = 8  # weight rows per chunk
-Q4_K, Q6_K = 12, 14  # ggml's type numbers
-Q4_K_X8, Q6_K_X8 = 1012, 1014  # ours: the same blocks interleaved
-BASE = {Q4_K_X8: Q4_K, Q6_K_X8: Q6_K}
-INTERLEAVED = {Q4_K: Q4_K_X8, Q6_K: Q6_K_X8}
-GGUF_BYTES = {Q4_K: 144, Q6_K: 210}
-CHUNK_BYTES = {Q4_K_X8: 8 * 148, Q6_K_X8: 8 * 210}
+Q5_0, Q8_0, Q4_K, Q6_K = 6, 8, 12, 14  # ggml's type numbers
+# ours: the same blocks interleaved (1000 + the ggml number)
+Q5_0_X8, Q8_0_X8, Q4_K_X8, Q6_K_X8 = 1006, 1008, 1012, 1014
+BASE = {Q5_0_X8: Q5_0, Q8_0_X8: Q8_0, Q4_K_X8: Q4_K, Q6_K_X8: Q6_K}
+INTERLEAVED = {base: mixed for mixed, base in BASE.items()}
+GGUF_BYTES = {Q5_0: 22, Q8_0: 34, Q4_K: 144, Q6_K: 210}
+CHUNK_BYTES = {Q5_0_X8: 8 * 22, Q8_0_X8: 8 * 34, Q4_K_X8: 8 * 148, Q6_K_X8: 8 * 210}
 
 
 def can_interleave(qtype: int, out_features: int) -> bool:
@@ -42,26 +53,28 @@ def can_interleave(qtype: int, out_features: int) -> bool:
 
 
 def interleave(blocks: np.ndarray, qtype: int) -> np.ndarray:
-    """GGUF blocks [out, nb * bytes] of ``qtype`` (Q4_K or Q6_K) -> [out / 8, nb * chunk]."""
+    """GGUF blocks [out, nb * bytes] of ``qtype`` (a key of `INTERLEAVED`) -> [out / 8,
+    nb * chunk]."""
     out, row_bytes = blocks.shape
     if not can_interleave(qtype, out):
-        raise ValueError(f"cannot interleave type {qtype} with {out} rows (Q4_K/Q6_K, 8 | rows)")
+        raise ValueError(
+            f"cannot interleave type {qtype} with {out} rows (Q5_0/Q8_0/Q4_K/Q6_K, 8 | rows)"
+        )
     nb = row_bytes // GGUF_BYTES[qtype]
     # [groups, nb, 8 rows, bytes]: a chunk's rows side by side
     b = blocks.reshape(out // ROWS, ROWS, nb, GGUF_BYTES[qtype]).transpose(0, 2, 1, 3)
-    parts = _q4_k_chunk(b) if qtype == Q4_K else _q6_k_chunk(b)
+    parts = _CHUNK[qtype](b)
     chunk = np.concatenate([p.reshape(*b.shape[:2], -1) for p in parts], axis=-1)
     return np.ascontiguousarray(chunk.reshape(out // ROWS, -1))
 
 
 def deinterleave(chunks: np.ndarray, qtype: int) -> np.ndarray:
-    """The inverse of `interleave`: [out / 8, nb * chunk] of ``qtype`` (Q4_K_X8 or Q6_K_X8)
-    -> the GGUF's blocks [out, nb * bytes], byte for byte."""
+    """The inverse of `interleave`: [out / 8, nb * chunk] of ``qtype`` (a key of `BASE`) ->
+    the GGUF's blocks [out, nb * bytes], byte for byte."""
     groups, row_bytes = chunks.shape
     nb = row_bytes // CHUNK_BYTES[qtype]
     c = chunks.reshape(groups, nb, CHUNK_BYTES[qtype])
-    base = BASE[qtype]
-    b = _q4_k_blocks(c) if base == Q4_K else _q6_k_blocks(c)  # [groups, nb, 8, bytes]
+    b = _BLOCKS[BASE[qtype]](c)  # [groups, nb, 8, bytes]
     return np.ascontiguousarray(b.transpose(0, 2, 1, 3).reshape(groups * ROWS, -1))
 
 
@@ -154,3 +167,46 @@ def _q6_k_blocks(c: np.ndarray) -> np.ndarray:
     return np.concatenate(
         [ql.reshape(g, nb, ROWS, 128), qh.reshape(g, nb, ROWS, 64), sc, d], axis=-1
     )
+
+
+# Q8_0: f16 d, 32 signed bytes. Q5_0: f16 d, 32 bits qh (bit j: the fifth bit of weight j),
+# 16 bytes qs (weight j < 16: low nibble of qs[j]; weight j + 16: its high nibble).
+
+
+def _q8_0_chunk(b: np.ndarray) -> list[np.ndarray]:
+    q = b[..., 2:].reshape(*b.shape[:3], 8, 4)  # [g, nb, r, k, b]
+    return [b[..., 0:2], q.transpose(0, 1, 3, 2, 4)]  # d[r], [k][r][b]
+
+
+def _q8_0_blocks(c: np.ndarray) -> np.ndarray:
+    g, nb = c.shape[:2]
+    d = c[..., 0:16].reshape(g, nb, ROWS, 2)
+    q = c[..., 16:].reshape(g, nb, 8, ROWS, 4).transpose(0, 1, 3, 2, 4).reshape(g, nb, ROWS, 32)
+    return np.concatenate([d, q], axis=-1)
+
+
+def _q5_0_chunk(b: np.ndarray) -> list[np.ndarray]:
+    bits = np.unpackbits(b[..., 2:6], axis=-1, bitorder="little")  # [g, nb, r, 32]
+    qs = b[..., 6:22]
+    low = np.concatenate([qs & 0xF, qs >> 4], axis=-1)  # the weights' low 4 bits, in order
+    low = low.reshape(*b.shape[:3], 4, 2, 4)  # [g, nb, r, k, h, b]
+    nibbles = (low[..., 0, :] | (low[..., 1, :] << 4)).transpose(0, 1, 3, 2, 4)  # [k][r][b]
+    fifth = bits.reshape(*b.shape[:3], 4, 2, 4).transpose(0, 1, 3, 4, 2, 5)  # [k][h][r][b]
+    masks = np.packbits(fifth.reshape(*b.shape[:2], 4, 2, 32), axis=-1, bitorder="little")
+    return [b[..., 0:2], nibbles, masks]  # d[r], nibbles [k][r][b], masks [k][h]
+
+
+def _q5_0_blocks(c: np.ndarray) -> np.ndarray:
+    g, nb = c.shape[:2]
+    d = c[..., 0:16].reshape(g, nb, ROWS, 2)
+    nibbles = c[..., 16:144].reshape(g, nb, 4, ROWS, 4).transpose(0, 1, 3, 2, 4)  # [r][k][b]
+    low = np.stack([nibbles & 0xF, nibbles >> 4], axis=-2).reshape(g, nb, ROWS, 32)
+    fifth = np.unpackbits(c[..., 144:176].reshape(g, nb, 4, 2, 4), axis=-1, bitorder="little")
+    bits = fifth.reshape(g, nb, 4, 2, ROWS, 4).transpose(0, 1, 4, 2, 3, 5).reshape(g, nb, ROWS, 32)
+    qh = np.packbits(bits, axis=-1, bitorder="little")  # 4 bytes: bit j of weight j
+    qs = low[..., :16] | (low[..., 16:] << 4)
+    return np.concatenate([d, qh, qs], axis=-1)
+
+
+_CHUNK = {Q5_0: _q5_0_chunk, Q8_0: _q8_0_chunk, Q4_K: _q4_k_chunk, Q6_K: _q6_k_chunk}
+_BLOCKS = {Q5_0: _q5_0_blocks, Q8_0: _q8_0_blocks, Q4_K: _q4_k_blocks, Q6_K: _q6_k_blocks}

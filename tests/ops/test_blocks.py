@@ -23,9 +23,12 @@ SMALL = [
     GGMLQuantizationType.Q4_0,
     GGMLQuantizationType.Q4_1,
 ]
-# ours: Q4_K and Q6_K with 8 weight rows interleaved (spinserve.ops.interleave)
+# ours: Q5_0, Q8_0, Q4_K and Q6_K with 8 weight rows interleaved (spinserve.ops.interleave)
 Q4_K_X8, Q6_K_X8 = interleave.Q4_K_X8, interleave.Q6_K_X8
-ALL = [Q4_K, Q6_K, Q4_K_X8, Q6_K_X8, *SMALL]
+Q5_0_X8, Q8_0_X8 = interleave.Q5_0_X8, interleave.Q8_0_X8
+ALL = [Q4_K, Q6_K, Q4_K_X8, Q6_K_X8, *SMALL, Q5_0_X8, Q8_0_X8]
+# the GGUF types that have an interleaved form
+INTERLEAVABLE = [Q4_K, Q6_K, GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q8_0]
 
 
 def _name(quant) -> str:
@@ -100,7 +103,7 @@ def test_each_row_is_the_same_bits_whatever_shares_its_call(quant):
         assert torch.equal(block_linear(x[start:stop], weight), together[start:stop])
 
 
-@pytest.mark.parametrize("quant", [Q4_K, Q4_K_X8, GGMLQuantizationType.Q5_0], ids=_name)
+@pytest.mark.parametrize("quant", [Q4_K, Q4_K_X8, GGMLQuantizationType.Q5_0, Q5_0_X8], ids=_name)
 def test_same_bits_with_one_thread_or_two(quant):
     weight = _weight(quant, 96, 512, seed=2)
     x = torch.randn(9, 512)
@@ -182,9 +185,9 @@ def test_several_weights_in_one_call_are_the_same_bits_as_one_call_each():
         op(torch.randn(1, 512), [weights[0].blocks, weights[0].blocks], [12, 14], [40, 8], False)
 
 
-@pytest.mark.parametrize("quant", [Q4_K, Q6_K], ids=_name)
+@pytest.mark.parametrize("quant", INTERLEAVABLE, ids=_name)
 def test_interleaving_is_a_bijection_on_the_bytes(quant):
-    """Any bytes (not only valid blocks: every bit of a Q4_K or Q6_K block means something)
+    """Any bytes (not only valid blocks: every bit of these blocks means something)
     come back from `deinterleave` as they went in, so the interleaved weight is the GGUF's."""
     nbytes = interleave.GGUF_BYTES[int(quant)]
     raw = np.random.default_rng(8).integers(0, 256, (24, 3 * nbytes), dtype=np.uint8)
@@ -194,9 +197,9 @@ def test_interleaving_is_a_bijection_on_the_bytes(quant):
     assert not interleave.can_interleave(int(quant), 20)
 
 
-@pytest.mark.parametrize("quant", [Q4_K, Q6_K], ids=_name)
+@pytest.mark.parametrize("quant", INTERLEAVABLE, ids=_name)
 def test_interleaved_rows_compute_the_same_products(quant):
-    """The same integers per super-block as the row-by-row layout, summed in another float
+    """The same integers per (super-)block as the row-by-row layout, summed in another float
     order: equal to float rounding, and the same dequantized weights exactly."""
     plain = _weight(quant, 48, 768, seed=9)
     mixed = plain.interleaved()

@@ -26,6 +26,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "dot4.h"
 #include "half.h"
 #include "lanes.h"
 #include "namespace.h"
@@ -46,6 +47,9 @@ namespace {
 
 using spinserve_half::half_to_float;
 using spinserve_lanes::sum_lanes;
+#if defined(__AVX2__)
+using spinserve_dot4::dot4;
+#endif
 
 constexpr int64_t kQK = 256;     // weights per super-block
 constexpr int64_t kSub = 16;     // sub-blocks of 16 per super-block
@@ -395,28 +399,6 @@ void q6_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride
   }
   for (int r = 0; r < ROWS; ++r) _mm256_store_ps(lanes + kLanes * r, acc[r]);
 }
-// acc + the dot products of each lane's 4 unsigned bytes of u with the 4 signed bytes at x
-// (the same 4 for every lane): AVX512-VNNI's dpbusd, else maddubs + madd (exact: the pairs
-// are at most 2 * 63 * 127, within int16).
-inline __m256i dot4(__m256i acc, __m256i u, const int8_t* x) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  // the 4 bytes as an embedded broadcast operand: one instruction, where a broadcast load and
-  // the product were two (GCC does not fold the broadcast into dpbusd itself)
-  const auto& quad = *reinterpret_cast<const int32_t*>(x);
-  __asm__("vpdpbusd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(u), "m"(quad));
-  return acc;
-#else
-  int32_t quad;
-  std::memcpy(&quad, x, 4);
-  const __m256i s = _mm256_set1_epi32(quad);
-#if defined(__AVXVNNI__)
-  return _mm256_dpbusd_avx_epi32(acc, u, s);
-#else
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-#endif
-#endif
-}
-
 inline __m256 load_halves(const uint8_t* p) {
 #if defined(__F16C__)
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));

@@ -79,9 +79,12 @@ struct MkldnnOff {
 };
 
 // Q4_K = 12, Q6_K = 14, and the same blocks with 8 weight rows interleaved (1012, 1014:
-// ops/interleave.py), whose tensor has a row of blocks per 8 output features.
-bool is_interleaved(int64_t kind) { return kind == 1012 || kind == 1014; }
-bool is_k_quant(int64_t kind) { return kind == 12 || kind == 14 || is_interleaved(kind); }
+// ops/interleave.py), whose tensor has a row of blocks per 8 output features; so have
+// Q5_0x8 and Q8_0x8 (1006, 1008), which small_block_matmul multiplies.
+bool is_interleaved(int64_t kind) {
+  return kind == 1006 || kind == 1008 || kind == 1012 || kind == 1014;
+}
+bool is_k_quant(int64_t kind) { return kind == 12 || kind == 14 || kind == 1012 || kind == 1014; }
 int64_t out_features(const at::Tensor& blocks, int64_t kind) {
   return is_interleaved(kind) ? 8 * blocks.size(0) : blocks.size(0);
 }

@@ -14,11 +14,18 @@
 // its signed byte + 128 where AVX512-VNNI multiplies unsigned x signed bytes in one
 // instruction), minus offset x (the lane's sum of rounded activations), so each lane holds
 // the exact dot of the signed weights. The activation block carries those lane terms ready.
+//
+// Q5_0 and Q8_0 also come with 8 weight rows interleaved (Q5_0x8, Q8_0x8: `ops/interleave.py`),
+// which is what the loader keeps: one 4-byte dot (dpbusd) then advances 8 output columns, a
+// column's 32 products of a block are one exact integer, and its scale is applied once per
+// block, as one fused multiply-add per row and block for 8 columns (the row layout needed one
+// per 4 weights, and a horizontal sum). The row layout stays for row counts not a multiple of 8.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "dot4.h"
 #include "half.h"
 #include "lanes.h"
 #include "namespace.h"
@@ -45,6 +52,10 @@ constexpr int64_t kQK = 32;
 constexpr int64_t kRowTile = 32;
 constexpr int kLanes = 8;
 enum QType : int64_t { kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ8_0 = 8 };  // ggml's numbers
+// ours: 8 weight rows interleaved, 1000 + the ggml number (Q5_0x8 = 1006, Q8_0x8 = 1008)
+constexpr int64_t kX8 = 1000;
+constexpr bool interleaved(int64_t qtype) { return qtype == kX8 + kQ5_0 || qtype == kX8 + kQ8_0; }
+constexpr int64_t base_type(int64_t qtype) { return interleaved(qtype) ? qtype - kX8 : qtype; }
 
 #if defined(SPINSERVE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define SPINSERVE_VNNI 1
@@ -64,7 +75,7 @@ constexpr int64_t block_bytes(int64_t qtype) {
 // itself; the VNNI path multiplies u = w + 128 (AVX2's maddubs would saturate on it, so that
 // path multiplies |w| by x with w's sign instead: offset 0). The integer is the same.
 constexpr int32_t offset(int64_t qtype) {
-  switch (qtype) {
+  switch (base_type(qtype)) {
     case kQ5_0: return 16;
     case kQ4_0: return 8;
 #if defined(SPINSERVE_VNNI)
@@ -141,6 +152,27 @@ inline float finish(int64_t qtype, const float* lanes, float extra) {
 }
 
 #if defined(SPINSERVE_AVX2)
+inline __m256i load32(const uint8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+// q with 16 added to each byte lane i whose bit i is set in the 32-bit mask at p: Q5_0's fifth
+// bits, set on values 0..15.
+inline __m256i add_fifth_bits(__m256i q, const uint8_t* p) {
+  uint32_t mask;
+  std::memcpy(&mask, p, 4);
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+  return _mm256_mask_add_epi8(q, static_cast<__mmask32>(mask), q, _mm256_set1_epi8(0x10));
+#else
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int>(mask)),
+      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+  return _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+#endif
+}
+
 // The block's 32 stored values u (unsigned, or Q8_0's signed bytes on the AVX2 path).
 template <int64_t QTYPE>
 inline __m256i load_avx2(const uint8_t* b) {
@@ -158,20 +190,7 @@ inline __m256i load_avx2(const uint8_t* b) {
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
   __m256i q = _mm256_and_si256(_mm256_srlv_epi64(bytes, _mm256_set_epi64x(4, 4, 0, 0)),
                                _mm256_set1_epi8(0x0F));
-  if constexpr (QTYPE == kQ5_0) {  // bit j of qh is bit 4 of value j
-    uint32_t qh;
-    std::memcpy(&qh, b + 2, 4);
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
-    q = _mm256_mask_add_epi8(q, static_cast<__mmask32>(qh), q, _mm256_set1_epi8(0x10));
-#else
-    const __m256i spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(static_cast<int>(qh)),
-        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
-    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
-    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-    q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
-#endif
-  }
+  if constexpr (QTYPE == kQ5_0) q = add_fifth_bits(q, b + 2);  // bit j of qh: value j's bit 4
   return q;
 }
 
@@ -264,7 +283,154 @@ void matmul_cols_avx2(const Act* act, int64_t rows, int64_t nb, const uint8_t* b
     }
   }
 }
+
+// ---- interleaved blocks: 8 weight rows (output columns) per chunk of one block each
+
+// acc + per lane the dot of its 4 stored weight bytes in u with the 4 activation bytes at x:
+// unsigned weights (Q5_0, and Q8_0 + 128 where AVX512-VNNI multiplies unsigned x signed), or
+// Q8_0's signed bytes on AVX2 alone (|w| times x with w's sign, as in dot_avx2).
+template <int64_t QTYPE>
+inline __m256i dot4_x8(__m256i acc, __m256i u, const int8_t* x) {
+#if !defined(SPINSERVE_VNNI)
+  if constexpr (QTYPE == kQ8_0) {
+    int32_t quad;
+    std::memcpy(&quad, x, 4);
+    const __m256i s = _mm256_set1_epi32(quad);
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(u, u), _mm256_sign_epi8(s, u));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
 #endif
+  return spinserve_dot4::dot4(acc, u, x);
+}
+
+// 8 weight rows (chunks of QTYPE x8, nb of them from w) times ROWS activation rows:
+// out[8 r + i] = row r . weight row i. Each chunk's weights are loaded and unpacked once for
+// all the rows; a (row, column) adds its blocks in order, each as fma(row scale x block scale,
+// exact integer dot, sum), as the portable code does. Two integer sums per row (the even and
+// the odd 4 weights) keep two dot chains in flight.
+template <int64_t QTYPE, int ROWS>
+__attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const uint8_t* w,
+                                            float* out) {
+  constexpr int64_t bytes = 8 * block_bytes(QTYPE);
+  constexpr int32_t off = offset(QTYPE);
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  __m256 acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* c = w + b * bytes;
+    if constexpr (ROWS >= 3) {  // see rows_avx2
+      for (int64_t i = 0; i < bytes; i += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes + i, _MM_HINT_T0);
+      }
+    }
+    __m256i even[ROWS], odd[ROWS];
+    for (int r = 0; r < ROWS; ++r) {
+      even[r] = _mm256_set1_epi32(-off * act[r * nb + b].sum);  // the weights' offset
+      odd[r] = _mm256_setzero_si256();
+    }
+    for (int k = 0; k < 4; ++k) {  // weights 8k..8k+3 and 8k+4..8k+7 of each column
+      __m256i u0, u1;
+      if constexpr (QTYPE == kQ8_0) {
+        u0 = load32(c + 16 + 64 * k);
+        u1 = load32(c + 48 + 64 * k);
+#if defined(SPINSERVE_VNNI)
+        const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));  // w + 128
+        u0 = _mm256_xor_si256(u0, flip);
+        u1 = _mm256_xor_si256(u1, flip);
+#endif
+      } else {
+        const __m256i v = load32(c + 16 + 32 * k);
+        u0 = add_fifth_bits(_mm256_and_si256(v, low), c + 144 + 8 * k);
+        u1 = add_fifth_bits(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), c + 148 + 8 * k);
+      }
+      for (int r = 0; r < ROWS; ++r) {
+        const int8_t* x = act[r * nb + b].q + 8 * k;
+        even[r] = dot4_x8<QTYPE>(even[r], u0, x);
+        odd[r] = dot4_x8<QTYPE>(odd[r], u1, x + 4);
+      }
+    }
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(act[r * nb + b].d), d);
+      const __m256 dot = _mm256_cvtepi32_ps(_mm256_add_epi32(even[r], odd[r]));
+      acc[r] = _mm256_fmadd_ps(scale, dot, acc[r]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) _mm256_storeu_ps(out + 8 * r, acc[r]);
+}
+
+template <int64_t QTYPE, int... R>
+constexpr auto x8_row_functions(std::integer_sequence<int, R...>) {
+  using Rows = void (*)(const Act*, int64_t, const uint8_t*, float*);
+  return std::array<Rows, sizeof...(R)>{rows_x8_avx2<QTYPE, R + 1>...};
+}
+
+template <int64_t QTYPE>
+void matmul_groups_avx2(const Act* act, int64_t rows, int64_t nb, const uint8_t* chunks,
+                        int64_t g_begin, int64_t g_end, int64_t n_out, float* y) {
+  constexpr auto kRows = x8_row_functions<QTYPE>(std::make_integer_sequence<int, kTileRows>());
+  const int64_t group_bytes = nb * 8 * block_bytes(QTYPE);
+  alignas(32) float out[kTileRows * 8];
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+      const int64_t tile = std::min<int64_t>(kTileRows, rows - r0);
+      kRows[tile - 1](act + r0 * nb, nb, chunks + g * group_bytes, out);
+      for (int64_t r = 0; r < tile; ++r) {
+        std::memcpy(y + (r0 + r) * n_out + 8 * g, out + 8 * r, 8 * sizeof(float));
+      }
+    }
+  }
+}
+#endif
+
+// Weight row i of an interleaved chunk (`ops/interleave.py`) as signed values and scale.
+void unpack_x8(int64_t qtype, const uint8_t* c, int i, Weights& w) {
+  w.d = half_to_float(c + 2 * i);
+  w.m = 0.0f;
+  for (int k = 0; k < (qtype == kQ8_0 ? 8 : 4); ++k) {
+    for (int t = 0; t < 4; ++t) {
+      const uint8_t byte = c[16 + 32 * k + 4 * i + t];
+      if (qtype == kQ8_0) {
+        w.w[4 * k + t] = static_cast<int8_t>(byte);
+        continue;
+      }
+      uint32_t m0, m1;
+      std::memcpy(&m0, c + 144 + 8 * k, 4);
+      std::memcpy(&m1, c + 148 + 8 * k, 4);
+      const int bit = 4 * i + t;
+      w.w[8 * k + t] = ((byte & 0x0F) | (((m0 >> bit) & 1) << 4)) - 16;
+      w.w[8 * k + 4 + t] = ((byte >> 4) | (((m1 >> bit) & 1) << 4)) - 16;
+    }
+  }
+}
+
+void matmul_groups(const Act* act, int64_t rows, int64_t nb, const uint8_t* chunks,
+                   int64_t qtype, int64_t g_begin, int64_t g_end, int64_t n_out, float* y,
+                   bool portable) {
+#if defined(SPINSERVE_AVX2)
+  if (!portable) {
+    if (qtype == kQ8_0) return matmul_groups_avx2<kQ8_0>(act, rows, nb, chunks, g_begin, g_end, n_out, y);
+    return matmul_groups_avx2<kQ5_0>(act, rows, nb, chunks, g_begin, g_end, n_out, y);
+  }
+#endif
+  const int64_t group_bytes = nb * 8 * block_bytes(qtype);
+  Weights w[8];
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t b = 0; b < nb; ++b) {
+        const Act& a = act[r * nb + b];
+        for (int i = 0; i < 8; ++i) {
+          unpack_x8(qtype, chunks + g * group_bytes + b * 8 * block_bytes(qtype), i, w[i]);
+          int32_t dot = 0;
+          for (int t = 0; t < kQK; ++t) dot += w[i].w[t] * int32_t{a.q[t]};
+          acc[i] = std::fma(a.d * w[i].d, static_cast<float>(dot), acc[i]);
+        }
+      }
+      for (int i = 0; i < 8; ++i) y[r * n_out + 8 * g + i] = acc[i];
+    }
+  }
+}
 
 void matmul_cols(const Act* act, int64_t rows, int64_t nb, const uint8_t* blocks, int64_t qtype,
                  int64_t n_begin, int64_t n_end, int64_t n_out, float* y, bool portable) {
@@ -303,13 +469,17 @@ at::Tensor small_block_matmul(const at::Tensor& x, const at::Tensor& blocks, int
                               int64_t n_out, bool portable) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be 2-D float32");
   TORCH_CHECK(blocks.scalar_type() == at::kByte && blocks.dim() == 2, "blocks must be 2-D uint8");
-  const int64_t bytes = block_bytes(qtype);
+  const bool x8 = interleaved(qtype);
+  const int64_t base = base_type(qtype), bytes = block_bytes(base);
   TORCH_CHECK(bytes > 0, "unsupported block type ", qtype);
+  TORCH_CHECK(!x8 || n_out % 8 == 0, "interleaved blocks need n_out % 8 == 0, got ", n_out);
   const int64_t rows = x.size(0), k = x.size(1);
   TORCH_CHECK(k % kQK == 0, "in_features must be a multiple of 32, got ", k);
   const int64_t nb = k / kQK;
-  TORCH_CHECK(blocks.size(0) == n_out && blocks.size(1) == nb * bytes, "blocks have shape [",
-              blocks.size(0), ", ", blocks.size(1), "], expected [", n_out, ", ", nb * bytes, "]");
+  const int64_t rows_out = x8 ? n_out / 8 : n_out, row_bytes = nb * bytes * (x8 ? 8 : 1);
+  TORCH_CHECK(blocks.size(0) == rows_out && blocks.size(1) == row_bytes, "blocks have shape [",
+              blocks.size(0), ", ", blocks.size(1), "], expected [", rows_out, ", ", row_bytes,
+              "]");
   const at::Tensor xc = x.contiguous(), bc = blocks.contiguous();
   at::Tensor y = at::empty({rows, n_out}, x.options());
   if (rows == 0 || n_out == 0) return y;
@@ -322,6 +492,12 @@ at::Tensor small_block_matmul(const at::Tensor& x, const at::Tensor& blocks, int
   });
   const uint8_t* bp = bc.data_ptr<uint8_t>();
   float* yp = y.data_ptr<float>();
+  if (x8) {
+    at::parallel_for(0, n_out / 8, 2, [&](int64_t begin, int64_t end) {
+      matmul_groups(act, rows, nb, bp, base, begin, end, n_out, yp, portable);
+    });
+    return y;
+  }
   at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
     matmul_cols(act, rows, nb, bp, qtype, begin, end, n_out, yp, portable);
   });
