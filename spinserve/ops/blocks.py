@@ -27,22 +27,24 @@ class BlockType:
     bytes: int  # per block
     kernel: str  # the native library (and op) that multiplies it
     rows: int = 1  # weight rows per row of the blocks tensor (8: interleaved, `interleave`)
-    # Whether `--weights auto` uses our kernel for it. Q4_0/Q4_1 run faster on torch's int4
-    # kernel on the 2-core dev CPU (SmolLM2-135M: 14.4 against 16.0 ms per decode, 29.6
-    # against 37.4 ms for 8 tokens, docs/benchmarks.md) and closer to fp32 (bf16
-    # activations), and that kernel is batch-invariant too.
+    # Whether `--weights auto` uses our kernel for it (else torch's int4 kernel). Every type
+    # here does since Q4_0/Q4_1 got the interleaved layout (session 10: SmolLM2-135M's Q4_1
+    # decode 0.72x and 9 tokens 0.57x the time of torch's int4 kernel, call for call;
+    # before, with the row layout, they ran faster on torch's, docs/benchmarks.md).
     default: bool = True
 
 
 # ggml type number -> its block layout and our kernel for it
 BLOCK_TYPES = {
-    2: BlockType("Q4_0", 32, 18, "small_blocks", default=False),
-    3: BlockType("Q4_1", 32, 20, "small_blocks", default=False),
+    2: BlockType("Q4_0", 32, 18, "small_blocks"),
+    3: BlockType("Q4_1", 32, 20, "small_blocks"),
     6: BlockType("Q5_0", 32, 22, "small_blocks"),
     8: BlockType("Q8_0", 32, 34, "small_blocks"),
     12: BlockType("Q4_K", 256, 144, "block_matmul"),
     14: BlockType("Q6_K", 256, 210, "block_matmul"),
     # ours: the same blocks with 8 weight rows interleaved (bytes per row and block)
+    interleave.Q4_0_X8: BlockType("Q4_0x8", 32, 18, "small_blocks", rows=8),
+    interleave.Q4_1_X8: BlockType("Q4_1x8", 32, 20, "small_blocks", rows=8),
     interleave.Q5_0_X8: BlockType("Q5_0x8", 32, 22, "small_blocks", rows=8),
     interleave.Q8_0_X8: BlockType("Q8_0x8", 32, 34, "small_blocks", rows=8),
     interleave.Q4_K_X8: BlockType("Q4_Kx8", 256, 148, "block_matmul", rows=8),

@@ -6,8 +6,8 @@ ordered so that each 32-byte load holds 4 consecutive weights of each of the 8 r
 unsigned x signed 4-byte dot product (AVX512-VNNI's dpbusd) then advances 8 output columns
 at once; the sub-block scales are per row in the same lanes, so they are applied once per
 sub-block as exact integer products, and no horizontal sum is left at the end
-(``csrc/block_matmul.cpp``; docs/design.md, "Interleaved rows"). The 32-weight Q5_0 and
-Q8_0 blocks (the Qwen2.5-Coder-0.5B's 896-wide matrices) get the same treatment
+(``csrc/block_matmul.cpp``; docs/design.md, "Interleaved rows"). The 32-weight blocks
+(Q5_0, Q8_0: the Qwen2.5-Coder-0.5B's 896-wide matrices; Q4_0, Q4_1) get the same treatment
 (``csrc/small_blocks.cpp``): a chunk is one block of 8 rows, and a row's 32 products are one
 exact integer before its scale is applied, where the row layout needed a float multiply-add
 per 4 weights and a horizontal sum.
@@ -32,6 +32,8 @@ as unsigned integers in column order):
   nibble the low 4 bits of ``q[r][8k + b]``, high nibble of ``q[r][8k + 4 + b]``; then for
   ``k`` in 0..3 and ``h`` in 0..1 a 32-bit mask (little-endian) whose bit ``4r + b`` is the
   fifth bit of ``q[r][8k + 4h + b]``: the byte lanes of that register that get 16 added.
+- Q4_0 (144 = 8 x 18): ``d[r]``, then the nibbles as Q5_0's. Q4_1 (160 = 8 x 20): ``d[r]``,
+  ``m[r]`` (f16, 16 each), then the nibbles as Q5_0's.
 """
 
 from __future__ import annotations
@@ -39,13 +41,21 @@ from __future__ import annotations
 import numpy as np
 
 ROWS = 8  # weight rows per chunk
-Q5_0, Q8_0, Q4_K, Q6_K = 6, 8, 12, 14  # ggml's type numbers
+Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K = 2, 3, 6, 8, 12, 14  # ggml's type numbers
 # ours: the same blocks interleaved (1000 + the ggml number)
-Q5_0_X8, Q8_0_X8, Q4_K_X8, Q6_K_X8 = 1006, 1008, 1012, 1014
-BASE = {Q5_0_X8: Q5_0, Q8_0_X8: Q8_0, Q4_K_X8: Q4_K, Q6_K_X8: Q6_K}
+Q4_0_X8, Q4_1_X8, Q5_0_X8, Q8_0_X8, Q4_K_X8, Q6_K_X8 = 1002, 1003, 1006, 1008, 1012, 1014
+BASE = {
+    Q4_0_X8: Q4_0,
+    Q4_1_X8: Q4_1,
+    Q5_0_X8: Q5_0,
+    Q8_0_X8: Q8_0,
+    Q4_K_X8: Q4_K,
+    Q6_K_X8: Q6_K,
+}
 INTERLEAVED = {base: mixed for mixed, base in BASE.items()}
-GGUF_BYTES = {Q5_0: 22, Q8_0: 34, Q4_K: 144, Q6_K: 210}
-CHUNK_BYTES = {Q5_0_X8: 8 * 22, Q8_0_X8: 8 * 34, Q4_K_X8: 8 * 148, Q6_K_X8: 8 * 210}
+GGUF_BYTES = {Q4_0: 18, Q4_1: 20, Q5_0: 22, Q8_0: 34, Q4_K: 144, Q6_K: 210}
+CHUNK_BYTES = {mixed: 8 * GGUF_BYTES[base] for mixed, base in BASE.items()}
+CHUNK_BYTES[Q4_K_X8] = 8 * 148  # the 6-bit scales and mins as whole bytes
 
 
 def can_interleave(qtype: int, out_features: int) -> bool:
@@ -58,7 +68,8 @@ def interleave(blocks: np.ndarray, qtype: int) -> np.ndarray:
     out, row_bytes = blocks.shape
     if not can_interleave(qtype, out):
         raise ValueError(
-            f"cannot interleave type {qtype} with {out} rows (Q5_0/Q8_0/Q4_K/Q6_K, 8 | rows)"
+            f"cannot interleave type {qtype} with {out} rows (a GGUF type of `INTERLEAVED`, "
+            "8 | rows)"
         )
     nb = row_bytes // GGUF_BYTES[qtype]
     # [groups, nb, 8 rows, bytes]: a chunk's rows side by side
@@ -170,7 +181,8 @@ def _q6_k_blocks(c: np.ndarray) -> np.ndarray:
 
 
 # Q8_0: f16 d, 32 signed bytes. Q5_0: f16 d, 32 bits qh (bit j: the fifth bit of weight j),
-# 16 bytes qs (weight j < 16: low nibble of qs[j]; weight j + 16: its high nibble).
+# 16 bytes qs (weight j < 16: low nibble of qs[j]; weight j + 16: its high nibble). Q4_0: f16
+# d, qs. Q4_1: f16 d, f16 m, qs.
 
 
 def _q8_0_chunk(b: np.ndarray) -> list[np.ndarray]:
@@ -185,28 +197,70 @@ def _q8_0_blocks(c: np.ndarray) -> np.ndarray:
     return np.concatenate([d, q], axis=-1)
 
 
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """A block's 16 bytes qs [g, nb, r, 16] -> the chunk's 128 bytes [k][r][b]: low nibble
+    the low 4 bits of weight 8k + b, high nibble of weight 8k + 4 + b."""
+    low = np.concatenate([qs & 0xF, qs >> 4], axis=-1)  # the weights' low 4 bits, in order
+    low = low.reshape(*qs.shape[:3], 4, 2, 4)  # [g, nb, r, k, h, b]
+    return (low[..., 0, :] | (low[..., 1, :] << 4)).transpose(0, 1, 3, 2, 4)
+
+
+def _qs(nibbles: np.ndarray) -> np.ndarray:
+    """The inverse of `_nibbles`: [g, nb, 128] -> qs [g, nb, r, 16]."""
+    g, nb = nibbles.shape[:2]
+    n = nibbles.reshape(g, nb, 4, ROWS, 4).transpose(0, 1, 3, 2, 4)  # [r][k][b]
+    low = np.stack([n & 0xF, n >> 4], axis=-2).reshape(g, nb, ROWS, 32)
+    return low[..., :16] | (low[..., 16:] << 4)
+
+
 def _q5_0_chunk(b: np.ndarray) -> list[np.ndarray]:
     bits = np.unpackbits(b[..., 2:6], axis=-1, bitorder="little")  # [g, nb, r, 32]
-    qs = b[..., 6:22]
-    low = np.concatenate([qs & 0xF, qs >> 4], axis=-1)  # the weights' low 4 bits, in order
-    low = low.reshape(*b.shape[:3], 4, 2, 4)  # [g, nb, r, k, h, b]
-    nibbles = (low[..., 0, :] | (low[..., 1, :] << 4)).transpose(0, 1, 3, 2, 4)  # [k][r][b]
     fifth = bits.reshape(*b.shape[:3], 4, 2, 4).transpose(0, 1, 3, 4, 2, 5)  # [k][h][r][b]
     masks = np.packbits(fifth.reshape(*b.shape[:2], 4, 2, 32), axis=-1, bitorder="little")
-    return [b[..., 0:2], nibbles, masks]  # d[r], nibbles [k][r][b], masks [k][h]
+    return [b[..., 0:2], _nibbles(b[..., 6:22]), masks]  # d[r], nibbles, masks [k][h]
 
 
 def _q5_0_blocks(c: np.ndarray) -> np.ndarray:
     g, nb = c.shape[:2]
     d = c[..., 0:16].reshape(g, nb, ROWS, 2)
-    nibbles = c[..., 16:144].reshape(g, nb, 4, ROWS, 4).transpose(0, 1, 3, 2, 4)  # [r][k][b]
-    low = np.stack([nibbles & 0xF, nibbles >> 4], axis=-2).reshape(g, nb, ROWS, 32)
     fifth = np.unpackbits(c[..., 144:176].reshape(g, nb, 4, 2, 4), axis=-1, bitorder="little")
     bits = fifth.reshape(g, nb, 4, 2, ROWS, 4).transpose(0, 1, 4, 2, 3, 5).reshape(g, nb, ROWS, 32)
     qh = np.packbits(bits, axis=-1, bitorder="little")  # 4 bytes: bit j of weight j
-    qs = low[..., :16] | (low[..., 16:] << 4)
-    return np.concatenate([d, qh, qs], axis=-1)
+    return np.concatenate([d, qh, _qs(c[..., 16:144])], axis=-1)
 
 
-_CHUNK = {Q5_0: _q5_0_chunk, Q8_0: _q8_0_chunk, Q4_K: _q4_k_chunk, Q6_K: _q6_k_chunk}
-_BLOCKS = {Q5_0: _q5_0_blocks, Q8_0: _q8_0_blocks, Q4_K: _q4_k_blocks, Q6_K: _q6_k_blocks}
+def _q4_0_chunk(b: np.ndarray) -> list[np.ndarray]:
+    return [b[..., 0:2], _nibbles(b[..., 2:18])]  # d[r], nibbles
+
+
+def _q4_0_blocks(c: np.ndarray) -> np.ndarray:
+    d = c[..., 0:16].reshape(*c.shape[:2], ROWS, 2)
+    return np.concatenate([d, _qs(c[..., 16:144])], axis=-1)
+
+
+def _q4_1_chunk(b: np.ndarray) -> list[np.ndarray]:
+    return [b[..., 0:2], b[..., 2:4], _nibbles(b[..., 4:20])]  # d[r], m[r], nibbles
+
+
+def _q4_1_blocks(c: np.ndarray) -> np.ndarray:
+    d = c[..., 0:16].reshape(*c.shape[:2], ROWS, 2)
+    m = c[..., 16:32].reshape(*c.shape[:2], ROWS, 2)
+    return np.concatenate([d, m, _qs(c[..., 32:160])], axis=-1)
+
+
+_CHUNK = {
+    Q4_0: _q4_0_chunk,
+    Q4_1: _q4_1_chunk,
+    Q5_0: _q5_0_chunk,
+    Q8_0: _q8_0_chunk,
+    Q4_K: _q4_k_chunk,
+    Q6_K: _q6_k_chunk,
+}
+_BLOCKS = {
+    Q4_0: _q4_0_blocks,
+    Q4_1: _q4_1_blocks,
+    Q5_0: _q5_0_blocks,
+    Q8_0: _q8_0_blocks,
+    Q4_K: _q4_k_blocks,
+    Q6_K: _q6_k_blocks,
+}

@@ -39,10 +39,18 @@ def smollm2() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
-def smollm2_int4() -> LoadedModel:
-    """The fast CPU form (the default): Q4_1 blocks on torch's int4 kernel, the rest bf16."""
+def smollm2_auto() -> LoadedModel:
+    """The default fast CPU form: the GGUF's Q4_1 and Q8_0 blocks on our kernels (8 rows
+    interleaved, int8-rounded activations, as llama.cpp computes them)."""
     _fetched("smollm2-135m-instruct")
     return load("smollm2-135m-instruct", fetch_missing=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_int4() -> LoadedModel:
+    """``--weights int4``: 4-bit blocks on torch's int4 kernel (bf16 activations)."""
+    _fetched("smollm2-135m-instruct")
+    return load("smollm2-135m-instruct", RuntimeConfig(weights="int4"), fetch_missing=False)
 
 
 @pytest.fixture(scope="session")

@@ -101,15 +101,16 @@ def test_gemma3_greedy_equals_transformers(gemma, gemma_ref):
 
 
 @pytest.mark.parametrize("drafter", ["ngram", "suffix", "gemma-3-270m"])
-@pytest.mark.parametrize("form", ["fp32", "int4"])
+@pytest.mark.parametrize("form", ["fp32", "auto", "int4"])
 def test_smollm2_speculation_is_lossless(request, form, drafter):
-    """Real SmolLM2 target, in the fp32 reference form and the int4 fast form, with the
-    model-free drafters and a cross-tokenizer model drafter (Gemma-3-270M: another vocabulary,
-    a base model with its BOS): greedy output equals the same target alone, token for token."""
+    """Real SmolLM2 target, in the fp32 reference form and the two fast forms (our kernels,
+    the default; torch's int4 kernel), with the model-free drafters and a cross-tokenizer
+    model drafter (Gemma-3-270M: another vocabulary, a base model with its BOS): greedy output
+    equals the same target alone, token for token."""
     from spinserve.config.engine import EngineConfig
     from spinserve.config.speculative import SpecParams, SpeculativeConfig
 
-    smollm2 = request.getfixturevalue("smollm2" if form == "fp32" else "smollm2_int4")
+    smollm2 = request.getfixturevalue("smollm2" if form == "fp32" else f"smollm2_{form}")
     config = EngineConfig(speculative=SpeculativeConfig(drafters=(drafter,), num_draft_tokens=4))
     engine = LLMEngine(smollm2, config)
     prompts = [
@@ -126,10 +127,13 @@ def test_smollm2_speculation_is_lossless(request, form, drafter):
     assert stats.num_draft_steps > 0 and stats.num_accepted_tokens > 0
 
 
-def test_smollm2_int4_tracks_the_fp32_reference(smollm2, smollm2_int4):
-    """The int4 form computes over the same 4-bit weights with bf16 activations: teacher-forced
-    on the fp32 model's own greedy continuations, it picks the same next token nearly always,
-    and its logits stay close."""
+@pytest.mark.parametrize("form", ["auto", "int4"])
+def test_smollm2_fast_forms_track_the_fp32_reference(request, smollm2, form):
+    """The fast forms compute over the same 4-bit weights with rounded activations (int8 per
+    32 columns on our kernels, bf16 on torch's int4 kernel): teacher-forced on the fp32
+    model's own greedy continuations, they pick the same next token nearly always, and their
+    logits stay close."""
+    fast = request.getfixturevalue(f"smollm2_{form}")
     engine = LLMEngine(smollm2)
     prompts = [
         smollm2.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS
@@ -141,7 +145,7 @@ def test_smollm2_int4_tracks_the_fp32_reference(smollm2, smollm2_int4):
         rows = len(ids) - len(prompt) + 1  # from the prompt's last token on
         batch = StepBatch([SeqChunk(f"s{i}", ids, 0, list(range(32)), rows)])
         ref = ModelRunner(smollm2.model, 64, 16).execute(batch)
-        got = ModelRunner(smollm2_int4.model, 64, 16).execute(batch)
+        got = ModelRunner(fast.model, 64, 16).execute(batch)
         agree += (got.argmax(-1) == ref.argmax(-1)).sum().item()
         total += rows
         scale = ref.abs().max().item()

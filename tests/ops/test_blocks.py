@@ -23,12 +23,11 @@ SMALL = [
     GGMLQuantizationType.Q4_0,
     GGMLQuantizationType.Q4_1,
 ]
-# ours: Q5_0, Q8_0, Q4_K and Q6_K with 8 weight rows interleaved (spinserve.ops.interleave)
+# ours: the same types with 8 weight rows interleaved (spinserve.ops.interleave)
 Q4_K_X8, Q6_K_X8 = interleave.Q4_K_X8, interleave.Q6_K_X8
-Q5_0_X8, Q8_0_X8 = interleave.Q5_0_X8, interleave.Q8_0_X8
-ALL = [Q4_K, Q6_K, Q4_K_X8, Q6_K_X8, *SMALL, Q5_0_X8, Q8_0_X8]
-# the GGUF types that have an interleaved form
-INTERLEAVABLE = [Q4_K, Q6_K, GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q8_0]
+SMALL_X8 = [interleave.INTERLEAVED[int(q)] for q in SMALL]
+ALL = [Q4_K, Q6_K, Q4_K_X8, Q6_K_X8, *SMALL, *SMALL_X8]
+INTERLEAVABLE = [Q4_K, Q6_K, *SMALL]  # the GGUF types with an interleaved form
 
 
 def _name(quant) -> str:
@@ -103,7 +102,9 @@ def test_each_row_is_the_same_bits_whatever_shares_its_call(quant):
         assert torch.equal(block_linear(x[start:stop], weight), together[start:stop])
 
 
-@pytest.mark.parametrize("quant", [Q4_K, Q4_K_X8, GGMLQuantizationType.Q5_0, Q5_0_X8], ids=_name)
+@pytest.mark.parametrize(
+    "quant", [Q4_K, Q4_K_X8, GGMLQuantizationType.Q5_0, interleave.Q5_0_X8], ids=_name
+)
 def test_same_bits_with_one_thread_or_two(quant):
     weight = _weight(quant, 96, 512, seed=2)
     x = torch.randn(9, 512)

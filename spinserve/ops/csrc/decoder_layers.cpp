@@ -79,10 +79,11 @@ struct MkldnnOff {
 };
 
 // Q4_K = 12, Q6_K = 14, and the same blocks with 8 weight rows interleaved (1012, 1014:
-// ops/interleave.py), whose tensor has a row of blocks per 8 output features; so have
-// Q5_0x8 and Q8_0x8 (1006, 1008), which small_block_matmul multiplies.
+// ops/interleave.py), whose tensor has a row of blocks per 8 output features; so have the
+// 32-weight blocks' Q4_0x8 ... Q8_0x8 (1002, 1003, 1006, 1008: small_block_matmul's).
 bool is_interleaved(int64_t kind) {
-  return kind == 1006 || kind == 1008 || kind == 1012 || kind == 1014;
+  return kind == 1002 || kind == 1003 || kind == 1006 || kind == 1008 || kind == 1012 ||
+         kind == 1014;
 }
 bool is_k_quant(int64_t kind) { return kind == 12 || kind == 14 || kind == 1012 || kind == 1014; }
 int64_t out_features(const at::Tensor& blocks, int64_t kind) {

@@ -15,7 +15,7 @@
 // instruction), minus offset x (the lane's sum of rounded activations), so each lane holds
 // the exact dot of the signed weights. The activation block carries those lane terms ready.
 //
-// Q5_0 and Q8_0 also come with 8 weight rows interleaved (Q5_0x8, Q8_0x8: `ops/interleave.py`),
+// Each type also comes with 8 weight rows interleaved (Q4_0x8 ... Q8_0x8: `ops/interleave.py`),
 // which is what the loader keeps: one 4-byte dot (dpbusd) then advances 8 output columns, a
 // column's 32 products of a block are one exact integer, and its scale is applied once per
 // block, as one fused multiply-add per row and block for 8 columns (the row layout needed one
@@ -52,9 +52,14 @@ constexpr int64_t kQK = 32;
 constexpr int64_t kRowTile = 32;
 constexpr int kLanes = 8;
 enum QType : int64_t { kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ8_0 = 8 };  // ggml's numbers
-// ours: 8 weight rows interleaved, 1000 + the ggml number (Q5_0x8 = 1006, Q8_0x8 = 1008)
+// ours: 8 weight rows interleaved, 1000 + the ggml number (Q4_0x8 = 1002, ..., Q8_0x8 = 1008)
 constexpr int64_t kX8 = 1000;
-constexpr bool interleaved(int64_t qtype) { return qtype == kX8 + kQ5_0 || qtype == kX8 + kQ8_0; }
+constexpr bool interleaved(int64_t qtype) {
+  return qtype == kX8 + kQ4_0 || qtype == kX8 + kQ4_1 || qtype == kX8 + kQ5_0 ||
+         qtype == kX8 + kQ8_0;
+}
+// Where an interleaved chunk's nibbles start (after the scales, and Q4_1's mins).
+constexpr int64_t nibbles_at(int64_t qtype) { return qtype == kQ4_1 ? 32 : 16; }
 constexpr int64_t base_type(int64_t qtype) { return interleaved(qtype) ? qtype - kX8 : qtype; }
 
 #if defined(SPINSERVE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -306,8 +311,9 @@ inline __m256i dot4_x8(__m256i acc, __m256i u, const int8_t* x) {
 // 8 weight rows (chunks of QTYPE x8, nb of them from w) times ROWS activation rows:
 // out[8 r + i] = row r . weight row i. Each chunk's weights are loaded and unpacked once for
 // all the rows; a (row, column) adds its blocks in order, each as fma(row scale x block scale,
-// exact integer dot, sum), as the portable code does. Two integer sums per row (the even and
-// the odd 4 weights) keep two dot chains in flight.
+// exact integer dot, sum) and for Q4_1 then + row scale x (min x the row's integer sum), as
+// the portable code does. Two integer sums per row (the even and the odd 4 weights) keep two
+// dot chains in flight.
 template <int64_t QTYPE, int ROWS>
 __attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const uint8_t* w,
                                             float* out) {
@@ -339,9 +345,13 @@ __attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const ui
         u1 = _mm256_xor_si256(u1, flip);
 #endif
       } else {
-        const __m256i v = load32(c + 16 + 32 * k);
-        u0 = add_fifth_bits(_mm256_and_si256(v, low), c + 144 + 8 * k);
-        u1 = add_fifth_bits(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), c + 148 + 8 * k);
+        const __m256i v = load32(c + nibbles_at(QTYPE) + 32 * k);
+        u0 = _mm256_and_si256(v, low);
+        u1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        if constexpr (QTYPE == kQ5_0) {
+          u0 = add_fifth_bits(u0, c + 144 + 8 * k);
+          u1 = add_fifth_bits(u1, c + 148 + 8 * k);
+        }
       }
       for (int r = 0; r < ROWS; ++r) {
         const int8_t* x = act[r * nb + b].q + 8 * k;
@@ -350,10 +360,19 @@ __attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const ui
       }
     }
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+    __m256 m = _mm256_setzero_ps();
+    if constexpr (QTYPE == kQ4_1) {
+      m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 16)));
+    }
     for (int r = 0; r < ROWS; ++r) {
-      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(act[r * nb + b].d), d);
+      const Act& a = act[r * nb + b];
+      const __m256 row_d = _mm256_set1_ps(a.d);
       const __m256 dot = _mm256_cvtepi32_ps(_mm256_add_epi32(even[r], odd[r]));
-      acc[r] = _mm256_fmadd_ps(scale, dot, acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(row_d, d), dot, acc[r]);
+      if constexpr (QTYPE == kQ4_1) {
+        const __m256 sum = _mm256_set1_ps(static_cast<float>(a.sum));
+        acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(row_d, _mm256_mul_ps(m, sum)));
+      }
     }
   }
   for (int r = 0; r < ROWS; ++r) _mm256_storeu_ps(out + 8 * r, acc[r]);
@@ -383,23 +402,26 @@ void matmul_groups_avx2(const Act* act, int64_t rows, int64_t nb, const uint8_t*
 }
 #endif
 
-// Weight row i of an interleaved chunk (`ops/interleave.py`) as signed values and scale.
+// Weight row i of an interleaved chunk (`ops/interleave.py`) as signed values, scale, min.
 void unpack_x8(int64_t qtype, const uint8_t* c, int i, Weights& w) {
   w.d = half_to_float(c + 2 * i);
-  w.m = 0.0f;
+  w.m = qtype == kQ4_1 ? half_to_float(c + 16 + 2 * i) : 0.0f;
+  const int32_t off = qtype == kQ5_0 ? 16 : (qtype == kQ4_0 ? 8 : 0);
   for (int k = 0; k < (qtype == kQ8_0 ? 8 : 4); ++k) {
     for (int t = 0; t < 4; ++t) {
-      const uint8_t byte = c[16 + 32 * k + 4 * i + t];
+      const uint8_t byte = c[nibbles_at(qtype) + 32 * k + 4 * i + t];
       if (qtype == kQ8_0) {
         w.w[4 * k + t] = static_cast<int8_t>(byte);
         continue;
       }
-      uint32_t m0, m1;
-      std::memcpy(&m0, c + 144 + 8 * k, 4);
-      std::memcpy(&m1, c + 148 + 8 * k, 4);
+      uint32_t m0 = 0, m1 = 0;  // Q5_0's fifth bits
+      if (qtype == kQ5_0) {
+        std::memcpy(&m0, c + 144 + 8 * k, 4);
+        std::memcpy(&m1, c + 148 + 8 * k, 4);
+      }
       const int bit = 4 * i + t;
-      w.w[8 * k + t] = ((byte & 0x0F) | (((m0 >> bit) & 1) << 4)) - 16;
-      w.w[8 * k + 4 + t] = ((byte >> 4) | (((m1 >> bit) & 1) << 4)) - 16;
+      w.w[8 * k + t] = ((byte & 0x0F) | (((m0 >> bit) & 1) << 4)) - off;
+      w.w[8 * k + 4 + t] = ((byte >> 4) | (((m1 >> bit) & 1) << 4)) - off;
     }
   }
 }
@@ -409,8 +431,12 @@ void matmul_groups(const Act* act, int64_t rows, int64_t nb, const uint8_t* chun
                    bool portable) {
 #if defined(SPINSERVE_AVX2)
   if (!portable) {
-    if (qtype == kQ8_0) return matmul_groups_avx2<kQ8_0>(act, rows, nb, chunks, g_begin, g_end, n_out, y);
-    return matmul_groups_avx2<kQ5_0>(act, rows, nb, chunks, g_begin, g_end, n_out, y);
+    switch (qtype) {
+      case kQ8_0: return matmul_groups_avx2<kQ8_0>(act, rows, nb, chunks, g_begin, g_end, n_out, y);
+      case kQ5_0: return matmul_groups_avx2<kQ5_0>(act, rows, nb, chunks, g_begin, g_end, n_out, y);
+      case kQ4_0: return matmul_groups_avx2<kQ4_0>(act, rows, nb, chunks, g_begin, g_end, n_out, y);
+      default: return matmul_groups_avx2<kQ4_1>(act, rows, nb, chunks, g_begin, g_end, n_out, y);
+    }
   }
 #endif
   const int64_t group_bytes = nb * 8 * block_bytes(qtype);
@@ -425,6 +451,7 @@ void matmul_groups(const Act* act, int64_t rows, int64_t nb, const uint8_t* chun
           int32_t dot = 0;
           for (int t = 0; t < kQK; ++t) dot += w[i].w[t] * int32_t{a.q[t]};
           acc[i] = std::fma(a.d * w[i].d, static_cast<float>(dot), acc[i]);
+          if (qtype == kQ4_1) acc[i] = acc[i] + a.d * (w[i].m * static_cast<float>(a.sum));
         }
       }
       for (int i = 0; i < 8; ++i) y[r * n_out + 8 * g + i] = acc[i];
