@@ -34,8 +34,8 @@ HELP = {
     "kv_cache_gib": "KV cache pool size in GiB",
     "dtype": "compute dtype of the model",
     "weights": "form of the target's linear weights: auto (GGUF blocks as they are on our "
-    "kernels: Q4_K, Q6_K, Q8_0, Q5_0; Q4_0/Q4_1 on torch's int4 kernel; other formats "
-    "bfloat16; models without a GGUF as stored), int4 (4-bit blocks on torch's int4 kernel, "
+    "kernels: Q4_K, Q6_K, Q8_0, Q5_0, Q4_0, Q4_1; other formats bfloat16; models without a "
+    "GGUF as stored), int4 (4-bit blocks on torch's int4 kernel, "
     "the rest bfloat16), int8 (auto with the rest re-quantized to int8: not exact), "
     "bfloat16, float32 (the reference)",
     "drafter_weights": "form of model drafters' linear weights (as --weights); int8 by "

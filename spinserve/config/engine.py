@@ -60,10 +60,10 @@ class RuntimeConfig:
     (0 = torch's default).
 
     ``weights`` (the target's): ``auto`` keeps a GGUF model's quantized blocks (Q4_K, Q6_K,
-    Q8_0, Q5_0) as they are for our kernels (`spinserve.ops.blocks`; where they cannot be
-    built: 4-bit blocks on torch's int4 kernel, the rest in bfloat16), Q4_0/Q4_1 blocks on
-    torch's int4 kernel (measured faster for them), other quantized linear weights in
-    bfloat16 (the fast CPU path), and a model without a GGUF as stored; ``int4`` puts every
+    Q8_0, Q5_0, Q4_0, Q4_1) as they are for our kernels (`spinserve.ops.blocks`; where they
+    cannot be built: 4-bit blocks on torch's int4 kernel, the rest in bfloat16), other
+    quantized linear weights in bfloat16 (the fast CPU path), and a model without a GGUF as
+    stored; ``int4`` puts every
     4-bit block on torch's int4 kernel (no kernel of ours) and fails without a GGUF;
     ``bfloat16``/``float32`` dequantize every linear weight to that dtype (``float32`` is the
     reference); ``int8`` is ``auto`` with the non-4-bit linear weights re-quantized to
