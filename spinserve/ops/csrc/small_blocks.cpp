@@ -292,8 +292,8 @@ void matmul_cols_avx2(const Act* act, int64_t rows, int64_t nb, const uint8_t* b
 // ---- interleaved blocks: 8 weight rows (output columns) per chunk of one block each
 
 // acc + per lane the dot of its 4 stored weight bytes in u with the 4 activation bytes at x:
-// unsigned weights (Q5_0, and Q8_0 + 128 where AVX512-VNNI multiplies unsigned x signed), or
-// Q8_0's signed bytes on AVX2 alone (|w| times x with w's sign, as in dot_avx2).
+// unsigned weights (Q4_0, Q4_1, Q5_0, and Q8_0 + 128 where AVX512-VNNI multiplies unsigned x
+// signed), or Q8_0's signed bytes on AVX2 alone (|w| times x with w's sign, as in dot_avx2).
 template <int64_t QTYPE>
 inline __m256i dot4_x8(__m256i acc, __m256i u, const int8_t* x) {
 #if !defined(SPINSERVE_VNNI)
