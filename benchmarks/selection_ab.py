@@ -11,10 +11,13 @@ Reproduce (from the repository root; ~4 minutes for the default 14 prompts and 2
         --concurrency 8 --per-category 2 --max-tokens 64 --threads 2
 
 Every other flag is `selection_bench.py`'s; ``--concurrency`` sets the level, or ``--batch-1``
-runs the prompts one at a time. ``--batch-1 --interleave`` goes further: one engine per
-configuration (fresh each round), and each prompt runs in every configuration in turn before
-the next prompt (the order alternating), so configurations seconds apart meet the same machine;
-it reports tokens/s per category and the ratios to the first configuration (``target``)::
+runs the prompts one at a time. It reports each round's tokens/s and, per category, tokens/s
+per request over all rounds (a request's tokens over its seconds from submission to finish)
+with the ratios to the first configuration. ``--batch-1 --interleave`` goes further: one
+engine per configuration (fresh each round), and each prompt runs in every configuration in
+turn before the next prompt (the order alternating), so configurations seconds apart meet the
+same machine; it reports tokens/s per category and the ratios to the first configuration
+(``target``); ``--choices`` also logs each request's tokens/s and choices::
 
     .venv/bin/python benchmarks/selection_ab.py --configs target fixed:ngram spin --rounds 2 \
         --batch-1 --interleave --per-category 2 --max-tokens 64 --threads 2
@@ -98,6 +101,11 @@ def main(argv: list[str] | None = None) -> None:
         interleaved(bench, ab.configs, ab.rounds, params, ab.choices)
         return
     print("| round | configuration | tokens | seconds | tokens/s |\n|---:|---|---:|---:|---:|")
+    # per request: tokens over its own seconds (from submission to finish), as
+    # selection_bench's per-category figures; the rounds' totals are the throughput
+    totals: dict[str, dict[str, list[float]]] = {
+        n: defaultdict(lambda: [0, 0.0]) for n in ab.configs
+    }
     for rnd in range(1, ab.rounds + 1):
         for name in ab.configs:
             engine = make_engine(bench, name, level)
@@ -110,8 +118,14 @@ def main(argv: list[str] | None = None) -> None:
                 by_id = run_requests(engine, bench.items, params)
             seconds = time.perf_counter() - start
             tokens = sum(len(r["output_ids"]) for r in by_id.values())
+            for rid, record in by_id.items():
+                for key in (rid.split(":")[0], "all"):
+                    totals[name][key][0] += len(record["output_ids"])
+                    totals[name][key][1] += record["wall_s"]
             log(f"round {rnd} {name}: {tokens} tokens in {seconds:.1f} s")
             print(f"| {rnd} | {name} | {tokens} | {seconds:.1f} | {tokens / seconds:.2f} |")
+    print("\nPer category, tokens/s per request over all rounds:\n")
+    category_table(totals, ab.configs)
 
 
 def interleaved(
@@ -152,6 +166,14 @@ def interleaved(
             if verbose:
                 for note in notes:
                     log(f"  {note}")
+    category_table(totals, configs)
+    runs = rounds * len(bench.items) * len(configs)
+    print(f"\nOutputs equal to {configs[0]}'s: {runs - mismatches}/{runs} requests.")
+
+
+def category_table(totals: dict[str, dict[str, list[float]]], configs: list[str]) -> None:
+    """tokens/s per category (``totals[config][category] = [tokens, seconds]``) and each
+    configuration's ratio to configs[0], as a markdown table."""
     categories = [*sorted(k for k in totals[configs[0]] if k != "all"), "all"]
     print("| configuration | " + " | ".join(categories) + " |")
     print("|---|" + "---:|" * len(categories))
@@ -161,8 +183,6 @@ def interleaved(
     for name in configs[1:]:
         ratios = " | ".join(f"{rate[name][c] / rate[configs[0]][c]:.2f}x" for c in categories)
         print(f"| {name} / {configs[0]} | {ratios} |")
-    runs = rounds * len(bench.items) * len(configs)
-    print(f"\nOutputs equal to {configs[0]}'s: {runs - mismatches}/{runs} requests.")
 
 
 if __name__ == "__main__":
