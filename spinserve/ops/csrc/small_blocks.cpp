@@ -268,16 +268,25 @@ constexpr int kTileRows = 8;
 constexpr int kTileRows = 4;
 #endif
 
-template <int64_t QTYPE, int... R>
+template <int64_t QTYPE, int ROWS>
+void rows_x8_avx2(const Act* act, int64_t nb, const uint8_t* w, float* out);  // below
+
+// The kernels for 1..kTileRows rows of one layout: row by row, or 8 weight rows interleaved.
+template <int64_t QTYPE, bool X8, int... R>
 constexpr auto row_functions(std::integer_sequence<int, R...>) {
   using Rows = void (*)(const Act*, int64_t, const uint8_t*, float*);
-  return std::array<Rows, sizeof...(R)>{rows_avx2<QTYPE, R + 1>...};
+  if constexpr (X8) {
+    return std::array<Rows, sizeof...(R)>{rows_x8_avx2<QTYPE, R + 1>...};
+  } else {
+    return std::array<Rows, sizeof...(R)>{rows_avx2<QTYPE, R + 1>...};
+  }
 }
 
 template <int64_t QTYPE>
 void matmul_cols_avx2(const Act* act, int64_t rows, int64_t nb, const uint8_t* blocks,
                       int64_t n_begin, int64_t n_end, int64_t n_out, float* y) {
-  constexpr auto kRows = row_functions<QTYPE>(std::make_integer_sequence<int, kTileRows>());
+  constexpr auto kRows =
+      row_functions<QTYPE, false>(std::make_integer_sequence<int, kTileRows>());
   const int64_t row_bytes = nb * block_bytes(QTYPE);
   float out[kTileRows];
   for (int64_t n = n_begin; n < n_end; ++n) {
@@ -378,16 +387,10 @@ __attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const ui
   for (int r = 0; r < ROWS; ++r) _mm256_storeu_ps(out + 8 * r, acc[r]);
 }
 
-template <int64_t QTYPE, int... R>
-constexpr auto x8_row_functions(std::integer_sequence<int, R...>) {
-  using Rows = void (*)(const Act*, int64_t, const uint8_t*, float*);
-  return std::array<Rows, sizeof...(R)>{rows_x8_avx2<QTYPE, R + 1>...};
-}
-
 template <int64_t QTYPE>
 void matmul_groups_avx2(const Act* act, int64_t rows, int64_t nb, const uint8_t* chunks,
                         int64_t g_begin, int64_t g_end, int64_t n_out, float* y) {
-  constexpr auto kRows = x8_row_functions<QTYPE>(std::make_integer_sequence<int, kTileRows>());
+  constexpr auto kRows = row_functions<QTYPE, true>(std::make_integer_sequence<int, kTileRows>());
   const int64_t group_bytes = nb * 8 * block_bytes(QTYPE);
   alignas(32) float out[kTileRows * 8];
   for (int64_t g = g_begin; g < g_end; ++g) {
@@ -408,16 +411,16 @@ void unpack_x8(int64_t qtype, const uint8_t* c, int i, Weights& w) {
   w.m = qtype == kQ4_1 ? half_to_float(c + 16 + 2 * i) : 0.0f;
   const int32_t off = qtype == kQ5_0 ? 16 : (qtype == kQ4_0 ? 8 : 0);
   for (int k = 0; k < (qtype == kQ8_0 ? 8 : 4); ++k) {
+    uint32_t m0 = 0, m1 = 0;  // Q5_0's fifth bits
+    if (qtype == kQ5_0) {
+      std::memcpy(&m0, c + 144 + 8 * k, 4);
+      std::memcpy(&m1, c + 148 + 8 * k, 4);
+    }
     for (int t = 0; t < 4; ++t) {
       const uint8_t byte = c[nibbles_at(qtype) + 32 * k + 4 * i + t];
       if (qtype == kQ8_0) {
         w.w[4 * k + t] = static_cast<int8_t>(byte);
         continue;
-      }
-      uint32_t m0 = 0, m1 = 0;  // Q5_0's fifth bits
-      if (qtype == kQ5_0) {
-        std::memcpy(&m0, c + 144 + 8 * k, 4);
-        std::memcpy(&m1, c + 148 + 8 * k, 4);
       }
       const int bit = 4 * i + t;
       w.w[8 * k + t] = ((byte & 0x0F) | (((m0 >> bit) & 1) << 4)) - off;
@@ -439,22 +442,31 @@ void matmul_groups(const Act* act, int64_t rows, int64_t nb, const uint8_t* chun
     }
   }
 #endif
-  const int64_t group_bytes = nb * 8 * block_bytes(qtype);
+  // each chunk unpacked once per tile of rows; a (row, column) adds its blocks in order, as
+  // the vector code does
+  const int64_t chunk_bytes = 8 * block_bytes(qtype);
   Weights w[8];
+  float acc[kRowTile][8];
   for (int64_t g = g_begin; g < g_end; ++g) {
-    for (int64_t r = 0; r < rows; ++r) {
-      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
+      const int64_t tile = std::min(kRowTile, rows - r0);
+      std::memset(acc, 0, sizeof(acc));
       for (int64_t b = 0; b < nb; ++b) {
-        const Act& a = act[r * nb + b];
-        for (int i = 0; i < 8; ++i) {
-          unpack_x8(qtype, chunks + g * group_bytes + b * 8 * block_bytes(qtype), i, w[i]);
-          int32_t dot = 0;
-          for (int t = 0; t < kQK; ++t) dot += w[i].w[t] * int32_t{a.q[t]};
-          acc[i] = std::fma(a.d * w[i].d, static_cast<float>(dot), acc[i]);
-          if (qtype == kQ4_1) acc[i] = acc[i] + a.d * (w[i].m * static_cast<float>(a.sum));
+        for (int i = 0; i < 8; ++i) unpack_x8(qtype, chunks + (g * nb + b) * chunk_bytes, i, w[i]);
+        for (int64_t r = 0; r < tile; ++r) {
+          const Act& a = act[(r0 + r) * nb + b];
+          for (int i = 0; i < 8; ++i) {
+            int32_t dot = 0;
+            for (int t = 0; t < kQK; ++t) dot += w[i].w[t] * int32_t{a.q[t]};
+            float& sum = acc[r][i];
+            sum = std::fma(a.d * w[i].d, static_cast<float>(dot), sum);
+            if (qtype == kQ4_1) sum = sum + a.d * (w[i].m * static_cast<float>(a.sum));
+          }
         }
       }
-      for (int i = 0; i < 8; ++i) y[r * n_out + 8 * g + i] = acc[i];
+      for (int64_t r = 0; r < tile; ++r) {
+        std::memcpy(y + (r0 + r) * n_out + 8 * g, acc[r], 8 * sizeof(float));
+      }
     }
   }
 }
