@@ -8,18 +8,18 @@ Reproduce (from the repository root; ~1 minute per model)::
 Why: this shared machine's speed drifts by up to ~1.5x over seconds, more than most kernel
 changes are worth, so two builds timed in two runs compare the drift. Here the kernels of
 ``--old-rev`` (``spinserve/ops/csrc`` at that git revision) are built under a second torch.ops
-namespace and loaded beside the working tree's; one model is loaded once, with one request of
-``--context`` random tokens in its cache, and each pair of calls runs the same step (``n`` new
-tokens after the context) on the old and on the new kernels back to back, which goes first
-alternating. Before timing, each step's logits are compared: equal bits unless the change
-was meant to move them (then the largest difference is printed). The report: each build's
-median per step and relative to its own 1-token step, and the median of the per-pair ratios
-new / old.
+namespace and loaded beside the working tree's; one model is loaded once, each build's side
+holds one request of ``--context`` random tokens in its own cache, and each pair of calls
+runs the same step (``n`` new tokens after the context) on the old and on the new kernels
+back to back, which goes first alternating. Before timing, each step's logits are compared:
+equal bits unless the change was meant to move them (then the largest difference is
+printed). The report: each build's median per step and relative to its own 1-token step, and
+the median of the per-pair ratios new / old.
 
 ``--row-layout`` compares weight layouts instead of revisions: the "old" side is the same
-kernels with the 32-weight blocks (Q5_0, Q8_0) kept in GGUF's row layout, loaded as a second
-copy of the model (packed to a temporary file), against the interleaved layout the loader
-keeps (``ops/interleave.py``)::
+kernels with the 32-weight blocks (Q4_0, Q4_1, Q5_0, Q8_0) kept in GGUF's row layout, loaded
+as a second copy of the model (packed to a temporary file), against the interleaved layout
+the loader keeps (``ops/interleave.py``)::
 
     .venv/bin/python benchmarks/kernel_ab.py --row-layout \
         --models qwen2.5-coder-0.5b-instruct --tokens 1 2 3 5 9 --pairs 21
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     old.add_argument(
         "--row-layout",
         action="store_true",
-        help="old: these kernels with Q5_0/Q8_0 blocks in row layout (a second model copy)",
+        help="old: these kernels with 32-weight blocks in row layout (a second model copy)",
     )
     p.add_argument("--models", nargs="+", default=["qwen2.5-coder-1.5b-instruct"])
     p.add_argument(
@@ -114,8 +114,8 @@ def load_model(name: str, args: argparse.Namespace):
 
 
 def load_row_layout(name: str, args: argparse.Namespace):
-    """``name`` with its Q5_0 and Q8_0 blocks in row layout, packed to a temporary file (the
-    cache's own packed file is left as it is)."""
+    """``name`` with its 32-weight blocks in row layout (only the k-quants interleaved), packed
+    to a temporary file (the cache's own packed file is left as it is)."""
     folder = Path(tempfile.mkdtemp(prefix="kernel_ab_rows_"))
     kept = {q: interleave.INTERLEAVED[q] for q in (interleave.Q4_K, interleave.Q6_K)}
     saved = interleave.INTERLEAVED, loader.packed_path
@@ -132,14 +132,12 @@ class Side:
     how to make its kernels the ones that run."""
 
     def __init__(self, model, args: argparse.Namespace, select) -> None:
-        self.model, self.select = model, select
-        self.work = Workload.make(model.config.vocab_size, args.context)
+        self.select = select
+        prompt = Workload.make(model.config.vocab_size, args.context).prompts[0].tolist()
         self.blocks = list(range(math.ceil((args.context + max(args.tokens)) / BLOCK_SIZE)))
         self.runner = ModelRunner(model, len(self.blocks), BLOCK_SIZE)
         select()
-        self.runner.execute(
-            StepBatch([SeqChunk("r", self.work.prompts[0].tolist(), 0, self.blocks, 1)])
-        )
+        self.runner.execute(StepBatch([SeqChunk("r", prompt, 0, self.blocks, 1)]))
 
     def run(self, batch_of) -> torch.Tensor:
         self.select()
