@@ -7,16 +7,19 @@ replay needs on this machine: the target's forward of 1..``--max-draft``+1 token
 sequence at a few context lengths, and each drafter's call (per round, per context token, per
 token caught up); ``costs`` measures those again into an existing recording (``--out``).
 ``replay`` runs policies on the recording (`spinserve.selection.replay`):
-the target alone, ``fixed:NAME@K``, ``spin``, ``spin[KEY=VALUE,...]`` and ``oracle`` (per
-request the fastest single drafter and k, or none, in hindsight), over several request
-orders and policy seeds, and prints tokens/s relative to the target per category.
+the target alone, ``fixed:NAME@K``, ``spin``, ``spin[KEY=VALUE,...]``, ``oracle`` (per
+request the fastest single drafter and k, or none, in hindsight) and ``hindsight`` or
+``hindsight:NAME+NAME`` (per step the best drafter and k knowing what each draft will pass,
+catch-ups free: a bound on any policy over those drafters), over several request orders and
+policy seeds, and prints tokens/s relative to the target per category.
 
 Reproduce (from the repository root; collect ~12 minutes for 28 prompts, replay seconds)::
 
     .venv/bin/python benchmarks/selection_trace.py collect --per-category 4 --max-tokens 64 \\
         --out results/selection_trace.json
     .venv/bin/python benchmarks/selection_trace.py replay benchmarks/traces/selection_trace.json \\
-        --configs fixed:ngram@4 fixed:suffix@2 spin "spin[exploration=0.25]" oracle
+        --configs fixed:ngram@4 fixed:suffix@2 spin "spin[exploration=0.25]" oracle \\
+        hindsight:ngram+suffix hindsight
 
 (``benchmarks/traces/selection_trace.json`` is the recording of 2026-11-28, docs/benchmarks.md.)
 """
@@ -42,6 +45,7 @@ from spinserve.selection.replay import (
     CostModel,
     DrafterCost,
     TracedRequest,
+    hindsight,
     oracle,
     replay,
     shuffled,
@@ -184,9 +188,22 @@ def make_policy(name: str, drafters: list[str], seed: int) -> SelectionPolicy:
         return FixedPolicy(Choice.parse(name.removeprefix("fixed:")))
     base, _, spec = name.partition("[")
     if base != "spin":
-        raise SystemExit(f"unknown configuration {name!r}: target, fixed:NAME@K, spin[...], oracle")
+        raise SystemExit(
+            f"unknown configuration {name!r}: "
+            "target, fixed:NAME@K, spin[...], oracle, hindsight[:NAME+NAME]"
+        )
     params = spin_params(spec.rstrip("]") + f",seed={seed}")
     return SpinPolicy(drafters, params)
+
+
+def hindsight_drafters(config: str, drafters: list[str]) -> list[str]:
+    """``hindsight`` -> every drafter; ``hindsight:A+B`` -> A and B."""
+    base, _, names = config.partition(":")
+    chosen = names.split("+") if names else drafters
+    unknown = [n for n in chosen if n not in drafters]
+    if base != "hindsight" or unknown:
+        raise SystemExit(f"configuration {config!r}: hindsight[:NAME+NAME] of {drafters}")
+    return chosen
 
 
 def oracle_arms(drafters: list[str], cost: CostModel) -> list[Choice]:
@@ -217,6 +234,8 @@ def replay_main(argv: list[str]) -> None:
             for seed in range(seeds):
                 if config == "oracle":
                     result = oracle(ordered, cost, oracle_arms(drafters, cost))
+                elif config.startswith("hindsight"):
+                    result = hindsight(ordered, cost, hindsight_drafters(config, drafters))
                 else:
                     result = replay(make_policy(config, drafters, seed), ordered, cost)
                 row = [result.tokens_per_second(c) / base.tokens_per_second(c) for c in categories]

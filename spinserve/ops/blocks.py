@@ -51,11 +51,27 @@ BLOCK_TYPES = {
     interleave.Q6_K_X8: BlockType("Q6_Kx8", 256, 210, "block_matmul", rows=8),
 }
 _OPS = {"small_blocks": "small_block_matmul", "block_matmul": "block_matmul"}
+_WIDE_OPS = {"small_blocks": "small_block_wide", "block_matmul": "block_matmul_wide"}
 
 
 def kernels_available() -> bool:
     """Whether our block kernels build and load here (else torch's kernels run instead)."""
     return all(native.available(kernel) for kernel in _OPS)
+
+
+def set_wide_passes(on: bool | None, variant: str = "native") -> bool:
+    """Whether the interleaved kernels run two chunks side by side in 512-bit registers from 4
+    rows on (``ops/csrc/wide.h``): True or False, or None to measure this CPU again (what
+    happens at start: wide where its 512-bit dpbusd does at least 1.5x the multiply-adds of
+    its 256-bit one, as on Zen 5 and not on Zen 4). The same bits either way; for tests and
+    side-by-side timing. Returns whether they were on (always False for a build without
+    AVX-512)."""
+    mode = -1 if on is None else int(on)
+    before = [
+        getattr(getattr(torch.ops, native.load(kernel, variant)), op)(mode)
+        for kernel, op in _WIDE_OPS.items()
+    ]
+    return any(before)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class RequestState:
     num_restarts: int = 0  # changes of text detected
     stats: dict[Hashable, Any] = field(default_factory=dict)  # statistics key -> statistics
     streak: bool = False  # whether the last step that drafted had every draft token pass
+    rejected: bool = False  # whether the last step that drafted had a draft token rejected
     totals: dict[Hashable, list[float]] = field(
         default_factory=lambda: defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     )  # prior key -> [count, total, total_sq, drafted], undiscounted: taught to the prior
@@ -175,11 +176,14 @@ class DrafterArms:
         total = sum(s.trials[0] for s in stats.values()) + 1.0
         forward = self.s.forward
         alone = forward.share(num_running, 1.0)  # a step with no draft (none proposed)
+        cap = self.s.params.cap_after_reject
+        lengths = [k for k in self.lengths if k <= cap] if cap and state.rejected else []
+        lengths = lengths or self.lengths
         for drafter in self.drafters:
             rates = self._rates(keys[drafter], stats[drafter], total, explore)
             draft_fixed, per_draft = self.s.draft.line(drafter, state.bucket)
             catchup = self.s.catchup_per_token(state, drafter)
-            for k in self.lengths:
+            for k in lengths:
                 emitted = rates.expected_emitted(k)
                 # the forward's expected share over proposing or not: a lone sequence's
                 # curve is not a line, so the share of the mean draft would underprice it
@@ -269,6 +273,8 @@ class DrafterArms:
             if n:
                 state.tally((key, name), n, won, won)
         state.streak = bool(fb.num_drafted) and fb.num_accepted == fb.num_drafted
+        if fb.num_drafted:
+            state.rejected = fb.num_accepted < fb.num_drafted
         if fb.num_drafted:
             old_fill = self._fill.get(d, 1.0)
             self._fill[d] = old_fill + 0.05 * (fb.num_drafted / k - old_fill)

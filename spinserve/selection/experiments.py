@@ -73,6 +73,8 @@ FACTORIES: dict[str, PolicyFactory] = {
     "no shared prior": _spin(shared_prior=False),
     "exploring under load": _spin(explore_under_load=True),
     "catch-up not calibrated": _spin(_CatchupUncalibrated),
+    "no cap after a rejection": _spin(cap_after_reject=0),
+    "cap 2 after a rejection": _spin(cap_after_reject=2),
     "output horizon 32": _spin(output_tokens=32.0),
     "output horizon 512": _spin(output_tokens=512.0),
     "flat D-TS, drafter x {2,4,8}": _spin(model="flat", draft_lengths=(2, 4, 8), discount=0.95),

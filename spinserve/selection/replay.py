@@ -26,6 +26,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from spinserve.config.speculative import NO_DRAFTER
 from spinserve.selection.baselines import FixedPolicy
 from spinserve.selection.cost import interpolate
 from spinserve.selection.policy import (
@@ -239,6 +240,48 @@ def oracle(
         result.seconds.update(best.seconds)
         result.category.update(best.category)
         result.choices[arm.label] += 1
+    return result
+
+
+def hindsight(
+    requests: Sequence[TracedRequest], cost: CostModel, drafters: Sequence[str]
+) -> ReplayResult:
+    """Per step the best of no draft and every drafter in ``drafters`` at every k, chosen
+    knowing how many tokens each draft will pass, and no drafter ever paying to catch up:
+    a bound on any policy over these drafters, even one that switches every step (a
+    shortest path over a request's output positions, solved backwards)."""
+    result = ReplayResult()
+    lengths = range(1, cost.max_tokens)
+    for request in requests:
+        n = request.num_output_tokens
+        best = [0.0] * (n + cost.max_tokens + 1)  # seconds from position t to the end
+        pick: dict[int, str] = {}
+        for t in range(n - 1, 0, -1):
+            context = request.num_prompt_tokens + t
+            best[t] = cost.forward_seconds(context, 1) + best[t + 1]
+            pick[t] = NO_DRAFTER
+            for name in drafters:
+                proposed, matched = request.drafts[name][t]
+                for k in lengths:
+                    if k > n - t - 1:
+                        break
+                    drafted = min(k, proposed)
+                    seconds = cost.draft_seconds(name, k, context, 0)
+                    seconds += cost.forward_seconds(context, drafted + 1)
+                    seconds += best[t + min(matched, drafted) + 1]
+                    if seconds < best[t]:
+                        best[t], pick[t] = seconds, f"{name}@{k}"
+        t = 1
+        while t < n:  # count the choices on the best path
+            result.choices[pick[t]] += 1
+            choice = Choice.parse(pick[t])
+            if choice.drafter is not None:
+                proposed, matched = request.drafts[choice.drafter][t]
+                t += min(matched, proposed, choice.num_draft_tokens)
+            t += 1
+        result.tokens[request.request_id] = n - 1
+        result.seconds[request.request_id] = best[1]
+        result.category[request.request_id] = request.category
     return result
 
 

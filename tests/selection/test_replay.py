@@ -11,6 +11,7 @@ from spinserve.selection.replay import (
     DrafterCost,
     TracedRequest,
     calibration,
+    hindsight,
     oracle,
     replay,
     shuffled,
@@ -104,3 +105,37 @@ def test_the_oracle_takes_each_requests_fastest_arm():
     alone = [replay(FixedPolicy(arm), [traced()], COST).seconds["r"] for arm in arms]
     assert best.seconds["r"] == pytest.approx(min(alone))
     assert best.choices == {arms[alone.index(min(alone))].label: 1}
+
+
+def test_hindsight_is_a_bound_on_every_policy_and_switches_per_step():
+    requests = [traced(f"r{i}") for i in range(3)]
+    bound = hindsight(requests, COST, ["lookup", "model"])
+    arms = [NO_SPECULATION, *(Choice(d, k) for d in ("lookup", "model") for k in range(1, 5))]
+    best_per_request = oracle(requests, COST, arms)
+    learned = replay(SpinPolicy(["lookup", "model"]), requests, COST)
+    for rid in bound.seconds:
+        assert bound.seconds[rid] <= best_per_request.seconds[rid] + 1e-12
+        assert bound.seconds[rid] <= learned.seconds[rid] + 1e-12
+    assert bound.tokens == best_per_request.tokens
+    # against every sequence of per-step choices, tried one by one
+    [request] = requests[:1]
+
+    def fastest(t: int) -> float:
+        if t >= request.num_output_tokens:
+            return 0.0
+        options = [f(t, 1) + fastest(t + 1)]
+        for arm in arms[1:]:
+            k = arm.num_draft_tokens
+            if k <= request.num_output_tokens - t - 1:
+                proposed, matched = request.drafts[arm.drafter][t]
+                drafted = min(k, proposed)
+                draft = COST.draft_seconds(arm.drafter, k, t, 0)
+                options.append(draft + f(t, drafted + 1) + fastest(t + min(matched, drafted) + 1))
+        return min(options)
+
+    assert bound.seconds["r0"] == pytest.approx(fastest(1))
+    assert sum(bound.choices.values()) < 3 * 7  # it drafts: fewer steps than tokens
+    # with no drafter it is the target alone
+    assert hindsight([traced()], COST, []).seconds["r"] == pytest.approx(
+        replay(FixedPolicy(NO_SPECULATION), [traced()], COST).seconds["r"]
+    )

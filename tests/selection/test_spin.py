@@ -207,6 +207,7 @@ def test_protocol_edges():
         (dict(reward="direct"), "need model='flat'"),
         (dict(change_threshold=-1), "change_threshold"),
         (dict(output_tokens=0.5), "output_tokens"),
+        (dict(cap_after_reject=-1), "cap_after_reject"),
     ],
 )
 def test_bad_params(params, message):

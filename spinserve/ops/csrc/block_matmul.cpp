@@ -31,6 +31,7 @@
 #include "lanes.h"
 #include "namespace.h"
 #include "quantize.h"
+#include "wide.h"
 
 #include <algorithm>
 #include <cmath>
@@ -425,7 +426,7 @@ inline __m256i pair_of(const int16_t* sums) {
 constexpr int64_t kPrefetchChunks = 4;
 template <int ROWS>
 inline void prefetch_ahead(const uint8_t* chunk, int64_t chunk_bytes, int64_t offset, int lines) {
-  if constexpr (ROWS >= 3) {
+  if constexpr (ROWS >= 1) {
     const char* p = reinterpret_cast<const char*>(chunk + kPrefetchChunks * chunk_bytes + offset);
     for (int i = 0; i < lines; ++i) _mm_prefetch(p + 64 * i, _MM_HINT_T0);
   }
@@ -534,6 +535,156 @@ void q6_kx8_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stri
   }
   for (int r = 0; r < ROWS; ++r) _mm256_store_ps(out + kX8 * r, acc[r]);
 }
+
+#if defined(SPINSERVE_WIDE)
+// The wide passes (wide.h): two groups of 8 weight rows side by side, lanes 0-7 the first
+// chunk's rows, 8-15 the second's; every lane does what it does in the 256-bit pass above,
+// so the bits are the same. out[16 r + i] += row r . weight row i of the pair.
+inline __m512i dot4_wide(__m512i acc, __m512i u, const int8_t* x) {
+  const auto& quad = *reinterpret_cast<const int32_t*>(x);
+  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(quad));
+  return acc;
+}
+
+inline __m512i load_pair(const uint8_t* a, const uint8_t* b) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
+}
+
+inline __m256i load_pair16(const uint8_t* a, const uint8_t* b) {
+  return _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), 1);
+}
+
+inline __m512 load_halves_pair(const uint8_t* a, const uint8_t* b) {
+  return _mm512_cvtph_ps(load_pair16(a, b));
+}
+
+// Where the first group of a pair prefetches from: the groups are consecutive, so its prefetch
+// past its end would fall in the second (being read); it goes to the next pair's second group.
+inline const uint8_t* first_prefetch_base(const uint8_t* c0, int64_t blk, int64_t nb,
+                                          int64_t chunk_bytes) {
+  return c0 + (blk + kPrefetchChunks < nb ? 0 : 2 * nb * chunk_bytes);
+}
+
+template <int ROWS>
+void q4_kx8_pair_rows(const uint8_t* w0, const uint8_t* w1, int64_t nb, const ActBlock* act,
+                      int64_t stride, float* out) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i zero = _mm512_setzero_si512();
+  __m512 acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_load_ps(out + 2 * kX8 * r);
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    const uint8_t* c0 = w0 + blk * kQ4KX8Bytes;
+    const uint8_t* c1 = w1 + blk * kQ4KX8Bytes;
+    const uint8_t* ahead0 = first_prefetch_base(c0, blk, nb, kQ4KX8Bytes);
+    __m512i isum[ROWS];
+    for (int r = 0; r < ROWS; ++r) isum[r] = zero;
+    for (int j = 0; j < 8; ++j) {
+      prefetch_ahead<ROWS>(ahead0, kQ4KX8Bytes, 160 * j, 3);
+      prefetch_ahead<ROWS>(c1, kQ4KX8Bytes, 160 * j, 3);
+      int64_t s0, s1;
+      std::memcpy(&s0, c0 + 32 + 8 * j, 8);
+      std::memcpy(&s1, c1 + 32 + 8 * j, 8);
+      const __m512i sc = _mm512_cvtepu8_epi32(_mm_set_epi64x(s1, s0));
+      __m512i t0[ROWS], t1[ROWS];
+      for (int r = 0; r < ROWS; ++r) t0[r] = t1[r] = zero;
+      for (int k = 0; k < 4; ++k) {
+        const int64_t at = 160 + 128 * j + 32 * k;
+        const __m512i v = load_pair(c0 + at, c1 + at);
+        const __m512i lo = _mm512_and_si512(v, low);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        for (int r = 0; r < ROWS; ++r) {
+          const int8_t* x = act[r * stride + blk].q + 32 * j + 8 * k;
+          t0[r] = dot4_wide(t0[r], lo, x);
+          t1[r] = dot4_wide(t1[r], hi, x + 4);
+        }
+      }
+      for (int r = 0; r < ROWS; ++r) {
+        isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(_mm512_add_epi32(t0[r], t1[r]), sc));
+      }
+    }
+    __m512i mins[4];
+    for (int p = 0; p < 4; ++p) mins[p] = _mm512_cvtepu8_epi16(load_pair16(c0 + 96 + 16 * p, c1 + 96 + 16 * p));
+    const __m512 da = load_halves_pair(c0, c1);
+    const __m512 db = load_halves_pair(c0 + 16, c1 + 16);
+    for (int r = 0; r < ROWS; ++r) {
+      const ActBlock& a = act[r * stride + blk];
+      __m512i csum = zero;
+      for (int p = 0; p < 4; ++p) {
+        int32_t pair;
+        std::memcpy(&pair, a.bsum32 + 2 * p, 4);
+        csum = _mm512_dpwssd_epi32(csum, mins[p], _mm512_set1_epi32(pair));
+      }
+      const __m512 part = _mm512_sub_ps(_mm512_mul_ps(da, _mm512_cvtepi32_ps(isum[r])),
+                                        _mm512_mul_ps(db, _mm512_cvtepi32_ps(csum)));
+      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_set1_ps(a.d), part));
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) _mm512_store_ps(out + 2 * kX8 * r, acc[r]);
+}
+
+template <int ROWS>
+void q6_kx8_pair_rows(const uint8_t* w0, const uint8_t* w1, int64_t nb, const ActBlock* act,
+                      int64_t stride, float* out) {
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i two = _mm512_set1_epi8(0x30);
+  __m512 acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_load_ps(out + 2 * kX8 * r);
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    const uint8_t* c0 = w0 + blk * kQ6KX8Bytes;
+    const uint8_t* c1 = w1 + blk * kQ6KX8Bytes;
+    const uint8_t* ahead0 = first_prefetch_base(c0, blk, nb, kQ6KX8Bytes);
+    __m512i isum[ROWS];
+    for (int r = 0; r < ROWS; ++r) isum[r] = zero;
+    for (int j = 0; j < 16; ++j) {
+      prefetch_ahead<ROWS>(ahead0, kQ6KX8Bytes, 105 * j, 2);
+      prefetch_ahead<ROWS>(c1, kQ6KX8Bytes, 105 * j, 2);
+      const int p = j / 2;
+      const __m512i pairs = _mm512_cvtepi8_epi16(load_pair16(c0 + 16 + 16 * p, c1 + 16 + 16 * p));
+      const __m512i sc = (j % 2) ? _mm512_srai_epi32(pairs, 16)
+                                 : _mm512_srai_epi32(_mm512_slli_epi32(pairs, 16), 16);
+      const int64_t at = 144 + 96 * j;
+      const __m512i l0 = load_pair(c0 + at, c1 + at);
+      const __m512i l1 = load_pair(c0 + at + 32, c1 + at + 32);
+      const __m512i h = load_pair(c0 + at + 64, c1 + at + 64);
+      const __m512i q0 = _mm512_or_si512(_mm512_and_si512(l0, low),
+                                         _mm512_and_si512(_mm512_slli_epi16(h, 4), two));
+      const __m512i q1 = _mm512_or_si512(_mm512_and_si512(l1, low),
+                                         _mm512_and_si512(_mm512_slli_epi16(h, 2), two));
+      const __m512i q2 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), low),
+                                         _mm512_and_si512(h, two));
+      const __m512i q3 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), low),
+                                         _mm512_and_si512(_mm512_srli_epi16(h, 2), two));
+      for (int r = 0; r < ROWS; ++r) {
+        const int8_t* x = act[r * stride + blk].q + 16 * j;
+        const __m512i t0 = dot4_wide(dot4_wide(zero, q0, x), q2, x + 8);
+        const __m512i t1 = dot4_wide(dot4_wide(zero, q1, x + 4), q3, x + 12);
+        isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(_mm512_add_epi32(t0, t1), sc));
+      }
+    }
+    __m512i all_pairs[8];
+    for (int p = 0; p < 8; ++p) {
+      all_pairs[p] = _mm512_cvtepi8_epi16(load_pair16(c0 + 16 + 16 * p, c1 + 16 + 16 * p));
+    }
+    const __m512 d = load_halves_pair(c0, c1);
+    for (int r = 0; r < ROWS; ++r) {
+      const ActBlock& a = act[r * stride + blk];
+      __m512i csum = zero;
+      for (int p = 0; p < 8; ++p) {
+        int32_t pair;
+        std::memcpy(&pair, a.bsum + 2 * p, 4);
+        csum = _mm512_dpwssd_epi32(csum, all_pairs[p], _mm512_set1_epi32(pair));
+      }
+      const __m512i diff = _mm512_sub_epi32(isum[r], _mm512_slli_epi32(csum, 5));
+      const __m512 part = _mm512_mul_ps(d, _mm512_cvtepi32_ps(diff));
+      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_set1_ps(a.d), part));
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) _mm512_store_ps(out + 2 * kX8 * r, acc[r]);
+}
+#endif  // SPINSERVE_WIDE
 #endif
 
 // Rows sharing one pass over a weight row (AVX-512 machines have 32 vector registers to
@@ -551,6 +702,11 @@ constexpr bool kVector = false;
 using Unpack = void (*)(const uint8_t*, WeightBlock&);
 using Rows = void (*)(const uint8_t*, int64_t, const ActBlock*, int64_t, float*);
 using Portable8 = void (*)(const uint8_t*, const ActBlock&, float*);
+// A wide pass: two chunks' rows (the groups at the first two pointers) side by side.
+using Pair = void (*)(const uint8_t*, const uint8_t*, int64_t, const ActBlock*, int64_t, float*);
+// Activation rows from which the interleaved kernels run the wide pass where it pays (below
+// that a pass waits on memory, not on its multiplies).
+constexpr int64_t kWideMinRows = 4;
 
 struct Format {
   int64_t block_bytes;  // per super-block: of one weight row, or of 8 when interleaved
@@ -561,6 +717,7 @@ struct Format {
   // two of 4, on the 2-core Zen 4 dev machine).
   int64_t group;
   Portable8 portable8 = nullptr;  // portable path of an interleaved layout (8 weight rows)
+  Pair pairs[kGroup] = {};        // wide passes for 1..group rows (interleaved, AVX-512 only)
   bool interleaved() const { return portable8 != nullptr; }
 };
 
@@ -575,10 +732,20 @@ constexpr Rows rows_kernel() {
   else return q6_kx8_rows<R>;
 }
 
+template <Kernel K, int R>
+constexpr Pair pair_kernel() {
+#if defined(SPINSERVE_WIDE)
+  if constexpr (K == Kernel::q4_kx8) return q4_kx8_pair_rows<R>;
+  else if constexpr (K == Kernel::q6_kx8) return q6_kx8_pair_rows<R>;
+#endif
+  return nullptr;
+}
+
 template <Kernel K, int... I>
 constexpr Format make_format(int64_t bytes, Unpack unpack, Portable8 portable,
                              std::integer_sequence<int, I...>) {
-  return Format{bytes, unpack, {rows_kernel<K, I + 1>()...}, sizeof...(I), portable};
+  return Format{bytes, unpack, {rows_kernel<K, I + 1>()...}, sizeof...(I), portable,
+                {pair_kernel<K, I + 1>()...}};
 }
 
 // A format whose vector kernels take 1..N rows per pass (N: its group).
@@ -638,17 +805,33 @@ void matmul_rows(const ActBlock* act, int64_t rows, int64_t nb, const uint8_t* b
 }
 
 // Output columns 8g .. 8g + 7 for the groups g in [g_begin, g_end) of an interleaved weight.
+// Where the wide passes run, two groups at a time for passes of kWideMinRows rows or more.
 void matmul_groups(const ActBlock* act, int64_t rows, int64_t nb, const uint8_t* chunks,
                    const Format& fmt, int64_t g_begin, int64_t g_end, int64_t n_out, float* y,
                    bool portable) {
-  const int64_t pass = (kVector && !portable) ? fmt.group : kRowTile;
-  alignas(32) float acc[kRowTile * kX8];
+  const bool vector = kVector && !portable;
+  const int64_t pass = vector ? fmt.group : kRowTile;
+  const bool wide = vector && fmt.pairs[0] != nullptr && rows >= kWideMinRows &&
+                    spinserve_wide::mode() == 1;
+  alignas(64) float acc[kRowTile * kX8];
   for (int64_t g = g_begin; g < g_end; ++g) {
     const uint8_t* group = chunks + g * nb * fmt.block_bytes;
+    if (wide && g + 1 < g_end) {  // groups g and g + 1
+      for (int64_t r = 0; r < rows; r += pass) {
+        const int64_t count = std::min(pass, rows - r);
+        std::memset(acc, 0, sizeof(acc));
+        fmt.pairs[count - 1](group, group + nb * fmt.block_bytes, nb, act + r * nb, nb, acc);
+        for (int64_t i = 0; i < count; ++i) {
+          std::memcpy(y + (r + i) * n_out + kX8 * g, acc + 2 * kX8 * i, 2 * kX8 * sizeof(float));
+        }
+      }
+      ++g;
+      continue;
+    }
     for (int64_t r = 0; r < rows; r += pass) {
       const int64_t count = std::min(pass, rows - r);
       std::memset(acc, 0, sizeof(acc));
-      if (kVector && !portable) {
+      if (vector) {
         fmt.rows[count - 1](group, nb, act + r * nb, nb, acc);
       } else {
         for (int64_t b = 0; b < nb; ++b) {
@@ -739,9 +922,13 @@ at::Tensor block_matmul(
   return block_matmul_many(x, {blocks}, {qtype}, {n_out}, portable)[0];
 }
 
+int64_t block_matmul_wide(int64_t mode) { return spinserve_wide::set_mode(static_cast<int>(mode)); }
+
 }  // namespace
 
 SPINSERVE_FRAGMENT(SPINSERVE_OPS, m) {
+  // The wide passes (wide.h): set 0 or 1, or -1 to measure again; returns the mode before.
+  m.def("block_matmul_wide(int mode) -> int", &block_matmul_wide);
   m.def("block_matmul(Tensor x, Tensor blocks, int qtype, int n_out, bool portable) -> Tensor");
   m.impl("block_matmul", c10::DispatchKey::CPU, &block_matmul);
   m.def("block_matmul_many(Tensor x, Tensor[] blocks, int[] qtypes, int[] n_outs, bool portable) "

@@ -30,6 +30,7 @@
 #include "lanes.h"
 #include "namespace.h"
 #include "quantize.h"
+#include "wide.h"
 
 #include <algorithm>
 #include <array>
@@ -237,7 +238,7 @@ __attribute__((noinline)) void rows_avx2(const Act* act, int64_t nb, const uint8
     const uint8_t* block = w + b * bytes;
     // at 3 or more rows the pass is bound by its multiplies and waited on memory between
     // them: the line kPrefetchBytes on is asked for ahead (see block_matmul.cpp)
-    if constexpr (ROWS >= 3) {
+    if constexpr (ROWS >= 1) {
       _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes, _MM_HINT_T0);
     }
     const __m256i u = load_avx2<QTYPE>(block);
@@ -333,7 +334,7 @@ __attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const ui
   for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* c = w + b * bytes;
-    if constexpr (ROWS >= 3) {  // see rows_avx2
+    if constexpr (ROWS >= 1) {  // see rows_avx2
       for (int64_t i = 0; i < bytes; i += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes + i, _MM_HINT_T0);
       }
@@ -387,13 +388,127 @@ __attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const ui
   for (int r = 0; r < ROWS; ++r) _mm256_storeu_ps(out + 8 * r, acc[r]);
 }
 
+#if defined(SPINSERVE_WIDE)
+// The wide pass (wide.h): the chunks of two consecutive groups side by side, lanes 0-7 the
+// first's weight rows, 8-15 the second's, each lane doing what it does in rows_x8_avx2 (the
+// same bits). out[16 r + i] = row r . weight row i of the pair.
+inline __m512i load_pair(const uint8_t* a, const uint8_t* b) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
+}
+
+inline __m512 halves_pair(const uint8_t* a, const uint8_t* b) {
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), 1));
+}
+
+inline __m512i dot4_wide(__m512i acc, __m512i u, const int8_t* x) {
+  const auto& quad = *reinterpret_cast<const int32_t*>(x);
+  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(quad));
+  return acc;
+}
+
+template <int64_t QTYPE, int ROWS>
+__attribute__((noinline)) void rows_x8_pair(const Act* act, int64_t nb, const uint8_t* w0,
+                                            const uint8_t* w1, float* out) {
+  constexpr int64_t bytes = 8 * block_bytes(QTYPE);
+  constexpr int32_t off = offset(QTYPE);
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const int64_t group_bytes = nb * bytes;
+  __m512 acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* c0 = w0 + b * bytes;
+    const uint8_t* c1 = w1 + b * bytes;
+    // the groups are consecutive: the first's prefetch past its end would fall in the second
+    // (being read), so it goes to the next pair's second group instead
+    const int64_t skip = b * bytes + kPrefetchBytes < group_bytes ? 0 : 2 * group_bytes;
+    for (int64_t i = 0; i < bytes; i += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(c0) + skip + kPrefetchBytes + i, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(c1) + kPrefetchBytes + i, _MM_HINT_T0);
+    }
+    __m512i even[ROWS], odd[ROWS];
+    for (int r = 0; r < ROWS; ++r) {
+      even[r] = _mm512_set1_epi32(-off * act[r * nb + b].sum);
+      odd[r] = _mm512_setzero_si512();
+    }
+    for (int k = 0; k < 4; ++k) {
+      __m512i u0, u1;
+      if constexpr (QTYPE == kQ8_0) {
+        const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // w + 128
+        u0 = _mm512_xor_si512(load_pair(c0 + 16 + 64 * k, c1 + 16 + 64 * k), flip);
+        u1 = _mm512_xor_si512(load_pair(c0 + 48 + 64 * k, c1 + 48 + 64 * k), flip);
+      } else {
+        const int64_t at = nibbles_at(QTYPE) + 32 * k;
+        const __m512i v = load_pair(c0 + at, c1 + at);
+        u0 = _mm512_and_si512(v, low);
+        u1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        if constexpr (QTYPE == kQ5_0) {
+          uint32_t m[4];
+          std::memcpy(m, c0 + 144 + 8 * k, 8);
+          std::memcpy(m + 2, c1 + 144 + 8 * k, 8);
+          const __m512i sixteen = _mm512_set1_epi8(0x10);
+          u0 = _mm512_mask_add_epi8(u0, m[0] | (uint64_t{m[2]} << 32), u0, sixteen);
+          u1 = _mm512_mask_add_epi8(u1, m[1] | (uint64_t{m[3]} << 32), u1, sixteen);
+        }
+      }
+      for (int r = 0; r < ROWS; ++r) {
+        const int8_t* x = act[r * nb + b].q + 8 * k;
+        even[r] = dot4_wide(even[r], u0, x);
+        odd[r] = dot4_wide(odd[r], u1, x + 4);
+      }
+    }
+    const __m512 d = halves_pair(c0, c1);
+    __m512 m = _mm512_setzero_ps();
+    if constexpr (QTYPE == kQ4_1) m = halves_pair(c0 + 16, c1 + 16);
+    for (int r = 0; r < ROWS; ++r) {
+      const Act& a = act[r * nb + b];
+      const __m512 row_d = _mm512_set1_ps(a.d);
+      const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(even[r], odd[r]));
+      acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(row_d, d), dot, acc[r]);
+      if constexpr (QTYPE == kQ4_1) {
+        const __m512 sum = _mm512_set1_ps(static_cast<float>(a.sum));
+        acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(row_d, _mm512_mul_ps(m, sum)));
+      }
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) _mm512_storeu_ps(out + 16 * r, acc[r]);
+}
+
+template <int64_t QTYPE, int... R>
+constexpr auto pair_functions(std::integer_sequence<int, R...>) {
+  using Pair = void (*)(const Act*, int64_t, const uint8_t*, const uint8_t*, float*);
+  return std::array<Pair, sizeof...(R)>{rows_x8_pair<QTYPE, R + 1>...};
+}
+#endif  // SPINSERVE_WIDE
+
+// Activation rows from which the wide pass runs where it pays (wide.h; below that a pass
+// waits on memory, not on its multiplies).
+constexpr int64_t kWideMinRows = 4;
+
 template <int64_t QTYPE>
 void matmul_groups_avx2(const Act* act, int64_t rows, int64_t nb, const uint8_t* chunks,
                         int64_t g_begin, int64_t g_end, int64_t n_out, float* y) {
   constexpr auto kRows = row_functions<QTYPE, true>(std::make_integer_sequence<int, kTileRows>());
   const int64_t group_bytes = nb * 8 * block_bytes(QTYPE);
-  alignas(32) float out[kTileRows * 8];
+  alignas(64) float out[kTileRows * 16];
   for (int64_t g = g_begin; g < g_end; ++g) {
+#if defined(SPINSERVE_WIDE)
+    if (rows >= kWideMinRows && g + 1 < g_end && spinserve_wide::mode() == 1) {
+      constexpr auto kPairs =
+          pair_functions<QTYPE>(std::make_integer_sequence<int, kTileRows>());
+      const uint8_t* first = chunks + g * group_bytes;
+      for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+        const int64_t tile = std::min<int64_t>(kTileRows, rows - r0);
+        kPairs[tile - 1](act + r0 * nb, nb, first, first + group_bytes, out);
+        for (int64_t r = 0; r < tile; ++r) {
+          std::memcpy(y + (r0 + r) * n_out + 8 * g, out + 16 * r, 16 * sizeof(float));
+        }
+      }
+      ++g;
+      continue;
+    }
+#endif
     for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
       const int64_t tile = std::min<int64_t>(kTileRows, rows - r0);
       kRows[tile - 1](act + r0 * nb, nb, chunks + g * group_bytes, out);
@@ -543,9 +658,13 @@ at::Tensor small_block_matmul(const at::Tensor& x, const at::Tensor& blocks, int
   return y;
 }
 
+int64_t small_block_wide(int64_t mode) { return spinserve_wide::set_mode(static_cast<int>(mode)); }
+
 }  // namespace
 
 SPINSERVE_FRAGMENT(SPINSERVE_OPS, m) {
+  // The wide passes (wide.h): set 0 or 1, or -1 to measure again; returns the mode before.
+  m.def("small_block_wide(int mode) -> int", &small_block_wide);
   m.def("small_block_matmul(Tensor x, Tensor blocks, int qtype, int n_out, bool portable) -> "
         "Tensor");
   m.impl("small_block_matmul", c10::DispatchKey::CPU, &small_block_matmul);
