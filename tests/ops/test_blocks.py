@@ -6,6 +6,10 @@ C++) computed it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -275,3 +279,14 @@ def test_the_wide_passes_give_the_same_bits(quant):
             )
     finally:
         set_wide_passes(was)
+
+
+def test_the_environment_turns_the_wide_passes_off():
+    """SPINSERVE_WIDE_KERNELS=0 overrides the measurement made at first use (a new process:
+    the mode is decided once per process)."""
+    code = "from spinserve.ops.blocks import set_wide_passes; print(set_wide_passes(True))"
+    env = {**os.environ, "SPINSERVE_WIDE_KERNELS": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"

@@ -20,7 +20,10 @@
 #include <immintrin.h>
 #endif
 
+// Internal linkage: each kernel library keeps its own mode (an inline function's static would
+// otherwise be one object across the libraries a process loads, by symbol interposition).
 namespace spinserve_wide {
+namespace {
 
 constexpr const char* kEnvVar = "SPINSERVE_WIDE_KERNELS";
 constexpr int kUnknown = -1;
@@ -98,4 +101,5 @@ inline int set_mode(int m) {
   return before;
 }
 
+}  // namespace
 }  // namespace spinserve_wide
