@@ -20,6 +20,7 @@ from spinserve.config.engine import RuntimeConfig
 from spinserve.loading.loader import load
 from spinserve.models.decoder import Decoder
 from spinserve.ops import native
+from spinserve.ops.blocks import set_wide_passes
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
 
@@ -92,6 +93,22 @@ def test_every_build_of_the_stack_gives_the_same_bits(folders, quant, variant):
     native_bits = logits(model, [chunk])
     stack.op = getattr(torch.ops, native.load("decoder_layers", variant=variant)).decoder_layers
     assert torch.equal(logits(model, [chunk]), native_bits)
+
+
+@pytest.mark.parametrize("quant", [Q.Q4_K, Q.Q8_0], ids=lambda q: q.name)
+def test_the_wide_passes_give_the_stack_the_same_bits(folders, quant):
+    """A verification of 40 rows with the kernels' 512-bit passes forced on and off
+    (`set_wide_passes`; on a CPU without AVX-512 VNNI both are the 256-bit passes)."""
+    arch = "llama" if quant == Q.Q4_K else "qwen2"
+    model = load(str(folders[arch, quant])).model
+    chunk = SeqChunk("a", IDS, 0, [6, 2, 4, 0, 1], len(IDS))
+    was = set_wide_passes(True)
+    try:
+        wide = logits(model, [chunk])
+        set_wide_passes(False)
+        assert torch.equal(logits(model, [chunk]), wide)
+    finally:
+        set_wide_passes(was)
 
 
 def test_the_kernel_names_a_malformed_call():
