@@ -418,18 +418,16 @@ inline __m256i pair_of(const int16_t* sums) {
 
 // Software prefetch for the interleaved kernels: at 3 or more rows a pass is bound by its
 // multiplies, and the hardware prefetcher alone left it waiting on memory between them (a
-// 256 MB stream of Q4_Kx8 chunks at 8 rows, 2 threads: 18.1 ms, 12.2 with this; 1-2 rows,
-// bound by memory, level or a few percent slower with it, so they go without). Each call
-// asks for `lines` cache lines of the chunk kPrefetchChunks on, starting `offset` bytes into
-// it; a kernel spreads the calls over its loop (prefetching past the weight's end is harmless:
-// a prefetch never faults). 4 chunks on measured best of 2, 4, 6, 8, 12.
+// 256 MB stream of Q4_Kx8 chunks at 8 rows, 2 threads: 18.1 ms, 12.2 with this). At 1-2 rows
+// it was level or a few percent slower on Zen 4 and 0.84-0.91x the time of a decode on Zen 5
+// (session 11), so every pass prefetches. Each call asks for `lines` cache lines of the chunk
+// kPrefetchChunks on, starting `offset` bytes into it; a kernel spreads the calls over its loop
+// (prefetching past the weight's end is harmless: a prefetch never faults). 4 chunks on
+// measured best of 2, 4, 6, 8, 12 (and of 4 and 8 for the wide passes).
 constexpr int64_t kPrefetchChunks = 4;
-template <int ROWS>
 inline void prefetch_ahead(const uint8_t* chunk, int64_t chunk_bytes, int64_t offset, int lines) {
-  if constexpr (ROWS >= 1) {
-    const char* p = reinterpret_cast<const char*>(chunk + kPrefetchChunks * chunk_bytes + offset);
-    for (int i = 0; i < lines; ++i) _mm_prefetch(p + 64 * i, _MM_HINT_T0);
-  }
+  const char* p = reinterpret_cast<const char*>(chunk + kPrefetchChunks * chunk_bytes + offset);
+  for (int i = 0; i < lines; ++i) _mm_prefetch(p + 64 * i, _MM_HINT_T0);
 }
 
 // 8 weight rows (one chunk per super-block, nb of them from w) times ROWS activation rows:
@@ -445,7 +443,7 @@ void q4_kx8_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stri
     __m256i isum[ROWS];
     for (int r = 0; r < ROWS; ++r) isum[r] = zero;
     for (int j = 0; j < 8; ++j) {
-      prefetch_ahead<ROWS>(c, kQ4KX8Bytes, 160 * j, 3);  // 8 x 3 lines cover the 1,184 bytes
+      prefetch_ahead(c, kQ4KX8Bytes, 160 * j, 3);  // 8 x 3 lines cover the 1,184 bytes
       const __m256i sc =
           _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 32 + 8 * j)));
       __m256i t0[ROWS], t1[ROWS];
@@ -505,7 +503,7 @@ void q6_kx8_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stri
       }
       for (int half = 0; half < 2; ++half) {
         const int j = 2 * p + half;
-        prefetch_ahead<ROWS>(c, kQ6KX8Bytes, 105 * j, 2);  // 16 x 2 lines cover the 1,680 bytes
+        prefetch_ahead(c, kQ6KX8Bytes, 105 * j, 2);  // 16 x 2 lines cover the 1,680 bytes
         const __m256i sc = half ? _mm256_srai_epi32(pairs, 16)
                                 : _mm256_srai_epi32(_mm256_slli_epi32(pairs, 16), 16);
         const uint8_t* u = c + 144 + 96 * j;
@@ -581,8 +579,8 @@ void q4_kx8_pair_rows(const uint8_t* w0, const uint8_t* w1, int64_t nb, const Ac
     __m512i isum[ROWS];
     for (int r = 0; r < ROWS; ++r) isum[r] = zero;
     for (int j = 0; j < 8; ++j) {
-      prefetch_ahead<ROWS>(ahead0, kQ4KX8Bytes, 160 * j, 3);
-      prefetch_ahead<ROWS>(c1, kQ4KX8Bytes, 160 * j, 3);
+      prefetch_ahead(ahead0, kQ4KX8Bytes, 160 * j, 3);
+      prefetch_ahead(c1, kQ4KX8Bytes, 160 * j, 3);
       int64_t s0, s1;
       std::memcpy(&s0, c0 + 32 + 8 * j, 8);
       std::memcpy(&s1, c1 + 32 + 8 * j, 8);
@@ -639,8 +637,8 @@ void q6_kx8_pair_rows(const uint8_t* w0, const uint8_t* w1, int64_t nb, const Ac
     __m512i isum[ROWS];
     for (int r = 0; r < ROWS; ++r) isum[r] = zero;
     for (int j = 0; j < 16; ++j) {
-      prefetch_ahead<ROWS>(ahead0, kQ6KX8Bytes, 105 * j, 2);
-      prefetch_ahead<ROWS>(c1, kQ6KX8Bytes, 105 * j, 2);
+      prefetch_ahead(ahead0, kQ6KX8Bytes, 105 * j, 2);
+      prefetch_ahead(c1, kQ6KX8Bytes, 105 * j, 2);
       const int p = j / 2;
       const __m512i pairs = _mm512_cvtepi8_epi16(load_pair16(c0 + 16 + 16 * p, c1 + 16 + 16 * p));
       const __m512i sc = (j % 2) ? _mm512_srai_epi32(pairs, 16)

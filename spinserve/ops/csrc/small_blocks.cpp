@@ -236,11 +236,10 @@ __attribute__((noinline)) void rows_avx2(const Act* act, int64_t nb, const uint8
   }
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* block = w + b * bytes;
-    // at 3 or more rows the pass is bound by its multiplies and waited on memory between
-    // them: the line kPrefetchBytes on is asked for ahead (see block_matmul.cpp)
-    if constexpr (ROWS >= 1) {
-      _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes, _MM_HINT_T0);
-    }
+    // the line kPrefetchBytes on is asked for ahead: at 3 or more rows the pass is bound by
+    // its multiplies and waited on memory between them, and on Zen 5 a decode too (see
+    // block_matmul.cpp's prefetch_ahead)
+    _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes, _MM_HINT_T0);
     const __m256i u = load_avx2<QTYPE>(block);
     // the fp16 scale in all 8 lanes (exact)
     int16_t h;
@@ -334,10 +333,8 @@ __attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const ui
   for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* c = w + b * bytes;
-    if constexpr (ROWS >= 1) {  // see rows_avx2
-      for (int64_t i = 0; i < bytes; i += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes + i, _MM_HINT_T0);
-      }
+    for (int64_t i = 0; i < bytes; i += 64) {  // see rows_avx2
+      _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes + i, _MM_HINT_T0);
     }
     __m256i even[ROWS], odd[ROWS];
     for (int r = 0; r < ROWS; ++r) {
