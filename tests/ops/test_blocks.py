@@ -170,6 +170,15 @@ def test_activation_ties_round_half_to_even_on_every_path(quant, variant):
     assert torch.equal(got, op(x, weight.blocks, weight.qtype, 16, False))
 
 
+def _assert_one_call_is_each_call(op, weights: list[BlockWeight], rows: int) -> None:
+    """`op` (a *_many kernel) on ``weights`` gives each the bits of `block_linear` alone."""
+    x = torch.randn(rows, weights[0].shape[1])
+    blocks = [w.blocks for w in weights]
+    outs = op(x, blocks, [w.qtype for w in weights], [w.shape[0] for w in weights], False)
+    for out, weight in zip(outs, weights, strict=True):
+        assert torch.equal(out, block_linear(x, weight))
+
+
 def test_several_weights_in_one_call_are_the_same_bits_as_one_call_each():
     """block_matmul_many (one rounding of x, one parallel loop over every output column: the
     q, k, v and gate, up projections of a layer) gives each weight's own call's bits."""
@@ -182,18 +191,39 @@ def test_several_weights_in_one_call_are_the_same_bits_as_one_call_each():
         _weight(Q6_K_X8, 16, 512, seed=11),
     ]
     for rows in (1, 5):
-        x = torch.randn(rows, 512)
-        outs = op(
-            x,
-            [w.blocks for w in weights],
-            [w.qtype for w in weights],
-            [w.shape[0] for w in weights],
-            False,
-        )
-        for out, weight in zip(outs, weights, strict=True):
-            assert torch.equal(out, block_linear(x, weight))
+        _assert_one_call_is_each_call(op, weights, rows)
     with pytest.raises(RuntimeError, match="expected \\[8, 420\\]"):
         op(torch.randn(1, 512), [weights[0].blocks, weights[0].blocks], [12, 14], [40, 8], False)
+
+
+def test_several_32_weight_blocks_in_one_call_are_the_same_bits_as_one_call_each():
+    """small_block_matmul_many (x rounded once per distinct weight offset: Q5_0's and Q8_0's
+    differ; one parallel loop over every output column) gives each weight's own call's bits,
+    interleaved or not, with the wide passes on (from 4 rows) and off."""
+    op = getattr(torch.ops, native.load("small_blocks")).small_block_matmul_many
+    q5_x8, q8_x8, q4_1_x8 = SMALL_X8[1], SMALL_X8[0], SMALL_X8[3]
+    weights = [
+        _weight(q5_x8, 64, 512, seed=5),
+        _weight(q8_x8, 24, 512, seed=6),
+        _weight(GGMLQuantizationType.Q4_1, 20, 512, seed=7),
+        _weight(q5_x8, 16, 512, seed=8),
+        _weight(q4_1_x8, 40, 512, seed=9),
+    ]
+    was = set_wide_passes(True)
+    try:
+        for wide, rows in [(True, 1), (True, 5), (False, 5), (True, 9)]:
+            set_wide_passes(wide)
+            _assert_one_call_is_each_call(op, weights, rows)
+    finally:
+        set_wide_passes(was)
+    with pytest.raises(RuntimeError, match="expected \\[8, 4352\\]"):
+        op(
+            torch.randn(1, 512),
+            [weights[0].blocks, weights[0].blocks],
+            [1006, 1008],
+            [64, 64],
+            False,
+        )
 
 
 @pytest.mark.parametrize("quant", INTERLEAVABLE, ids=_name)

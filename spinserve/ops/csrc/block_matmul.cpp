@@ -29,6 +29,7 @@
 #include "dot4.h"
 #include "half.h"
 #include "lanes.h"
+#include "many.h"
 #include "namespace.h"
 #include "quantize.h"
 #include "wide.h"
@@ -861,14 +862,10 @@ const Format& format_of(int64_t qtype) {
 std::vector<at::Tensor> block_matmul_many(const at::Tensor& x, at::TensorList blocks,
                                           at::IntArrayRef qtypes, at::IntArrayRef n_outs,
                                           bool portable) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be 2-D float32");
   const size_t count = blocks.size();
-  TORCH_CHECK(count > 0 && qtypes.size() == count && n_outs.size() == count,
-              "expected as many block types and output widths as weights");
+  const int64_t nb =
+      spinserve_many::blocks_per_row(x, count, qtypes.size(), n_outs.size(), kQK);
   const int64_t rows = x.size(0);
-  const int64_t k = x.size(1);
-  TORCH_CHECK(k % kQK == 0, "in_features must be a multiple of 256, got ", k);
-  const int64_t nb = k / kQK;
   std::vector<at::Tensor> weights, outs;
   std::vector<const Format*> formats;
   std::vector<int64_t> first{0};  // first output column of each weight, in the joint range

@@ -10,8 +10,8 @@
 //   h = rms_norm(x) ; x = x + (silu(h Wg^T) * (h Wu^T)) Wd^T
 //
 // The matrix products and the attention are our other kernels (block_matmul,
-// small_block_matmul, row_attention; block_matmul_many for q, k, v and for gate, up, which
-// share an input), called through torch's dispatcher, or torch's int4/int8
+// small_block_matmul, row_attention; block_matmul_many or small_block_matmul_many for q, k, v
+// and for gate, up, which share an input), called through torch's dispatcher, or torch's int4/int8
 // kernels for weights kept in their forms. The vector operations here compute each row on its
 // own, in a fixed order (8 float lanes summed in a fixed tree), so a row's result does not
 // depend on the rows beside it (batch invariance: docs/design.md).
@@ -110,23 +110,29 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
 }
 
 // The linears `which` of one layer on the same input: one call of block_matmul_many (one
-// activation rounding, one parallel loop) when all are k-quant blocks, else one call each.
+// activation rounding, one parallel loop) when all are k-quant blocks, of
+// small_block_matmul_many when all are 32-weight blocks, else one call each.
 std::vector<at::Tensor> linears(const at::Tensor& x, const at::Tensor* w, const int64_t* kind,
                                 std::initializer_list<int> which) {
-  static const auto many = find_op<ManyOp>("block_matmul_many");
+  static const auto k_quant_many = find_op<ManyOp>("block_matmul_many");
+  static const auto small_many = find_op<ManyOp>("small_block_matmul_many");
+  bool all_k_quant = true, all_small = true;
   std::vector<at::Tensor> blocks;
   std::vector<int64_t> qtypes, n_outs;
   for (int i : which) {
-    if (!is_k_quant(kind[i])) {
-      std::vector<at::Tensor> out;
-      for (int j : which) out.push_back(linear(x, w[2 + 2 * j], w[3 + 2 * j], kind[j]));
-      return out;
+    all_k_quant = all_k_quant && is_k_quant(kind[i]);
+    all_small = all_small && kind[i] >= 0 && !is_k_quant(kind[i]);
+    if (kind[i] >= 0) {
+      blocks.push_back(w[2 + 2 * i]);
+      qtypes.push_back(kind[i]);
+      n_outs.push_back(out_features(w[2 + 2 * i], kind[i]));
     }
-    blocks.push_back(w[2 + 2 * i]);
-    qtypes.push_back(kind[i]);
-    n_outs.push_back(out_features(w[2 + 2 * i], kind[i]));
   }
-  return many.call(x, blocks, qtypes, n_outs, false);
+  if (all_k_quant) return k_quant_many.call(x, blocks, qtypes, n_outs, false);
+  if (all_small) return small_many.call(x, blocks, qtypes, n_outs, false);
+  std::vector<at::Tensor> out;
+  for (int j : which) out.push_back(linear(x, w[2 + 2 * j], w[3 + 2 * j], kind[j]));
+  return out;
 }
 
 // out[r] = w * (x[r] / sqrt(mean(x[r]^2) + eps))

@@ -28,6 +28,7 @@
 #include "dot4.h"
 #include "half.h"
 #include "lanes.h"
+#include "many.h"
 #include "namespace.h"
 #include "quantize.h"
 #include "wide.h"
@@ -616,43 +617,90 @@ void matmul_cols(const Act* act, int64_t rows, int64_t nb, const uint8_t* blocks
   }
 }
 
-at::Tensor small_block_matmul(const at::Tensor& x, const at::Tensor& blocks, int64_t qtype,
-                              int64_t n_out, bool portable) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be 2-D float32");
+// One weight of a `small_block_matmul_many` call, checked against x's width.
+struct SmallWeight {
+  at::Tensor blocks;  // contiguous
+  int64_t qtype, base, n_out;
+  bool x8;
+  int64_t units() const { return x8 ? n_out / 8 : n_out; }  // groups of 8 columns, or columns
+};
+
+SmallWeight check_weight(const at::Tensor& blocks, int64_t qtype, int64_t n_out, int64_t nb) {
   TORCH_CHECK(blocks.scalar_type() == at::kByte && blocks.dim() == 2, "blocks must be 2-D uint8");
   const bool x8 = interleaved(qtype);
   const int64_t base = base_type(qtype), bytes = block_bytes(base);
   TORCH_CHECK(bytes > 0, "unsupported block type ", qtype);
   TORCH_CHECK(!x8 || n_out % 8 == 0, "interleaved blocks need n_out % 8 == 0, got ", n_out);
-  const int64_t rows = x.size(0), k = x.size(1);
-  TORCH_CHECK(k % kQK == 0, "in_features must be a multiple of 32, got ", k);
-  const int64_t nb = k / kQK;
   const int64_t rows_out = x8 ? n_out / 8 : n_out, row_bytes = nb * bytes * (x8 ? 8 : 1);
   TORCH_CHECK(blocks.size(0) == rows_out && blocks.size(1) == row_bytes, "blocks have shape [",
               blocks.size(0), ", ", blocks.size(1), "], expected [", rows_out, ", ", row_bytes,
               "]");
-  const at::Tensor xc = x.contiguous(), bc = blocks.contiguous();
-  at::Tensor y = at::empty({rows, n_out}, x.options());
-  if (rows == 0 || n_out == 0) return y;
-  at::Tensor buf = at::empty({rows * nb * static_cast<int64_t>(sizeof(Act))}, blocks.options());
-  auto* act = reinterpret_cast<Act*>(buf.data_ptr<uint8_t>());
-  const float* xp = xc.data_ptr<float>();
-  const int32_t off = offset(qtype);
-  at::parallel_for(0, rows * nb, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) quantize(xp + i * kQK, off, act[i]);
-  });
-  const uint8_t* bp = bc.data_ptr<uint8_t>();
-  float* yp = y.data_ptr<float>();
-  if (x8) {
-    at::parallel_for(0, n_out / 8, 2, [&](int64_t begin, int64_t end) {
-      matmul_groups(act, rows, nb, bp, base, begin, end, n_out, yp, portable);
-    });
-    return y;
+  return SmallWeight{blocks.contiguous(), qtype, base, n_out, x8};
+}
+
+// y_i = x W_i^T for weights of the same input width: x is rounded once per distinct weight
+// offset (the lane terms depend on it: Q5_0 and Q8_0 differ), and one parallel loop runs over
+// all their output columns, as block_matmul_many does for the k-quants (in a decode step of
+// SmolLM2 a 192-column k or v projection is a few microseconds, its own fork/join and rounding
+// a good part of that). Each value is the same bits as from a call of its own.
+std::vector<at::Tensor> small_block_matmul_many(const at::Tensor& x, at::TensorList blocks,
+                                                at::IntArrayRef qtypes, at::IntArrayRef n_outs,
+                                                bool portable) {
+  const size_t count = blocks.size();
+  const int64_t nb =
+      spinserve_many::blocks_per_row(x, count, qtypes.size(), n_outs.size(), kQK);
+  const int64_t rows = x.size(0);
+  std::vector<SmallWeight> weights;
+  std::vector<at::Tensor> outs;
+  std::vector<int64_t> first{0};  // first unit of each weight in the joint range
+  for (size_t i = 0; i < count; ++i) {
+    weights.push_back(check_weight(blocks[i], qtypes[i], n_outs[i], nb));
+    outs.push_back(at::empty({rows, n_outs[i]}, x.options()));
+    first.push_back(first.back() + weights.back().units());
   }
-  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
-    matmul_cols(act, rows, nb, bp, qtype, begin, end, n_out, yp, portable);
+  if (rows == 0 || first.back() == 0) return outs;
+  const at::Tensor xc = x.contiguous();
+  const float* xp = xc.data_ptr<float>();
+  // the rounded rows for each distinct offset
+  std::vector<int32_t> offsets;
+  std::vector<at::Tensor> bufs;
+  std::vector<const Act*> act_of(count);
+  for (size_t i = 0; i < count; ++i) {
+    const int32_t off = offset(weights[i].qtype);
+    const auto found = std::find(offsets.begin(), offsets.end(), off);
+    const size_t slot = static_cast<size_t>(found - offsets.begin());
+    if (found == offsets.end()) {
+      offsets.push_back(off);
+      bufs.push_back(
+          at::empty({rows * nb * static_cast<int64_t>(sizeof(Act))}, weights[i].blocks.options()));
+      auto* act = reinterpret_cast<Act*>(bufs.back().data_ptr<uint8_t>());
+      at::parallel_for(0, rows * nb, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) quantize(xp + j * kQK, off, act[j]);
+      });
+    }
+    act_of[i] = reinterpret_cast<const Act*>(bufs[slot].data_ptr<uint8_t>());
+  }
+  at::parallel_for(0, first.back(), 2, [&](int64_t begin, int64_t end) {
+    for (size_t i = 0; i < count; ++i) {
+      const int64_t lo = std::max(begin, first[i]) - first[i];
+      const int64_t hi = std::min(end, first[i + 1]) - first[i];
+      if (lo >= hi) continue;
+      const SmallWeight& w = weights[i];
+      const uint8_t* bp = w.blocks.data_ptr<uint8_t>();
+      float* yp = outs[i].data_ptr<float>();
+      if (w.x8) {
+        matmul_groups(act_of[i], rows, nb, bp, w.base, lo, hi, w.n_out, yp, portable);
+      } else {
+        matmul_cols(act_of[i], rows, nb, bp, w.qtype, lo, hi, w.n_out, yp, portable);
+      }
+    }
   });
-  return y;
+  return outs;
+}
+
+at::Tensor small_block_matmul(const at::Tensor& x, const at::Tensor& blocks, int64_t qtype,
+                              int64_t n_out, bool portable) {
+  return small_block_matmul_many(x, {blocks}, {qtype}, {n_out}, portable)[0];
 }
 
 int64_t small_block_wide(int64_t mode) { return spinserve_wide::set_mode(static_cast<int>(mode)); }
@@ -665,4 +713,7 @@ SPINSERVE_FRAGMENT(SPINSERVE_OPS, m) {
   m.def("small_block_matmul(Tensor x, Tensor blocks, int qtype, int n_out, bool portable) -> "
         "Tensor");
   m.impl("small_block_matmul", c10::DispatchKey::CPU, &small_block_matmul);
+  m.def("small_block_matmul_many(Tensor x, Tensor[] blocks, int[] qtypes, int[] n_outs, "
+        "bool portable) -> Tensor[]");
+  m.impl("small_block_matmul_many", c10::DispatchKey::CPU, &small_block_matmul_many);
 }
