@@ -275,7 +275,6 @@ class DrafterArms:
         state.streak = bool(fb.num_drafted) and fb.num_accepted == fb.num_drafted
         if fb.num_drafted:
             state.rejected = fb.num_accepted < fb.num_drafted
-        if fb.num_drafted:
             old_fill = self._fill.get(d, 1.0)
             self._fill[d] = old_fill + 0.05 * (fb.num_drafted / k - old_fill)
 

@@ -26,12 +26,12 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from spinserve.config.speculative import NO_DRAFTER
 from spinserve.selection.baselines import FixedPolicy
 from spinserve.selection.cost import interpolate
 from spinserve.selection.policy import (
     CALIBRATION_DRAFT_TOKENS,
     CALIBRATION_TOKENS,
+    NO_SPECULATION,
     Choice,
     DraftTiming,
     Feedback,
@@ -255,11 +255,11 @@ def hindsight(
     for request in requests:
         n = request.num_output_tokens
         best = [0.0] * (n + cost.max_tokens + 1)  # seconds from position t to the end
-        pick: dict[int, str] = {}
+        pick: dict[int, Choice] = {}
         for t in range(n - 1, 0, -1):
             context = request.num_prompt_tokens + t
             best[t] = cost.forward_seconds(context, 1) + best[t + 1]
-            pick[t] = NO_DRAFTER
+            pick[t] = NO_SPECULATION
             for name in drafters:
                 proposed, matched = request.drafts[name][t]
                 for k in lengths:
@@ -270,11 +270,11 @@ def hindsight(
                     seconds += cost.forward_seconds(context, drafted + 1)
                     seconds += best[t + min(matched, drafted) + 1]
                     if seconds < best[t]:
-                        best[t], pick[t] = seconds, f"{name}@{k}"
+                        best[t], pick[t] = seconds, Choice(name, k)
         t = 1
         while t < n:  # count the choices on the best path
-            result.choices[pick[t]] += 1
-            choice = Choice.parse(pick[t])
+            choice = pick[t]
+            result.choices[choice.label] += 1
             if choice.drafter is not None:
                 proposed, matched = request.drafts[choice.drafter][t]
                 t += min(matched, proposed, choice.num_draft_tokens)
