@@ -59,7 +59,7 @@ def kernels_available() -> bool:
     return all(native.available(kernel) for kernel in _OPS)
 
 
-def set_wide_passes(on: bool | None, variant: str = "native") -> bool:
+def set_wide_passes(on: bool | None) -> bool:
     """Whether the interleaved kernels run two chunks side by side in 512-bit registers from 4
     rows on (``ops/csrc/wide.h``): True or False, or None to measure this CPU again (what
     happens at start: wide where its 512-bit dpbusd does at least 1.5x the multiply-adds of
@@ -68,7 +68,7 @@ def set_wide_passes(on: bool | None, variant: str = "native") -> bool:
     AVX-512)."""
     mode = -1 if on is None else int(on)
     before = [
-        getattr(getattr(torch.ops, native.load(kernel, variant)), op)(mode)
+        getattr(getattr(torch.ops, native.load(kernel)), op)(mode)
         for kernel, op in _WIDE_OPS.items()
     ]
     return any(before)

@@ -539,32 +539,11 @@ void q6_kx8_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stri
 // The wide passes (wide.h): two groups of 8 weight rows side by side, lanes 0-7 the first
 // chunk's rows, 8-15 the second's; every lane does what it does in the 256-bit pass above,
 // so the bits are the same. out[16 r + i] += row r . weight row i of the pair.
-inline __m512i dot4_wide(__m512i acc, __m512i u, const int8_t* x) {
-  const auto& quad = *reinterpret_cast<const int32_t*>(x);
-  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(quad));
-  return acc;
-}
-
-inline __m512i load_pair(const uint8_t* a, const uint8_t* b) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
-}
-
-inline __m256i load_pair16(const uint8_t* a, const uint8_t* b) {
-  return _mm256_inserti128_si256(
-      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), 1);
-}
-
-inline __m512 load_halves_pair(const uint8_t* a, const uint8_t* b) {
-  return _mm512_cvtph_ps(load_pair16(a, b));
-}
-
-// Where the first group of a pair prefetches from: the groups are consecutive, so its prefetch
-// past its end would fall in the second (being read); it goes to the next pair's second group.
-inline const uint8_t* first_prefetch_base(const uint8_t* c0, int64_t blk, int64_t nb,
-                                          int64_t chunk_bytes) {
-  return c0 + (blk + kPrefetchChunks < nb ? 0 : 2 * nb * chunk_bytes);
-}
+using spinserve_wide::dot4_wide;
+using spinserve_wide::first_prefetch_base;
+using spinserve_wide::halves_pair;
+using spinserve_wide::load_pair;
+using spinserve_wide::load_pair16;
 
 template <int ROWS>
 void q4_kx8_pair_rows(const uint8_t* w0, const uint8_t* w1, int64_t nb, const ActBlock* act,
@@ -576,7 +555,7 @@ void q4_kx8_pair_rows(const uint8_t* w0, const uint8_t* w1, int64_t nb, const Ac
   for (int64_t blk = 0; blk < nb; ++blk) {
     const uint8_t* c0 = w0 + blk * kQ4KX8Bytes;
     const uint8_t* c1 = w1 + blk * kQ4KX8Bytes;
-    const uint8_t* ahead0 = first_prefetch_base(c0, blk, nb, kQ4KX8Bytes);
+    const uint8_t* ahead0 = first_prefetch_base(c0, blk * kQ4KX8Bytes, kPrefetchChunks * kQ4KX8Bytes, nb * kQ4KX8Bytes);
     __m512i isum[ROWS];
     for (int r = 0; r < ROWS; ++r) isum[r] = zero;
     for (int j = 0; j < 8; ++j) {
@@ -605,8 +584,8 @@ void q4_kx8_pair_rows(const uint8_t* w0, const uint8_t* w1, int64_t nb, const Ac
     }
     __m512i mins[4];
     for (int p = 0; p < 4; ++p) mins[p] = _mm512_cvtepu8_epi16(load_pair16(c0 + 96 + 16 * p, c1 + 96 + 16 * p));
-    const __m512 da = load_halves_pair(c0, c1);
-    const __m512 db = load_halves_pair(c0 + 16, c1 + 16);
+    const __m512 da = halves_pair(c0, c1);
+    const __m512 db = halves_pair(c0 + 16, c1 + 16);
     for (int r = 0; r < ROWS; ++r) {
       const ActBlock& a = act[r * stride + blk];
       __m512i csum = zero;
@@ -634,7 +613,7 @@ void q6_kx8_pair_rows(const uint8_t* w0, const uint8_t* w1, int64_t nb, const Ac
   for (int64_t blk = 0; blk < nb; ++blk) {
     const uint8_t* c0 = w0 + blk * kQ6KX8Bytes;
     const uint8_t* c1 = w1 + blk * kQ6KX8Bytes;
-    const uint8_t* ahead0 = first_prefetch_base(c0, blk, nb, kQ6KX8Bytes);
+    const uint8_t* ahead0 = first_prefetch_base(c0, blk * kQ6KX8Bytes, kPrefetchChunks * kQ6KX8Bytes, nb * kQ6KX8Bytes);
     __m512i isum[ROWS];
     for (int r = 0; r < ROWS; ++r) isum[r] = zero;
     for (int j = 0; j < 16; ++j) {
@@ -667,7 +646,7 @@ void q6_kx8_pair_rows(const uint8_t* w0, const uint8_t* w1, int64_t nb, const Ac
     for (int p = 0; p < 8; ++p) {
       all_pairs[p] = _mm512_cvtepi8_epi16(load_pair16(c0 + 16 + 16 * p, c1 + 16 + 16 * p));
     }
-    const __m512 d = load_halves_pair(c0, c1);
+    const __m512 d = halves_pair(c0, c1);
     for (int r = 0; r < ROWS; ++r) {
       const ActBlock& a = act[r * stride + blk];
       __m512i csum = zero;

@@ -390,21 +390,10 @@ __attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const ui
 // The wide pass (wide.h): the chunks of two consecutive groups side by side, lanes 0-7 the
 // first's weight rows, 8-15 the second's, each lane doing what it does in rows_x8_avx2 (the
 // same bits). out[16 r + i] = row r . weight row i of the pair.
-inline __m512i load_pair(const uint8_t* a, const uint8_t* b) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
-}
-
-inline __m512 halves_pair(const uint8_t* a, const uint8_t* b) {
-  return _mm512_cvtph_ps(_mm256_inserti128_si256(
-      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), 1));
-}
-
-inline __m512i dot4_wide(__m512i acc, __m512i u, const int8_t* x) {
-  const auto& quad = *reinterpret_cast<const int32_t*>(x);
-  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(quad));
-  return acc;
-}
+using spinserve_wide::dot4_wide;
+using spinserve_wide::first_prefetch_base;
+using spinserve_wide::halves_pair;
+using spinserve_wide::load_pair;
 
 template <int64_t QTYPE, int ROWS>
 __attribute__((noinline)) void rows_x8_pair(const Act* act, int64_t nb, const uint8_t* w0,
@@ -418,11 +407,9 @@ __attribute__((noinline)) void rows_x8_pair(const Act* act, int64_t nb, const ui
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* c0 = w0 + b * bytes;
     const uint8_t* c1 = w1 + b * bytes;
-    // the groups are consecutive: the first's prefetch past its end would fall in the second
-    // (being read), so it goes to the next pair's second group instead
-    const int64_t skip = b * bytes + kPrefetchBytes < group_bytes ? 0 : 2 * group_bytes;
+    const uint8_t* ahead0 = first_prefetch_base(c0, b * bytes, kPrefetchBytes, group_bytes);
     for (int64_t i = 0; i < bytes; i += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(c0) + skip + kPrefetchBytes + i, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(ahead0) + kPrefetchBytes + i, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(c1) + kPrefetchBytes + i, _MM_HINT_T0);
     }
     __m512i even[ROWS], odd[ROWS];
@@ -490,9 +477,12 @@ void matmul_groups_avx2(const Act* act, int64_t rows, int64_t nb, const uint8_t*
   constexpr auto kRows = row_functions<QTYPE, true>(std::make_integer_sequence<int, kTileRows>());
   const int64_t group_bytes = nb * 8 * block_bytes(QTYPE);
   alignas(64) float out[kTileRows * 16];
+#if defined(SPINSERVE_WIDE)
+  const bool wide = rows >= kWideMinRows && spinserve_wide::mode() == 1;
+#endif
   for (int64_t g = g_begin; g < g_end; ++g) {
 #if defined(SPINSERVE_WIDE)
-    if (rows >= kWideMinRows && g + 1 < g_end && spinserve_wide::mode() == 1) {
+    if (wide && g + 1 < g_end) {
       constexpr auto kPairs =
           pair_functions<QTYPE>(std::make_integer_sequence<int, kTileRows>());
       const uint8_t* first = chunks + g * group_bytes;

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstdint>
 #include <cstring>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && \
@@ -63,6 +64,48 @@ inline bool wide_pays() {
     ymm = std::min(ymm, dpbusd_seconds<false>(kIterations));
   }
   return ymm / zmm * 2.0 >= 1.5;  // a 512-bit dpbusd does twice the work of a 256-bit one
+}
+#endif
+
+#if defined(SPINSERVE_WIDE)
+// The pieces every wide pass shares. A pair is two consecutive groups of 8 weight rows (their
+// chunks for the same block at `a` and `b`), side by side in one 512-bit register: lanes 0-7
+// the first group's rows, 8-15 the second's.
+
+// acc + per lane the dot of its 4 unsigned weight bytes in u with the same 4 signed bytes at
+// x: dpbusd with the 4 bytes as an embedded broadcast (as dot4.h's 256-bit dot4).
+inline __m512i dot4_wide(__m512i acc, __m512i u, const int8_t* x) {
+  const auto& quad = *reinterpret_cast<const int32_t*>(x);
+  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(quad));
+  return acc;
+}
+
+// 32 bytes at a, then 32 at b.
+inline __m512i load_pair(const uint8_t* a, const uint8_t* b) {
+  return _mm512_inserti64x4(
+      _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
+}
+
+// 16 bytes at a, then 16 at b.
+inline __m256i load_pair16(const uint8_t* a, const uint8_t* b) {
+  return _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), 1);
+}
+
+// 8 f16 at a, then 8 at b, as 16 floats.
+inline __m512 halves_pair(const uint8_t* a, const uint8_t* b) {
+  return _mm512_cvtph_ps(load_pair16(a, b));
+}
+
+// Where the pair's first group prefetches from when its chunk is `offset` bytes into a group
+// of `group_bytes` and the prefetch reaches `ahead` bytes on: the groups are consecutive, so
+// past its end it would fall in the second group (being read); it goes to the next pair's
+// second group instead.
+inline const uint8_t* first_prefetch_base(const uint8_t* first, int64_t offset, int64_t ahead,
+                                          int64_t group_bytes) {
+  return first + (offset + ahead < group_bytes ? 0 : 2 * group_bytes);
 }
 #endif
 
