@@ -3,7 +3,8 @@
 // out[r, h] = softmax(scale * q[r, h] . K_r^T) V_r, where K_r, V_r are the cache rows listed in
 // slots[offsets[r] : offsets[r + 1]] (head h's kv head: h / (heads / kv_heads)). Each (row,
 // head) is computed alone, in a fixed order: the dot products in 8 float lanes summed in a
-// fixed tree, the softmax over the keys in order, the weighted sum of values in key order.
+// fixed tree, the softmax's sum in 8 lanes (key j in lane j % 8) summed by the same tree, the
+// weighted sum of values in key order, each output divided by the softmax's sum.
 // So a row's result does not depend on the rows beside it or on the thread split (batch
 // invariance: docs/design.md), and one call replaces a Python loop of small torch ops per row
 // per layer.
@@ -45,19 +46,47 @@ float dot(const float* a, const float* b, int64_t n) {
   return sum_lanes(acc);
 }
 
-// p[j] = exp(p[j] - top) for j < n, in place; returns their sum (in key order).
-float softmax_numerators(float* p, int64_t n, float top) {
+// The largest of p[0, n) (exact in any order: a maximum does not round).
+float largest(const float* p, int64_t n) {
+  v8f top = splat(-INFINITY);
   int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) store(p + j, exp_nonpositive(load(p + j) - splat(top)));
+  for (; j + kLanes <= n; j += kLanes) {
+    const v8f x = load(p + j);
+    top = x > top ? x : top;
+  }
+  float best = -INFINITY;
+  for (int l = 0; l < kLanes; ++l) best = top[l] > best ? top[l] : best;
+  for (; j < n; ++j) best = p[j] > best ? p[j] : best;
+  return best;
+}
+
+// p[j] = exp(p[j] - top) for j < n, in place; returns their sum: 8 lanes, key j in lane
+// j % 8, each lane summed in key order, the lanes by sum_lanes' tree.
+float softmax_numerators(float* p, int64_t n, float top) {
+  v8f sum = splat(0.0f);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const v8f e = exp_nonpositive(load(p + j) - splat(top));
+    store(p + j, e);
+    sum = sum + e;
+  }
   if (j < n) {
     float tail[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
     std::memcpy(tail, p + j, (n - j) * sizeof(float));
-    store(tail, exp_nonpositive(load(tail) - splat(top)));
+    v8f e = exp_nonpositive(load(tail) - splat(top));
+    for (int l = static_cast<int>(n - j); l < kLanes; ++l) e[l] = 0.0f;  // past the keys
+    store(tail, e);
     std::memcpy(p + j, tail, (n - j) * sizeof(float));
+    sum = sum + e;
   }
-  float total = 0.0f;
-  for (j = 0; j < n; ++j) total = total + p[j];
-  return total;
+  return sum_lanes(sum);
+}
+
+// o[0, n) /= t (division, not a product with 1 / t: the bits of dividing one by one).
+void divide(float* o, int64_t n, float t) {
+  int64_t e = 0;
+  for (; e + kLanes <= n; e += kLanes) store(o + e, load(o + e) / splat(t));
+  for (; e < n; ++e) o[e] = o[e] / t;
 }
 
 // sum_lanes of 8 vectors at once, as one vector: [sum_lanes(a[0]), ..., sum_lanes(a[7])]
@@ -239,9 +268,7 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
       for (int64_t r = r0; r < r1; ++r) {
         for (int64_t g = 0; g < group; ++g) {
           float* p = row_scores(r, g);
-          float top = -INFINITY;
-          for (int64_t j = 0; j < keys(r); ++j) top = std::fmax(top, p[j]);
-          total[(r - r0) * group + g] = softmax_numerators(p, keys(r), top);
+          total[(r - r0) * group + g] = softmax_numerators(p, keys(r), largest(p, keys(r)));
         }
       }
       for (int64_t r = r0; r < r1; ++r) {
@@ -258,9 +285,8 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
         }
       }
       for (int64_t r = r0; r < r1; ++r) {
-        float* orow = op + (r * heads + h0) * dim;
-        for (int64_t e = 0; e < group * dim; ++e) {
-          orow[e] = orow[e] / total[(r - r0) * group + e / dim];
+        for (int64_t g = 0; g < group; ++g) {
+          divide(op + (r * heads + h0 + g) * dim, dim, total[(r - r0) * group + g]);
         }
       }
     }
