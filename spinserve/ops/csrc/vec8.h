@@ -22,32 +22,49 @@ inline void store(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
 
 inline v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
 
+// 16 floats: one AVX-512 register (two AVX ones, four SSE ones), for elementwise work, where
+// the width does not change a bit (each lane does the same operations).
+typedef float v16f __attribute__((vector_size(16 * sizeof(float))));
+typedef int32_t v16i __attribute__((vector_size(16 * sizeof(int32_t))));
+
+template <typename F>
+inline F fill(float x) {
+  F v;
+  for (int l = 0; l < static_cast<int>(sizeof(F) / sizeof(float)); ++l) v[l] = x;
+  return v;
+}
+
 // e^x for x <= 0 (x - max of a softmax), to about 2 ulp; below -87 the result is 2^-126.
-inline v8f exp_nonpositive(v8f x) {
-  const v8f lo = splat(-87.0f);
+// F, I: a float vector and the int32 vector of its width (v8f, v8i or v16f, v16i).
+template <typename F, typename I>
+inline F exp_nonpositive_of(F x) {
+  const F lo = fill<F>(-87.0f);
   x = x < lo ? lo : x;
-  const v8f round = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const v8f n = (x * splat(1.44269504088896341f) + round) - round;
-  const v8f r = (x - n * splat(0.693359375f)) - n * splat(-2.12194440e-4f);
-  v8f p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  const v8f y = (p * (r * r) + r) + splat(1.0f);
-  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-  v8f scale;
+  const F round = fill<F>(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const F n = (x * fill<F>(1.44269504088896341f) + round) - round;
+  const F r = (x - n * fill<F>(0.693359375f)) - n * fill<F>(-2.12194440e-4f);
+  F p = fill<F>(1.9875691500e-4f);
+  p = p * r + fill<F>(1.3981999507e-3f);
+  p = p * r + fill<F>(8.3334519073e-3f);
+  p = p * r + fill<F>(4.1665795894e-2f);
+  p = p * r + fill<F>(1.6666665459e-1f);
+  p = p * r + fill<F>(5.0000001201e-1f);
+  const F y = (p * (r * r) + r) + fill<F>(1.0f);
+  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+  F scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return y * scale;
 }
 
+inline v8f exp_nonpositive(v8f x) { return exp_nonpositive_of<v8f, v8i>(x); }
+
 // silu(g) = g * sigmoid(g), with e = exp(-|g|) <= 1 (no overflow for any g):
 // sigmoid(g) = 1 / (1 + e) for g >= 0, e / (1 + e) for g < 0.
-inline v8f silu(v8f g) {
-  const v8i negative = g < splat(0.0f);
-  const v8f e = exp_nonpositive(negative ? g : -g);
-  const v8f sigmoid = (negative ? e : splat(1.0f)) / (splat(1.0f) + e);
+template <typename F, typename I>
+inline F silu_of(F g) {
+  const I negative = g < fill<F>(0.0f);
+  const F e = exp_nonpositive_of<F, I>(negative ? g : -g);
+  const F sigmoid = (negative ? e : fill<F>(1.0f)) / (fill<F>(1.0f) + e);
   return g * sigmoid;
 }
 
