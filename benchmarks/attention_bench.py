@@ -34,8 +34,8 @@ CASES = ((1, 128), (1, 512), (1, 2048), (8, 136), (8, 520))
 
 def time_case(heads: int, kv_heads: int, dim: int, rows: int, context: int, args) -> float:
     gen = torch.Generator().manual_seed(0)
-    k_cache = torch.randn(context, kv_heads, dim, generator=gen)
-    v_cache = torch.randn(context, kv_heads, dim, generator=gen)
+    k_cache = torch.randn(context, kv_heads, dim, generator=gen).to(args.kv_dtype)
+    v_cache = torch.randn(context, kv_heads, dim, generator=gen).to(args.kv_dtype)
     q = torch.randn(rows, heads, dim, generator=gen)
     start = context - rows
     keys = RowKeys.of([SeqSpan(0, rows, slice(0, context), None, row_keys(start, rows, 0, None))])
@@ -56,11 +56,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--calls", type=int, default=50)
+    p.add_argument(
+        "--kv-cache-dtype", choices=("float32", "float16"), default="float32",
+        help="the keys' and values' dtype in the cache",
+    )
     p.add_argument("--out", type=Path, default=Path("results/attention_bench.json"))
     args = p.parse_args()
     if args.threads < 1 or args.repeats < 1 or args.calls < 1:
         p.error("--threads, --repeats and --calls must be at least 1")
     torch.set_num_threads(args.threads)
+    args.kv_dtype = getattr(torch, args.kv_cache_dtype)
     results = []
     print("| model shape | rows | context | µs per layer | ms per step |")
     print("|---|---:|---:|---:|---:|")
@@ -73,7 +78,12 @@ def main() -> None:
             )  # fmt: skip
             print(f"| {name} | {rows} | {context} | {us:.1f} | {us * layers / 1e3:.2f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": args.threads, "results": results}, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {"threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype, "results": results},
+            indent=1,
+        )
+    )
     print(f"wrote {args.out}")
 
 

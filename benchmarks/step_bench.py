@@ -296,7 +296,9 @@ def run_ours(
     log(f"{name}/ours-{weights}: loaded in {loaded.load_seconds:.1f} s")
     wbytes = model.weight_bytes()
     per_req = math.ceil((work.context + VERIFY_TOKENS) / BLOCK_SIZE)
-    runner = ModelRunner(model, NUM_REQUESTS * per_req, BLOCK_SIZE)
+    runner = ModelRunner(
+        model, NUM_REQUESTS * per_req, BLOCK_SIZE, kv_dtype=getattr(torch, args.kv_cache_dtype)
+    )
 
     def chunk(req: int, ids: torch.Tensor, start: int, num_logits: int) -> SeqChunk:
         blocks = list(range(req * per_req, (req + 1) * per_req))
@@ -586,6 +588,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="implementations (llamacpp is skipped when llama-cpp-python is not installed)",
     )
     p.add_argument("--context", type=int, default=128, help="prompt tokens in the KV cache")
+    p.add_argument(
+        "--kv-cache-dtype", choices=("float32", "float16"), default="float32",
+        help="our KV cache's dtype (llama.cpp keeps its own in float16)",
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per case")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per case")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -624,7 +630,8 @@ def main(argv: list[str] | None = None) -> None:
     log(f"wrote {args.out}")
     summary = (
         f"Memory bandwidth: copy {bw['copy_gb_per_s']:.2f} GB/s (read+write), "
-        f"read {bw['read_gb_per_s']:.2f} GB/s; threads {args.threads}, context {args.context}\n\n"
+        f"read {bw['read_gb_per_s']:.2f} GB/s; threads {args.threads}, context {args.context}, "
+        f"our KV cache {args.kv_cache_dtype}\n\n"
         + markdown_table(report)
     )
     args.out.with_suffix(".md").write_text(summary + "\n")

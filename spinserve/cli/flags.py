@@ -40,6 +40,9 @@ HELP = {
     "bfloat16, float32 (the reference)",
     "drafter_weights": "form of model drafters' linear weights (as --weights); int8 by "
     "default: a drafter's numerics change only its acceptance, never the output",
+    "kv_cache_dtype": "the target's cached keys and values: auto (the compute dtype; float32 "
+    "is exact) or float16 (half the memory, and half the bytes attention reads; the keys and "
+    "values rounded to float16, as llama.cpp keeps them by default)",
     "num_threads": "CPU threads for torch (0: torch's default)",
     "num_draft_tokens": "draft tokens per step (k) of a drafter; 0 turns speculation off",
     "drafter_kv_cache_gib": "KV cache pool of each model drafter, in GiB",

@@ -52,6 +52,7 @@ class SchedulerConfig:
 
 
 WEIGHT_FORMS = ("auto", "int4", "int8", "bfloat16", "float32")
+KV_CACHE_DTYPES = ("auto", "float16")
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,15 @@ class RuntimeConfig:
     per-row int8 (faster, not exact).
     ``drafter_weights``: the same for model drafters; ``int8`` by default, since a drafter's
     numerics only move its acceptance, never the output.
+    ``kv_cache_dtype``: the target's cached keys and values: ``auto`` (the activation dtype:
+    float32, exact) or ``float16`` (half the memory and half the bytes attention reads per
+    step; the keys and values rounded to float16, llama.cpp's default).
     """
 
     dtype: str = "float32"
     weights: str = "auto"
     drafter_weights: str = "int8"
+    kv_cache_dtype: str = "auto"
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -85,8 +90,17 @@ class RuntimeConfig:
                 raise ValueError(
                     f"{name} must be one of {', '.join(WEIGHT_FORMS)}, got {getattr(self, name)!r}"
                 )
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                f"got {self.kv_cache_dtype!r}"
+            )
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
+
+    def kv_dtype(self) -> str:
+        """The KV cache's dtype name (``auto``: the activation dtype)."""
+        return self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype
 
 
 @dataclass(frozen=True)

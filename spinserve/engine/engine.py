@@ -98,11 +98,14 @@ class LLMEngine:
         self.tokenizer = loaded.tokenizer
         model_config = loaded.model.config
         cache = self.config.cache
-        per_token = model_config.kv_bytes_per_token(_BYTES[self.config.runtime.dtype])
+        kv_dtype = self.config.runtime.kv_dtype()
+        per_token = model_config.kv_bytes_per_token(_BYTES[kv_dtype])
         num_blocks = cache.num_blocks(per_token)
         if num_blocks < 1:
             raise ValueError(f"kv_cache_gib={cache.kv_cache_gib} holds no block of this model")
-        self.runner: ModelBackend = ModelRunner(loaded.model, num_blocks, cache.block_size)
+        self.runner: ModelBackend = ModelRunner(
+            loaded.model, num_blocks, cache.block_size, kv_dtype=getattr(torch, kv_dtype)
+        )
         self.blocks = BlockManager(num_blocks, cache.block_size)
         self.scheduler = Scheduler(self.config.scheduler, self.blocks)
         self.generators = Generators()

@@ -107,8 +107,8 @@ def write_kv(
     v: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
     slot_mapping: torch.Tensor,  # [num_tokens]
 ) -> None:
-    k_cache.index_copy_(0, slot_mapping, k)
-    v_cache.index_copy_(0, slot_mapping, v)
+    k_cache.index_copy_(0, slot_mapping, k.to(k_cache.dtype))
+    v_cache.index_copy_(0, slot_mapping, v.to(v_cache.dtype))
 
 
 def row_keys(
@@ -130,7 +130,7 @@ def row_keys(
 
 def row_attention(
     q: torch.Tensor,  # [num_tokens, num_heads, head_dim] fp32
-    k_cache: torch.Tensor,  # [num_slots, num_kv_heads, head_dim] fp32
+    k_cache: torch.Tensor,  # [num_slots, num_kv_heads, head_dim] fp32 or fp16
     v_cache: torch.Tensor,
     rows: RowKeys,
     scale: float,
@@ -164,8 +164,8 @@ def ragged_attention(
             _attend_rows(q, k_cache, v_cache, span, scale, gqa, out)
             continue
         qs = q[span.q_start : span.q_end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
-        ks = k_cache[span.kv_slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, ctx, D]
-        vs = v_cache[span.kv_slots].transpose(0, 1).unsqueeze(0)
+        ks = k_cache[span.kv_slots].to(q.dtype).transpose(0, 1).unsqueeze(0)  # [1, KVH, ctx, D]
+        vs = v_cache[span.kv_slots].to(q.dtype).transpose(0, 1).unsqueeze(0)
         o = F.scaled_dot_product_attention(
             qs, ks, vs, attn_mask=span.mask, scale=scale, enable_gqa=gqa
         )
@@ -188,8 +188,8 @@ def _attend_rows(
             keys = slice(slots.start + lo, slots.start + hi)
         else:
             keys = slots[lo:hi]
-        ks = k_cache[keys].transpose(0, 1).unsqueeze(0)  # [1, KVH, n_keys, D]
-        vs = v_cache[keys].transpose(0, 1).unsqueeze(0)
+        ks = k_cache[keys].to(q.dtype).transpose(0, 1).unsqueeze(0)  # [1, KVH, n_keys, D]
+        vs = v_cache[keys].to(q.dtype).transpose(0, 1).unsqueeze(0)
         qs = q[row : row + 1].transpose(0, 1).unsqueeze(0)  # [1, H, 1, D]
         o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale, enable_gqa=gqa)
         out[row] = o[0, :, 0]

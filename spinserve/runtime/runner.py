@@ -20,16 +20,29 @@ class ModelRunner:
     blocks are already back in the pool, so `release` has nothing to do.
     """
 
-    def __init__(self, model: Decoder, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self,
+        model: Decoder,
+        num_blocks: int,
+        block_size: int,
+        kv_dtype: torch.dtype | None = None,
+    ) -> None:
+        """``kv_dtype``: the cached keys' and values' dtype (default: the model's)."""
         self.model = model
         self.block_size = block_size
-        self.kv_cache = KVCache(model.config, num_blocks, block_size, model.dtype)
+        kv_dtype = kv_dtype or model.dtype
+        self.kv_cache = KVCache(model.config, num_blocks, block_size, kv_dtype)
         cfg = model.config
         self._window = (
             cfg.sliding_window if any(map(cfg.is_sliding, range(cfg.num_layers))) else None
         )
-        # Attention rows in one call of our kernel (fp32 caches only), else a torch call each.
-        self._row_kernel = model.dtype == torch.float32 and native.available("row_attention")
+        # Attention rows in one call of our kernel (fp32 activations, float32 or float16
+        # caches), else a torch call each.
+        self._row_kernel = (
+            model.dtype == torch.float32
+            and kv_dtype in (torch.float32, torch.float16)
+            and native.available("row_attention")
+        )
 
     @property
     def vocab_size(self) -> int:

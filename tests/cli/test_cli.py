@@ -42,6 +42,15 @@ def test_generate_json(tiny_folders):
     assert result["tokens_per_second"] > 0
 
 
+def test_generate_on_a_float16_kv_cache(tiny_folders):
+    proc = spinserve(
+        "generate", "--model", str(tiny_folders["llama"]), "--json", "--max-tokens", "4",
+        "--ignore-eos", "--kv-cache-dtype", "float16", "hello",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["num_tokens"] == 4
+
+
 def test_generate_streams_chat(tiny_folders):
     proc = spinserve(
         "generate",
@@ -70,6 +79,7 @@ def test_generate_streams_chat(tiny_folders):
         (["--max-tokens", "0"], "max_tokens must be an integer >= 1"),
         (["--max-model-len", "4"], "the prompt has"),
         (["--model", "/"], "has no config.json"),
+        (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of auto, float16"),
     ],
 )
 def test_generate_errors_are_one_clear_line(tiny_folders, args, message):

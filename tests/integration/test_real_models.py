@@ -158,3 +158,54 @@ def test_smollm2_fast_forms_track_the_fp32_reference(request, smollm2, form):
         shortfall = ref[rows_at, best] - ref[rows_at, chosen]  # 0 where they agree
         assert shortfall.max().item() <= 0.02 * scale, "a miss where the reference is sure"
     assert agree / total >= 0.9, f"{agree}/{total} next tokens agree"
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "suffix"])
+def test_smollm2_speculation_is_lossless_on_a_float16_cache(smollm2_auto, drafter):
+    """`--kv-cache-dtype float16`: speculation still gives the target's own greedy output."""
+    from spinserve.config.engine import EngineConfig, RuntimeConfig
+    from spinserve.config.speculative import SpecParams, SpeculativeConfig
+
+    config = EngineConfig(
+        runtime=RuntimeConfig(kv_cache_dtype="float16"),
+        speculative=SpeculativeConfig(drafters=(drafter,), num_draft_tokens=4),
+    )
+    engine = LLMEngine(smollm2_auto, config)
+    assert engine.runner.kv_cache.k[0].dtype == torch.float16
+    prompts = [
+        smollm2_auto.tokenizer.apply_chat_template([{"role": "user", "content": q}])
+        for q in [QUESTIONS[0], "Repeat exactly: one two three four, one two three four."]
+    ]
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    alone = engine.generate(prompts, params, SpecParams(drafter="none"))
+    spec = engine.generate(prompts, params, SpecParams(drafter=drafter))
+    assert [o.token_ids for o in spec] == [o.token_ids for o in alone]
+    assert engine.drafter_stats[drafter].num_accepted_tokens > 0
+
+
+def test_smollm2_float16_cache_tracks_the_float32_cache(smollm2_auto):
+    """Keys and values rounded to float16 move the logits a little: teacher-forced on the
+    float32 cache's own greedy continuations, the same next token nearly always, a miss only
+    where the float32 cache's choice is a near-tie (within 2% of the logit scale)."""
+    engine = LLMEngine(smollm2_auto)
+    prompts = [
+        smollm2_auto.tokenizer.apply_chat_template([{"role": "user", "content": q}])
+        for q in QUESTIONS
+    ]
+    outs = engine.generate(prompts, SamplingParams(max_tokens=24, ignore_eos=True))
+    agree = total = 0
+    for i, (prompt, out) in enumerate(zip(prompts, outs, strict=True)):
+        ids = prompt + out.token_ids
+        rows = len(ids) - len(prompt) + 1
+        batch = StepBatch([SeqChunk(f"s{i}", ids, 0, list(range(32)), rows)])
+        ref = ModelRunner(smollm2_auto.model, 64, 16).execute(batch)
+        got = ModelRunner(smollm2_auto.model, 64, 16, kv_dtype=torch.float16).execute(batch)
+        best, chosen = ref.argmax(-1), got.argmax(-1)
+        agree += (chosen == best).sum().item()
+        total += rows
+        scale = ref.abs().max().item()
+        assert (got - ref).abs().max().item() < 0.1 * scale
+        rows_at = torch.arange(rows)
+        shortfall = ref[rows_at, best] - ref[rows_at, chosen]
+        assert shortfall.max().item() <= 0.02 * scale, "a miss where the float32 cache is sure"
+    assert agree / total >= 0.9, f"{agree}/{total} next tokens agree"

@@ -45,8 +45,12 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, Q], Pat
     }
 
 
-def logits(model: Decoder, chunks: list[SeqChunk]) -> torch.Tensor:
-    return ModelRunner(model, num_blocks=32, block_size=8).execute(StepBatch(chunks))
+def logits(
+    model: Decoder, chunks: list[SeqChunk], kv_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    return ModelRunner(model, num_blocks=32, block_size=8, kv_dtype=kv_dtype).execute(
+        StepBatch(chunks)
+    )
 
 
 @pytest.mark.parametrize(("arch", "quant", "weights"), FORMS)
@@ -120,3 +124,47 @@ def test_the_kernel_names_a_malformed_call():
             torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
             torch.tensor([0, 1]), [torch.ones(8)], [-3] * 7, 2, 1, 1e-6, 0.5,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("quant", [Q.Q4_K, Q.Q8_0], ids=lambda q: q.name)
+def test_a_float16_cache_gives_the_stack_and_the_torch_path_the_same_model(folders, quant):
+    """Keys and values kept in float16 (`--kv-cache-dtype float16`): the stack (rounding as it
+    writes, converting as attention reads) against the torch path on the same cache, a
+    prefill and then a verification over the cached keys; and near the float32 cache (within
+    10% of the logit scale: a random untrained model carries the keys' rounding through
+    int8-rounded activations; on SmolLM2 see tests/integration)."""
+    arch = "llama" if quant == Q.Q4_K else "qwen2"
+    model = load(str(folders[arch, quant])).model
+    assert model.layer_stack() is not None
+
+    def run(fused: bool, kv_dtype: torch.dtype) -> torch.Tensor:
+        model.fused = fused
+        runner = ModelRunner(model, num_blocks=32, block_size=8, kv_dtype=kv_dtype)
+        runner.execute(StepBatch([SeqChunk("a", IDS[:30], 0, [6, 2, 4, 0, 1], 0)]))
+        return runner.execute(StepBatch([SeqChunk("a", IDS[30:], 30, [6, 2, 4, 0, 1], 10)]))
+
+    try:
+        stacked, layered = run(True, torch.float16), run(False, torch.float16)
+        exact = run(True, torch.float32)
+    finally:
+        model.fused = True
+    assert runner_cache_dtype(model, torch.float16) == torch.float16
+    scale = layered.abs().max().item()
+    assert (stacked - layered).abs().max().item() <= 0.02 * scale
+    assert torch.equal(stacked.argmax(-1), layered.argmax(-1))
+    assert (stacked - exact).abs().max().item() <= 0.1 * scale
+
+
+def runner_cache_dtype(model: Decoder, kv_dtype: torch.dtype) -> torch.dtype:
+    return ModelRunner(model, num_blocks=2, block_size=8, kv_dtype=kv_dtype).kv_cache.k[0].dtype
+
+
+@pytest.mark.parametrize("variant", ["avx2", "portable"])
+def test_every_build_of_the_stack_gives_the_same_bits_on_a_float16_cache(folders, variant):
+    model = load(str(folders["llama", Q.Q4_K])).model
+    stack = model.layer_stack()
+    assert stack is not None
+    chunk = SeqChunk("a", IDS, 0, [6, 2, 4, 0, 1], len(IDS))
+    native_bits = logits(model, [chunk], torch.float16)
+    stack.op = getattr(torch.ops, native.load("decoder_layers", variant=variant)).decoder_layers
+    assert torch.equal(logits(model, [chunk], torch.float16), native_bits)

@@ -278,3 +278,30 @@ def test_row_attention_every_build_gives_the_same_bits(variant):
     assert torch.equal(
         vector, build.row_attention(q, k_cache, v_cache, rows.slots, rows.offsets, 0.1)
     )
+
+
+@pytest.mark.parametrize("variant", ["native", "avx2", "portable"])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(12, 2, 128), (9, 3, 64), (4, 4, 20)])
+def test_row_attention_on_a_float16_cache_is_the_float32_kernel_on_its_values(
+    variant, heads, kv_heads, dim
+):
+    """A float16 cache's values are read as the floats they are: the bits of a float32 cache
+    holding the same (rounded) values, in every build; and close to the unrounded cache."""
+    q, k_cache, v_cache, rows, _ = _long_case(7, 300, heads, kv_heads, dim, seed=2)
+    build = getattr(torch.ops, native.load("row_attention", variant=variant))
+    half = build.row_attention(
+        q, k_cache.half(), v_cache.half(), rows.slots, rows.offsets, dim**-0.5
+    )
+    rounded = row_attention(q, k_cache.half().float(), v_cache.half().float(), rows, dim**-0.5)
+    assert torch.equal(half, rounded)
+    exact = row_attention(q, k_cache, v_cache, rows, dim**-0.5)
+    torch.testing.assert_close(half, exact, atol=1e-2, rtol=1e-2)
+
+
+def test_row_attention_kernel_rejects_mixed_cache_dtypes():
+    q, k, v = torch.randn(1, 2, 8), torch.randn(5, 1, 8), torch.randn(5, 1, 8)
+    rows = RowKeys(torch.tensor([0, 1]), torch.tensor([0, 2]))
+    with pytest.raises(RuntimeError, match="both float32 or both float16"):
+        row_attention(q, k.half(), v, rows, 1.0)
+    with pytest.raises(RuntimeError, match="both float32 or both float16"):
+        row_attention(q, k.double(), v.double(), rows, 1.0)

@@ -31,6 +31,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/linear.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include "lanes.h"
@@ -215,6 +216,20 @@ void add_into(float* x, const at::Tensor& y) {
   for (int64_t i = 0, n = y.numel(); i < n; ++i) x[i] = x[i] + yp[i];
 }
 
+// Each row's k and v into its cache slot; a float16 cache takes them rounded to nearest.
+template <typename T>
+void write_cache(const at::Tensor& k, const at::Tensor& v, T* kc, T* vc, const int64_t* slot,
+                 int64_t rows, int64_t kv_width) {
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < kv_width; ++i) {
+      kc[slot[r] * kv_width + i] = static_cast<T>(kp[r * kv_width + i]);
+      vc[slot[r] * kv_width + i] = static_cast<T>(vp[r * kv_width + i]);
+    }
+  }
+}
+
 void check_float(const at::Tensor& t, int64_t numel, const char* what) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == numel, what,
               " must be a contiguous float32 tensor of ", numel, " values");
@@ -262,11 +277,13 @@ at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const
     };
     const at::Tensor& k_cache = k_caches[l];
     const at::Tensor& v_cache = v_caches[l];
-    TORCH_CHECK(k_cache.scalar_type() == at::kFloat && k_cache.is_contiguous() &&
+    const auto cache_type = k_cache.scalar_type();
+    TORCH_CHECK((cache_type == at::kFloat || cache_type == at::kHalf) &&
+                    v_cache.scalar_type() == cache_type && k_cache.is_contiguous() &&
                     v_cache.sizes() == k_cache.sizes() && v_cache.is_contiguous() &&
                     k_cache.size(0) == num_slots && k_cache.size(1) * k_cache.size(2) == kv_width,
-                "layer ", l, ": caches must be contiguous float32 [", num_slots, ", ", kv_heads,
-                ", ", head_dim, "]");
+                "layer ", l, ": caches must be contiguous float32 or float16 [", num_slots, ", ",
+                kv_heads, ", ", head_dim, "]");
     check_float(w[0], dim, "input norm weight");
     check_float(w[1], dim, "post-attention norm weight");
 
@@ -282,13 +299,12 @@ at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const
            head_dim);
     rotate(k.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), rows, kv_heads,
            head_dim);
-    float* kc = k_cache.data_ptr<float>();
-    float* vc = v_cache.data_ptr<float>();
-    const float* kp = k.data_ptr<float>();
-    const float* vp = v.data_ptr<float>();
-    for (int64_t r = 0; r < rows; ++r) {
-      std::copy(kp + r * kv_width, kp + (r + 1) * kv_width, kc + slot[r] * kv_width);
-      std::copy(vp + r * kv_width, vp + (r + 1) * kv_width, vc + slot[r] * kv_width);
+    if (cache_type == at::kHalf) {
+      write_cache(k, v, k_cache.data_ptr<at::Half>(), v_cache.data_ptr<at::Half>(), slot, rows,
+                  kv_width);
+    } else {
+      write_cache(k, v, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), slot, rows,
+                  kv_width);
     }
     const at::Tensor attended =
         attention.call(q.view({rows, heads, head_dim}), k_cache, v_cache, slots, offsets, scale);

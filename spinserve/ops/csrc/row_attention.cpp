@@ -21,6 +21,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include "lanes.h"
@@ -28,6 +29,9 @@
 #include "vec8.h"
 
 #include <algorithm>
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -38,11 +42,33 @@ namespace {
 using namespace spinserve_vec8;
 using spinserve_lanes::sum_lanes;
 
-float dot(const float* a, const float* b, int64_t n) {
+// The cache holds float32 or float16 keys and values (`--kv-cache-dtype`); a float16 value
+// is read as the float it is exactly (every half is a float), so a half cache gives the bits
+// of a float cache holding the same, rounded, values, in every build.
+inline float as_float(float x) { return x; }
+inline float as_float(at::Half x) { return static_cast<float>(x); }
+
+// 8 cache values from p, as floats.
+inline v8f load_values(const float* p) { return load(p); }
+inline v8f load_values(const at::Half* p) {
+#if defined(__F16C__)
+  const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  v8f v;
+  std::memcpy(&v, &f, sizeof(v));
+  return v;
+#else
+  v8f v;
+  for (int l = 0; l < kLanes; ++l) v[l] = static_cast<float>(p[l]);
+  return v;
+#endif
+}
+
+template <typename T>
+float dot(const float* a, const T* b, int64_t n) {
   v8f acc = splat(0.0f);
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) acc = acc + load(a + i) * load(b + i);
-  for (int l = 0; i < n; ++i, ++l) acc[l] = acc[l] + a[i] * b[i];
+  for (; i + kLanes <= n; i += kLanes) acc = acc + load(a + i) * load_values(b + i);
+  for (int l = 0; i < n; ++i, ++l) acc[l] = acc[l] + a[i] * as_float(b[i]);
   return sum_lanes(acc);
 }
 
@@ -113,14 +139,15 @@ inline v8f sum_lanes8(const v8f* a) {
 
 // scores[j] = (q . key j) * s for 8 keys, the same bits as dot(q, key j, dim) * s: each key's
 // products in 8 lanes in dim order, the lanes summed by sum_lanes' tree. dim % 8 == 0.
-inline void dot8(const float* q, const float* const* keys, int64_t dim, float s, float* scores) {
+template <typename T>
+inline void dot8(const float* q, const T* const* keys, int64_t dim, float s, float* scores) {
   // sum_lanes8 returns inputs 0, 2, 4, 6, 1, 3, 5, 7: keys fed in this order come out in order
   constexpr int kOrder[kLanes] = {0, 4, 1, 5, 2, 6, 3, 7};
   v8f acc[kLanes];
   for (int k = 0; k < kLanes; ++k) acc[k] = splat(0.0f);
   for (int64_t d = 0; d < dim; d += kLanes) {
     const v8f x = load(q + d);
-    for (int k = 0; k < kLanes; ++k) acc[k] = acc[k] + x * load(keys[kOrder[k]] + d);
+    for (int k = 0; k < kLanes; ++k) acc[k] = acc[k] + x * load_values(keys[kOrder[k]] + d);
   }
   store(scores, sum_lanes8(acc) * splat(s));
 }
@@ -128,21 +155,22 @@ inline void dot8(const float* q, const float* const* keys, int64_t dim, float s,
 // o[0, V * 8) += w[j] * values[j][d, d + V * 8) for keys j in [j0, j1), in key order: the
 // sums kept in registers across those keys, loaded from and stored back to o between calls,
 // so a caller that walks the keys in blocks gets the bits of one pass over all of them.
-template <int V>
-inline void weighted_values(const float* const* values, int64_t d, const float* w, int64_t j0,
+template <int V, typename T>
+inline void weighted_values(const T* const* values, int64_t d, const float* w, int64_t j0,
                             int64_t j1, float* o) {
   v8f acc[V];
   for (int i = 0; i < V; ++i) acc[i] = load(o + kLanes * i);
   for (int64_t j = j0; j < j1; ++j) {
     const v8f wj = splat(w[j]);
-    for (int i = 0; i < V; ++i) acc[i] = acc[i] + wj * load(values[j] + d + kLanes * i);
+    for (int i = 0; i < V; ++i) acc[i] = acc[i] + wj * load_values(values[j] + d + kLanes * i);
   }
   for (int i = 0; i < V; ++i) store(o + kLanes * i, acc[i]);
 }
 
 // og[0, dim) += the weighted values of keys [j0, j1), 64 values at a time in registers, then
 // 32, 16, 8; the rest key by key.
-inline void add_weighted_values(const float* const* values, int64_t dim, const float* w,
+template <typename T>
+inline void add_weighted_values(const T* const* values, int64_t dim, const float* w,
                                 int64_t j0, int64_t j1, float* og) {
   int64_t d = 0;
   for (; d + 64 <= dim; d += 64) weighted_values<8>(values, d, w, j0, j1, og + d);
@@ -150,7 +178,7 @@ inline void add_weighted_values(const float* const* values, int64_t dim, const f
   for (; d + 16 <= dim; d += 16) weighted_values<2>(values, d, w, j0, j1, og + d);
   for (; d + 8 <= dim; d += 8) weighted_values<1>(values, d, w, j0, j1, og + d);
   for (int64_t j = j0; j < j1; ++j) {
-    for (int64_t e = d; e < dim; ++e) og[e] = og[e] + w[j] * values[j][e];
+    for (int64_t e = d; e < dim; ++e) og[e] = og[e] + w[j] * as_float(values[j][e]);
   }
 }
 
@@ -192,12 +220,18 @@ std::vector<int64_t> enough_runs(std::vector<int64_t> starts, int64_t kv_heads, 
 // values weighed in blocks of this many keys.
 constexpr int64_t kValueBlock = 32;
 
+// The attention of every row (see the top of the file), the caches' values of type T.
+template <typename T>
+void attend(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, const int64_t* slot,
+            const int64_t* off, float s, at::Tensor& out);
+
 at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                          const at::Tensor& slots, const at::Tensor& offsets, double scale) {
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat, "q must be [rows, heads, dim] f32");
-  TORCH_CHECK(k_cache.dim() == 3 && k_cache.scalar_type() == at::kFloat &&
-                  v_cache.sizes() == k_cache.sizes() && v_cache.scalar_type() == at::kFloat,
-              "k_cache and v_cache must be [slots, kv_heads, dim] f32");
+  const auto kind = k_cache.scalar_type();
+  TORCH_CHECK(k_cache.dim() == 3 && (kind == at::kFloat || kind == at::kHalf) &&
+                  v_cache.sizes() == k_cache.sizes() && v_cache.scalar_type() == kind,
+              "k_cache and v_cache must be [slots, kv_heads, dim], both float32 or both float16");
   TORCH_CHECK(slots.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong,
               "slots and offsets must be int64");
   const int64_t rows = q.size(0), heads = q.size(1), dim = q.size(2);
@@ -216,18 +250,31 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
     TORCH_CHECK(slot[i] >= 0 && slot[i] < num_slots, "slot ", slot[i], " outside the cache");
   }
   at::Tensor out = at::empty({rows, heads, dim}, q.options());
+  const float s = static_cast<float>(scale);
+  if (kind == at::kHalf) {
+    attend<at::Half>(qc, kc, vc, slot, off, s, out);
+  } else {
+    attend<float>(qc, kc, vc, slot, off, s, out);
+  }
+  return out;
+}
+
+template <typename T>
+void attend(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, const int64_t* slot,
+            const int64_t* off, float s, at::Tensor& out) {
+  const int64_t rows = qc.size(0), heads = qc.size(1), dim = qc.size(2);
+  const int64_t kv_heads = kc.size(1);
   const float* qp = qc.data_ptr<float>();
-  const float* kp = kc.data_ptr<float>();
-  const float* vp = vc.data_ptr<float>();
+  const T* kp = kc.data_ptr<T>();
+  const T* vp = vc.data_ptr<T>();
   float* op = out.data_ptr<float>();
   const int64_t group = heads / kv_heads;
-  const float s = static_cast<float>(scale);
   const std::vector<int64_t> runs =
       enough_runs(nested_runs(slot, off, rows), kv_heads, at::get_num_threads());
   const int64_t num_runs = static_cast<int64_t>(runs.size()) - 1;
   at::parallel_for(0, num_runs * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores, total;  // per query: its scores, its softmax sum
-    std::vector<const float*> run_k, run_v;  // the run's longest key list, for this kv head
+    std::vector<const T*> run_k, run_v;  // the run's longest key list, for this kv head
     for (int64_t i = begin; i < end; ++i) {
       const int64_t run = i / kv_heads, kvh = i % kv_heads;
       const int64_t r0 = runs[run], r1 = runs[run + 1], last = r1 - 1;
@@ -291,7 +338,6 @@ at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const a
       }
     }
   });
-  return out;
 }
 
 }  // namespace
