@@ -2,21 +2,23 @@
 //
 // out[r, h] = softmax(scale * q[r, h] . K_r^T) V_r, where K_r, V_r are the cache rows listed in
 // slots[offsets[r] : offsets[r + 1]] (head h's kv head: h / (heads / kv_heads)). Each (row,
-// head) is computed alone, in a fixed order: the dot products in 8 float lanes summed in a
+// head) is computed alone, in a fixed order: the dot products as fused multiply-adds in 16
+// float lanes (8 where the head size is not a multiple of 16) folded to 8 and summed in a
 // fixed tree, the softmax's sum in 8 lanes (key j in lane j % 8) summed by the same tree, the
-// weighted sum of values in key order, each output divided by the softmax's sum.
-// So a row's result does not depend on the rows beside it or on the thread split (batch
-// invariance: docs/design.md), and one call replaces a Python loop of small torch ops per row
-// per layer.
+// weighted sum of values in key order (a fused multiply-add per value), each output divided
+// by the softmax's sum. So a row's result does not depend on the rows beside it or on the
+// thread split (batch invariance: docs/design.md), and one call replaces a Python loop of
+// small torch ops per row per layer.
 //
 // The work is split by (run of rows, kv head): the rows of one request's chunk see nested
 // key lists (each row the previous row's keys and one more), so they and the query heads that
 // share a kv head are computed together, and each key and value is read once for all of them
 // (before, each row and each head re-read them). A (row, head)'s arithmetic is the same in any
-// run: each score alone, the values summed in key order. The arithmetic is written on 8-float
-// vectors (GCC vector extensions): AVX where the CPU has it, two SSE halves otherwise, the
-// same operations lane by lane, so both builds give the same bits; exp is a fixed polynomial
-// (Cephes' expf) on those vectors.
+// run: each score alone, the values summed in key order. The arithmetic is written on 8- and
+// 16-float vectors (GCC vector extensions): AVX-512 or AVX where the CPU has them, narrower
+// pieces otherwise, the same operations lane by lane (a fused multiply-add rounds once in the
+// instruction and in std::fma alike), so every build gives the same bits; exp is a fixed
+// polynomial (Cephes' expf) on those vectors.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -29,7 +31,8 @@
 #include "vec8.h"
 
 #include <algorithm>
-#if defined(__F16C__)
+#include <type_traits>
+#if defined(__F16C__) || defined(__FMA__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 #include <cmath>
@@ -48,14 +51,64 @@ using spinserve_lanes::sum_lanes;
 inline float as_float(float x) { return x; }
 inline float as_float(at::Half x) { return static_cast<float>(x); }
 
-// 8 cache values from p, as floats.
-inline v8f load_values(const float* p) { return load(p); }
-inline v8f load_values(const at::Half* p) {
+// 16 floats: one AVX-512 register (two AVX ones, four SSE ones).
+typedef float v16f __attribute__((vector_size(16 * sizeof(float))));
+
+// Products are summed with fused multiply-adds (one rounding each, as std::fma: the same bits
+// from the instruction and from the portable fallback), in W lanes: 16 where the head size is
+// a multiple of 16, else 8.
+template <typename Vec>
+constexpr int width() {
+  return static_cast<int>(sizeof(Vec) / sizeof(float));
+}
+
+// x in every lane (a broadcast; a loop over the lanes compiled to one masked load per lane)
+template <typename Vec>
+inline Vec fill_vec(float x) {
+  if constexpr (width<Vec>() == kLanes) {
+    return Vec{x, x, x, x, x, x, x, x};
+  } else {
+    return Vec{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+  }
+}
+
+inline v8f halves_lo(v16f a) { return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7); }
+inline v8f halves_hi(v16f a) {
+  return __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+inline v16f join(v8f lo, v8f hi) {
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+// a * b + c, rounded once, lane by lane.
+inline v8f fmadd(v8f a, v8f b, v8f c) {
+#if defined(__FMA__)
+  return reinterpret_cast<v8f>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a),
+                                               reinterpret_cast<__m256>(b),
+                                               reinterpret_cast<__m256>(c)));
+#else
+  v8f r;
+  for (int l = 0; l < kLanes; ++l) r[l] = std::fma(a[l], b[l], c[l]);
+  return r;
+#endif
+}
+inline v16f fmadd(v16f a, v16f b, v16f c) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<v16f>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a),
+                                                reinterpret_cast<__m512>(b),
+                                                reinterpret_cast<__m512>(c)));
+#else
+  return join(fmadd(halves_lo(a), halves_lo(b), halves_lo(c)),
+              fmadd(halves_hi(a), halves_hi(b), halves_hi(c)));
+#endif
+}
+
+// W cache values from p, as floats.
+inline v8f load_values8(const float* p) { return load(p); }
+inline v8f load_values8(const at::Half* p) {
 #if defined(__F16C__)
   const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  v8f v;
-  std::memcpy(&v, &f, sizeof(v));
-  return v;
+  return reinterpret_cast<v8f>(f);
 #else
   v8f v;
   for (int l = 0; l < kLanes; ++l) v[l] = static_cast<float>(p[l]);
@@ -63,13 +116,38 @@ inline v8f load_values(const at::Half* p) {
 #endif
 }
 
-template <typename T>
+template <typename Vec, typename T>
+inline Vec load_values(const T* p) {
+  if constexpr (width<Vec>() == kLanes) {
+    return load_values8(p);
+  } else if constexpr (std::is_same_v<T, float>) {
+    Vec v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  } else {
+#if defined(__AVX512F__)
+    return reinterpret_cast<v16f>(
+        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#else
+    return join(load_values8(p), load_values8(p + kLanes));
+#endif
+  }
+}
+
+// W lanes to 8: lane l plus lane l + 8.
+inline v8f fold(v8f a) { return a; }
+inline v8f fold(v16f a) { return halves_lo(a) + halves_hi(a); }
+
+// a . b over n values: fused products in W lanes (lane l: positions l, l + W, ...), folded
+// to 8, summed by sum_lanes' tree.
+template <typename Vec, typename T>
 float dot(const float* a, const T* b, int64_t n) {
-  v8f acc = splat(0.0f);
+  constexpr int W = width<Vec>();
+  Vec acc = fill_vec<Vec>(0.0f);
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) acc = acc + load(a + i) * load_values(b + i);
-  for (int l = 0; i < n; ++i, ++l) acc[l] = acc[l] + a[i] * as_float(b[i]);
-  return sum_lanes(acc);
+  for (; i + W <= n; i += W) acc = fmadd(load_values<Vec>(a + i), load_values<Vec>(b + i), acc);
+  for (int l = 0; i < n; ++i, ++l) acc[l] = std::fma(a[i], as_float(b[i]), acc[l]);
+  return sum_lanes(fold(acc));
 }
 
 // The largest of p[0, n) (exact in any order: a maximum does not round).
@@ -137,48 +215,73 @@ inline v8f sum_lanes8(const v8f* a) {
          __builtin_shufflevector(t0, t1, 1, 3, 9, 11, 5, 7, 13, 15);
 }
 
-// scores[j] = (q . key j) * s for 8 keys, the same bits as dot(q, key j, dim) * s: each key's
-// products in 8 lanes in dim order, the lanes summed by sum_lanes' tree. dim % 8 == 0.
-template <typename T>
+// scores[j] = (q . key j) * s for 8 keys, the same bits as dot<Vec>(q, key j, dim) * s:
+// each key's products in W lanes in dim order, folded to 8, summed by sum_lanes' tree.
+// dim % W == 0.
+template <typename Vec, typename T>
 inline void dot8(const float* q, const T* const* keys, int64_t dim, float s, float* scores) {
+  constexpr int W = width<Vec>();
   // sum_lanes8 returns inputs 0, 2, 4, 6, 1, 3, 5, 7: keys fed in this order come out in order
   constexpr int kOrder[kLanes] = {0, 4, 1, 5, 2, 6, 3, 7};
-  v8f acc[kLanes];
-  for (int k = 0; k < kLanes; ++k) acc[k] = splat(0.0f);
-  for (int64_t d = 0; d < dim; d += kLanes) {
-    const v8f x = load(q + d);
-    for (int k = 0; k < kLanes; ++k) acc[k] = acc[k] + x * load_values(keys[kOrder[k]] + d);
+  Vec acc[kLanes];
+  for (int k = 0; k < kLanes; ++k) acc[k] = fill_vec<Vec>(0.0f);
+  for (int64_t d = 0; d < dim; d += W) {
+    const Vec x = load_values<Vec>(q + d);
+    for (int k = 0; k < kLanes; ++k) {
+      acc[k] = fmadd(x, load_values<Vec>(keys[kOrder[k]] + d), acc[k]);
+    }
   }
-  store(scores, sum_lanes8(acc) * splat(s));
+  v8f folded[kLanes];
+  for (int k = 0; k < kLanes; ++k) folded[k] = fold(acc[k]);
+  store(scores, sum_lanes8(folded) * splat(s));
 }
 
-// o[0, V * 8) += w[j] * values[j][d, d + V * 8) for keys j in [j0, j1), in key order: the
-// sums kept in registers across those keys, loaded from and stored back to o between calls,
-// so a caller that walks the keys in blocks gets the bits of one pass over all of them.
-template <int V, typename T>
+// The scores of the keys [j, j + 8) that a row sees (n of them in all) into p: 8 at once
+// where all 8 are there, else one by one (the same bits).
+template <typename Vec, typename T>
+inline void score_block(const float* qg, const T* const* keys, int64_t j, int64_t n,
+                        int64_t dim, float s, float* p) {
+  if (j + kLanes <= n && dim % width<Vec>() == 0) {
+    dot8<Vec>(qg, keys + j, dim, s, p + j);
+    return;
+  }
+  for (int64_t jj = j; jj < std::min(j + kLanes, n); ++jj) {
+    p[jj] = dot<Vec>(qg, keys[jj], dim) * s;
+  }
+}
+
+// o[0, V * W) += w[j] * values[j][d, d + V * W) for keys j in [j0, j1), in key order, each
+// a fused multiply-add (so the width does not change a bit): the sums kept in registers
+// across those keys, loaded from and stored back to o between calls, so a caller that walks
+// the keys in blocks gets the bits of one pass over all of them.
+template <typename Vec, int V, typename T>
 inline void weighted_values(const T* const* values, int64_t d, const float* w, int64_t j0,
                             int64_t j1, float* o) {
-  v8f acc[V];
-  for (int i = 0; i < V; ++i) acc[i] = load(o + kLanes * i);
+  constexpr int W = width<Vec>();
+  Vec acc[V];
+  for (int i = 0; i < V; ++i) acc[i] = load_values<Vec>(o + W * i);
   for (int64_t j = j0; j < j1; ++j) {
-    const v8f wj = splat(w[j]);
-    for (int i = 0; i < V; ++i) acc[i] = acc[i] + wj * load_values(values[j] + d + kLanes * i);
+    const Vec wj = fill_vec<Vec>(w[j]);
+    for (int i = 0; i < V; ++i) {
+      acc[i] = fmadd(wj, load_values<Vec>(values[j] + d + W * i), acc[i]);
+    }
   }
-  for (int i = 0; i < V; ++i) store(o + kLanes * i, acc[i]);
+  for (int i = 0; i < V; ++i) std::memcpy(o + W * i, &acc[i], sizeof(Vec));
 }
 
-// og[0, dim) += the weighted values of keys [j0, j1), 64 values at a time in registers, then
-// 32, 16, 8; the rest key by key.
+// og[0, dim) += the weighted values of keys [j0, j1), 128 values at a time in registers, then
+// 64, 32, 16, 8; the rest key by key.
 template <typename T>
 inline void add_weighted_values(const T* const* values, int64_t dim, const float* w,
                                 int64_t j0, int64_t j1, float* og) {
   int64_t d = 0;
-  for (; d + 64 <= dim; d += 64) weighted_values<8>(values, d, w, j0, j1, og + d);
-  for (; d + 32 <= dim; d += 32) weighted_values<4>(values, d, w, j0, j1, og + d);
-  for (; d + 16 <= dim; d += 16) weighted_values<2>(values, d, w, j0, j1, og + d);
-  for (; d + 8 <= dim; d += 8) weighted_values<1>(values, d, w, j0, j1, og + d);
+  for (; d + 128 <= dim; d += 128) weighted_values<v16f, 8>(values, d, w, j0, j1, og + d);
+  for (; d + 64 <= dim; d += 64) weighted_values<v16f, 4>(values, d, w, j0, j1, og + d);
+  for (; d + 32 <= dim; d += 32) weighted_values<v16f, 2>(values, d, w, j0, j1, og + d);
+  for (; d + 16 <= dim; d += 16) weighted_values<v16f, 1>(values, d, w, j0, j1, og + d);
+  for (; d + 8 <= dim; d += 8) weighted_values<v8f, 1>(values, d, w, j0, j1, og + d);
   for (int64_t j = j0; j < j1; ++j) {
-    for (int64_t e = d; e < dim; ++e) og[e] = og[e] + w[j] * as_float(values[j][e]);
+    for (int64_t e = d; e < dim; ++e) og[e] = std::fma(w[j], as_float(values[j][e]), og[e]);
   }
 }
 
@@ -298,16 +401,12 @@ void attend(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, co
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t n = keys(r);
           if (j >= n) continue;
-          const bool eight = j + kLanes <= n && dim % kLanes == 0;
           for (int64_t g = 0; g < group; ++g) {
             const float* qg = qp + (r * heads + h0 + g) * dim;
-            float* p = row_scores(r, g);
-            if (eight) {
-              dot8(qg, &run_k[j], dim, s, p + j);
+            if (dim % 16 == 0) {
+              score_block<v16f>(qg, run_k.data(), j, n, dim, s, row_scores(r, g));
             } else {
-              for (int64_t jj = j; jj < std::min(j + kLanes, n); ++jj) {
-                p[jj] = dot(qg, run_k[jj], dim) * s;
-              }
+              score_block<v8f>(qg, run_k.data(), j, n, dim, s, row_scores(r, g));
             }
           }
         }
