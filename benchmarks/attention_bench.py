@@ -57,7 +57,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--calls", type=int, default=50)
     p.add_argument(
-        "--kv-cache-dtype", choices=("float32", "float16"), default="float32",
+        "--kv-cache-dtype",
+        choices=("float32", "float16"),
+        default="float32",
         help="the keys' and values' dtype in the cache",
     )
     p.add_argument("--out", type=Path, default=Path("results/attention_bench.json"))

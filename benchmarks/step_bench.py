@@ -589,7 +589,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--context", type=int, default=128, help="prompt tokens in the KV cache")
     p.add_argument(
-        "--kv-cache-dtype", choices=("float32", "float16"), default="float32",
+        "--kv-cache-dtype",
+        choices=("float32", "float16"),
+        default="float32",
         help="our KV cache's dtype (llama.cpp keeps its own in float16)",
     )
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per case")
@@ -631,8 +633,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = (
         f"Memory bandwidth: copy {bw['copy_gb_per_s']:.2f} GB/s (read+write), "
         f"read {bw['read_gb_per_s']:.2f} GB/s; threads {args.threads}, context {args.context}, "
-        f"our KV cache {args.kv_cache_dtype}\n\n"
-        + markdown_table(report)
+        f"our KV cache {args.kv_cache_dtype}\n\n" + markdown_table(report)
     )
     args.out.with_suffix(".md").write_text(summary + "\n")
     print(summary)

@@ -127,6 +127,34 @@ def test_smollm2_speculation_is_lossless(request, form, drafter):
     assert stats.num_draft_steps > 0 and stats.num_accepted_tokens > 0
 
 
+def assert_tracks(reference, make_ref, make_got, what: str) -> None:
+    """Teacher-forced on ``reference``'s own greedy continuations of QUESTIONS, the runner
+    ``make_got()`` picks the same next token as ``make_ref()`` on >= 90% of positions, a miss
+    only where the reference's choice is a near-tie (within 2% of its logit scale), and its
+    logits stay within 10% of that scale."""
+    engine = LLMEngine(reference)
+    prompts = [
+        reference.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS
+    ]
+    outs = engine.generate(prompts, SamplingParams(max_tokens=24, ignore_eos=True))
+    agree = total = 0
+    for i, (prompt, out) in enumerate(zip(prompts, outs, strict=True)):
+        ids = prompt + out.token_ids
+        rows = len(ids) - len(prompt) + 1  # from the prompt's last token on
+        batch = StepBatch([SeqChunk(f"s{i}", ids, 0, list(range(32)), rows)])
+        ref = make_ref().execute(batch)
+        got = make_got().execute(batch)
+        best, chosen = ref.argmax(-1), got.argmax(-1)
+        agree += (chosen == best).sum().item()
+        total += rows
+        scale = ref.abs().max().item()
+        assert (got - ref).abs().max().item() < 0.1 * scale
+        rows_at = torch.arange(rows)
+        shortfall = ref[rows_at, best] - ref[rows_at, chosen]  # 0 where they agree
+        assert shortfall.max().item() <= 0.02 * scale, f"a miss where {what} is sure"
+    assert agree / total >= 0.9, f"{agree}/{total} next tokens agree"
+
+
 @pytest.mark.parametrize("form", ["auto", "int4"])
 def test_smollm2_fast_forms_track_the_fp32_reference(request, smollm2, form):
     """The fast forms compute over the same 4-bit weights with rounded activations (int8 per
@@ -137,27 +165,12 @@ def test_smollm2_fast_forms_track_the_fp32_reference(request, smollm2, form):
     agreed on 93 of 100, every miss the reference's second choice by 0.02-0.30 of ~37), and
     their logits stay close."""
     fast = request.getfixturevalue(f"smollm2_{form}")
-    engine = LLMEngine(smollm2)
-    prompts = [
-        smollm2.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS
-    ]
-    outs = engine.generate(prompts, SamplingParams(max_tokens=24, ignore_eos=True))
-    agree = total = 0
-    for i, (prompt, out) in enumerate(zip(prompts, outs, strict=True)):
-        ids = prompt + out.token_ids
-        rows = len(ids) - len(prompt) + 1  # from the prompt's last token on
-        batch = StepBatch([SeqChunk(f"s{i}", ids, 0, list(range(32)), rows)])
-        ref = ModelRunner(smollm2.model, 64, 16).execute(batch)
-        got = ModelRunner(fast.model, 64, 16).execute(batch)
-        best, chosen = ref.argmax(-1), got.argmax(-1)
-        agree += (chosen == best).sum().item()
-        total += rows
-        scale = ref.abs().max().item()
-        assert (got - ref).abs().max().item() < 0.1 * scale
-        rows_at = torch.arange(rows)
-        shortfall = ref[rows_at, best] - ref[rows_at, chosen]  # 0 where they agree
-        assert shortfall.max().item() <= 0.02 * scale, "a miss where the reference is sure"
-    assert agree / total >= 0.9, f"{agree}/{total} next tokens agree"
+    assert_tracks(
+        smollm2,
+        lambda: ModelRunner(smollm2.model, 64, 16),
+        lambda: ModelRunner(fast.model, 64, 16),
+        "the fp32 reference",
+    )
 
 
 @pytest.mark.parametrize("drafter", ["ngram", "suffix"])
@@ -186,26 +199,11 @@ def test_smollm2_speculation_is_lossless_on_a_float16_cache(smollm2_auto, drafte
 def test_smollm2_float16_cache_tracks_the_float32_cache(smollm2_auto):
     """Keys and values rounded to float16 move the logits a little: teacher-forced on the
     float32 cache's own greedy continuations, the same next token nearly always, a miss only
-    where the float32 cache's choice is a near-tie (within 2% of the logit scale)."""
-    engine = LLMEngine(smollm2_auto)
-    prompts = [
-        smollm2_auto.tokenizer.apply_chat_template([{"role": "user", "content": q}])
-        for q in QUESTIONS
-    ]
-    outs = engine.generate(prompts, SamplingParams(max_tokens=24, ignore_eos=True))
-    agree = total = 0
-    for i, (prompt, out) in enumerate(zip(prompts, outs, strict=True)):
-        ids = prompt + out.token_ids
-        rows = len(ids) - len(prompt) + 1
-        batch = StepBatch([SeqChunk(f"s{i}", ids, 0, list(range(32)), rows)])
-        ref = ModelRunner(smollm2_auto.model, 64, 16).execute(batch)
-        got = ModelRunner(smollm2_auto.model, 64, 16, kv_dtype=torch.float16).execute(batch)
-        best, chosen = ref.argmax(-1), got.argmax(-1)
-        agree += (chosen == best).sum().item()
-        total += rows
-        scale = ref.abs().max().item()
-        assert (got - ref).abs().max().item() < 0.1 * scale
-        rows_at = torch.arange(rows)
-        shortfall = ref[rows_at, best] - ref[rows_at, chosen]
-        assert shortfall.max().item() <= 0.02 * scale, "a miss where the float32 cache is sure"
-    assert agree / total >= 0.9, f"{agree}/{total} next tokens agree"
+    where the float32 cache's choice is a near-tie."""
+    model = smollm2_auto.model
+    assert_tracks(
+        smollm2_auto,
+        lambda: ModelRunner(model, 64, 16),
+        lambda: ModelRunner(model, 64, 16, kv_dtype=torch.float16),
+        "the float32 cache",
+    )
