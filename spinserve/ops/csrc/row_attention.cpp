@@ -150,6 +150,13 @@ float dot(const float* a, const T* b, int64_t n) {
   return sum_lanes(fold(acc));
 }
 
+// Every cache line of `bytes` bytes at p, asked for ahead (never faults).
+template <typename T>
+inline void prefetch_row(const T* p, int64_t bytes) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i);
+}
+
 // The largest of p[0, n) (exact in any order: a maximum does not round).
 float largest(const float* p, int64_t n) {
   v8f top = splat(-INFINITY);
@@ -397,7 +404,17 @@ void attend(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, co
       auto row_scores = [&](int64_t r, int64_t g) {
         return scores.data() + ((r - r0) * group + g) * n_max;
       };
+      const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(T));
       for (int64_t j = 0; j < n_max; j += kLanes) {
+        // the keys two blocks on and this block's values, asked for ahead: a step's caches
+        // come from memory (the layer's were last read a step ago), where this op alone
+        // finds them in cache
+        for (int64_t jj = j + 2 * kLanes; jj < std::min(j + 3 * kLanes, n_max); ++jj) {
+          prefetch_row(run_k[jj], row_bytes);
+        }
+        for (int64_t jj = j; jj < std::min(j + kLanes, n_max); ++jj) {
+          prefetch_row(run_v[jj], row_bytes);
+        }
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t n = keys(r);
           if (j >= n) continue;
