@@ -10,7 +10,8 @@ Every form computes over the same GGUF weights (``float32``: every linear weight
 fp32, the reference; ``auto``: k-quant blocks on our kernel with int8-rounded activations;
 ``int4``: 4-bit blocks on torch's int4 kernel, other quantized weights in bf16, bf16
 activations into the matmuls; ``llamacpp``: llama.cpp's own kernels on the GGUF, greedy on its
-logits, one prompt at a time: the bar for what the format's usual implementation computes).
+logits, one prompt at a time: the bar for what the format's usual implementation computes;
+``auto-kv16``: ``auto`` with the keys and values kept in float16, `--kv-cache-dtype float16`).
 The prompts are ``--per-category`` of each Spec-Bench dev category and HumanEval
 (`spec_prompts`, 7 categories: 3 per category gives 21), chat-templated; each form decodes
 them greedily (ours: all prompts in one batch), ``--max-tokens`` new tokens, EOS ignored so
@@ -40,8 +41,10 @@ from spinserve.loading import loader, zoo
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def generate(name: str, weights: str, prompts: list[str], max_tokens: int) -> list[list[int]]:
-    runtime = RuntimeConfig(weights=weights)
+def generate(name: str, form: str, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    """``form``: a weight form, or one with ``-kv16`` (the same with a float16 KV cache)."""
+    weights, _, kv = form.partition("-")
+    runtime = RuntimeConfig(weights=weights, kv_cache_dtype="float16" if kv == "kv16" else "auto")
     loaded = loader.load(name, runtime, fetch_missing=False)
     engine = LLMEngine(loaded, EngineConfig(runtime=runtime))
     chat = loaded.tokenizer.apply_chat_template
@@ -49,7 +52,7 @@ def generate(name: str, weights: str, prompts: list[str], max_tokens: int) -> li
     start = time.perf_counter()
     outs = engine.generate(ids, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
     log(
-        f"{name}/{weights}: {len(ids)} prompts x {max_tokens} tokens in "
+        f"{name}/{form}: {len(ids)} prompts x {max_tokens} tokens in "
         f"{time.perf_counter() - start:.0f} s"
     )
     return [o.token_ids for o in outs]
@@ -101,7 +104,13 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--forms", nargs="+", default=["auto"], help="weight forms to compare")
+    p.add_argument(
+        "--forms",
+        nargs="+",
+        default=["auto"],
+        help="weight forms to compare (auto, int4, ...; FORM-kv16: with a float16 KV cache; "
+        "llamacpp)",
+    )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "quant_agreement.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
