@@ -51,26 +51,9 @@ using spinserve_lanes::sum_lanes;
 inline float as_float(float x) { return x; }
 inline float as_float(at::Half x) { return static_cast<float>(x); }
 
-// 16 floats: one AVX-512 register (two AVX ones, four SSE ones).
-typedef float v16f __attribute__((vector_size(16 * sizeof(float))));
-
 // Products are summed with fused multiply-adds (one rounding each, as std::fma: the same bits
 // from the instruction and from the portable fallback), in W lanes: 16 where the head size is
 // a multiple of 16, else 8.
-template <typename Vec>
-constexpr int width() {
-  return static_cast<int>(sizeof(Vec) / sizeof(float));
-}
-
-// x in every lane (a broadcast; a loop over the lanes compiled to one masked load per lane)
-template <typename Vec>
-inline Vec fill_vec(float x) {
-  if constexpr (width<Vec>() == kLanes) {
-    return Vec{x, x, x, x, x, x, x, x};
-  } else {
-    return Vec{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
-  }
-}
 
 inline v8f halves_lo(v16f a) { return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7); }
 inline v8f halves_hi(v16f a) {
@@ -143,7 +126,7 @@ inline v8f fold(v16f a) { return halves_lo(a) + halves_hi(a); }
 template <typename Vec, typename T>
 float dot(const float* a, const T* b, int64_t n) {
   constexpr int W = width<Vec>();
-  Vec acc = fill_vec<Vec>(0.0f);
+  Vec acc = fill<Vec>(0.0f);
   int64_t i = 0;
   for (; i + W <= n; i += W) acc = fmadd(load_values<Vec>(a + i), load_values<Vec>(b + i), acc);
   for (int l = 0; i < n; ++i, ++l) acc[l] = std::fma(a[i], as_float(b[i]), acc[l]);
@@ -231,7 +214,7 @@ inline void dot8(const float* q, const T* const* keys, int64_t dim, float s, flo
   // sum_lanes8 returns inputs 0, 2, 4, 6, 1, 3, 5, 7: keys fed in this order come out in order
   constexpr int kOrder[kLanes] = {0, 4, 1, 5, 2, 6, 3, 7};
   Vec acc[kLanes];
-  for (int k = 0; k < kLanes; ++k) acc[k] = fill_vec<Vec>(0.0f);
+  for (int k = 0; k < kLanes; ++k) acc[k] = fill<Vec>(0.0f);
   for (int64_t d = 0; d < dim; d += W) {
     const Vec x = load_values<Vec>(q + d);
     for (int k = 0; k < kLanes; ++k) {
@@ -268,7 +251,7 @@ inline void weighted_values(const T* const* values, int64_t d, const float* w, i
   Vec acc[V];
   for (int i = 0; i < V; ++i) acc[i] = load_values<Vec>(o + W * i);
   for (int64_t j = j0; j < j1; ++j) {
-    const Vec wj = fill_vec<Vec>(w[j]);
+    const Vec wj = fill<Vec>(w[j]);
     for (int i = 0; i < V; ++i) {
       acc[i] = fmadd(wj, load_values<Vec>(values[j] + d + W * i), acc[i]);
     }

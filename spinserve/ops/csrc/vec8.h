@@ -27,11 +27,22 @@ inline v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
 typedef float v16f __attribute__((vector_size(16 * sizeof(float))));
 typedef int32_t v16i __attribute__((vector_size(16 * sizeof(int32_t))));
 
+// The lanes of a float vector type.
+template <typename F>
+constexpr int width() {
+  return static_cast<int>(sizeof(F) / sizeof(float));
+}
+
+// x in every lane: one broadcast (a loop over the lanes compiled, for a value not known at
+// compile time, to a masked load per lane).
 template <typename F>
 inline F fill(float x) {
-  F v;
-  for (int l = 0; l < static_cast<int>(sizeof(F) / sizeof(float)); ++l) v[l] = x;
-  return v;
+  static_assert(width<F>() == 8 || width<F>() == 16, "8- or 16-float vectors");
+  if constexpr (width<F>() == 8) {
+    return F{x, x, x, x, x, x, x, x};
+  } else {
+    return F{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+  }
 }
 
 // e^x for x <= 0 (x - max of a softmax), to about 2 ulp; below -87 the result is 2^-126.
