@@ -41,10 +41,16 @@ from spinserve.loading import loader, zoo
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def generate(name: str, form: str, prompts: list[str], max_tokens: int) -> list[list[int]]:
+def runtime_of(form: str) -> RuntimeConfig:
     """``form``: a weight form, or one with ``-kv16`` (the same with a float16 KV cache)."""
     weights, _, kv = form.partition("-")
-    runtime = RuntimeConfig(weights=weights, kv_cache_dtype="float16" if kv == "kv16" else "auto")
+    if kv not in ("", "kv16"):
+        raise ValueError(f"unknown form {form!r}: a weight form, FORM-kv16 or llamacpp")
+    return RuntimeConfig(weights=weights, kv_cache_dtype="float16" if kv == "kv16" else "auto")
+
+
+def generate(name: str, form: str, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    runtime = runtime_of(form)
     loaded = loader.load(name, runtime, fetch_missing=False)
     engine = LLMEngine(loaded, EngineConfig(runtime=runtime))
     chat = loaded.tokenizer.apply_chat_template
@@ -113,6 +119,12 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "quant_agreement.json")
     args = p.parse_args()
+    for form in args.forms:  # a bad form fails now, not after the fp32 reference's run
+        try:
+            if form != "llamacpp":
+                runtime_of(form)
+        except ValueError as e:
+            p.error(str(e))
     torch.set_num_threads(args.threads)
     prompts = sample_prompts(SPEC_BENCH, zoo.resolve_cache_dir(), args.per_category, args.seed)
     texts = [q.text for q in prompts]

@@ -1,6 +1,6 @@
-// 8-float vectors (GCC vector extensions: AVX where the CPU has it, two SSE halves
-// otherwise, the same operations lane by lane, so both builds give the same bits) and the
-// elementwise functions our kernels compute on them.
+// 8- and 16-float vectors (GCC vector extensions: AVX or AVX-512 where the CPU has it,
+// narrower pieces otherwise, the same operations lane by lane, so every build gives the same
+// bits) and the elementwise functions our kernels compute on them.
 #pragma once
 
 #include <cstdint>
@@ -19,8 +19,6 @@ inline v8f load(const float* p) {
 }
 
 inline void store(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
-
-inline v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
 
 // 16 floats: one AVX-512 register (two AVX ones, four SSE ones), for elementwise work, where
 // the width does not change a bit (each lane does the same operations).
@@ -44,6 +42,8 @@ inline F fill(float x) {
     return F{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
   }
 }
+
+inline v8f splat(float x) { return fill<v8f>(x); }
 
 // e^x for x <= 0 (x - max of a softmax), to about 2 ulp; below -87 the result is 2^-126.
 // F, I: a float vector and the int32 vector of its width (v8f, v8i or v16f, v16i).
