@@ -159,6 +159,16 @@ float largest(const float* p, int64_t n) {
 float softmax_numerators(float* p, int64_t n, float top) {
   v8f sum = splat(0.0f);
   int64_t j = 0;
+  // 16 keys per exp (half the instructions of two 8-key ones; the same bits), added to the
+  // sum as keys j..j+7, then j+8..j+15
+  for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
+    v16f x;
+    std::memcpy(&x, p + j, sizeof(x));
+    const v16f e = exp_nonpositive_of<v16f, v16i>(x - fill<v16f>(top));
+    std::memcpy(p + j, &e, sizeof(e));
+    sum = sum + halves_lo(e);
+    sum = sum + halves_hi(e);
+  }
   for (; j + kLanes <= n; j += kLanes) {
     const v8f e = exp_nonpositive(load(p + j) - splat(top));
     store(p + j, e);
@@ -240,38 +250,66 @@ inline void score_block(const float* qg, const T* const* keys, int64_t j, int64_
   }
 }
 
-// o[0, V * W) += w[j] * values[j][d, d + V * W) for keys j in [j0, j1), in key order, each
-// a fused multiply-add (so the width does not change a bit): the sums kept in registers
-// across those keys, loaded from and stored back to o between calls, so a caller that walks
-// the keys in blocks gets the bits of one pass over all of them.
-template <typename Vec, int V, typename T>
-inline void weighted_values(const T* const* values, int64_t d, const float* w, int64_t j0,
-                            int64_t j1, float* o) {
+// o_q[0, V * W) += w_q[j] * values[j][d, d + V * W) for keys j in [j0, j1) and each of Q
+// queries q (heads sharing a kv head), in key order, each a fused multiply-add (so neither
+// the width nor Q changes a bit): the sums kept in registers across those keys, loaded from
+// and stored back to o_q between calls, so a caller that walks the keys in blocks gets the
+// bits of one pass over all of them. A value is loaded once for the Q queries, and their
+// Q x V sums are independent chains: one query's V chains alone waited on the multiply-add's
+// latency (SmolLM2's 64-value heads: 4 chains, a quarter of the peak).
+template <typename Vec, int V, int Q, typename T>
+inline void weighted_values(const T* const* values, int64_t d, const float* const* w,
+                            int64_t j0, int64_t j1, float* const* o) {
   constexpr int W = width<Vec>();
-  Vec acc[V];
-  for (int i = 0; i < V; ++i) acc[i] = load_values<Vec>(o + W * i);
+  Vec acc[Q][V];
+  for (int q = 0; q < Q; ++q) {
+    for (int i = 0; i < V; ++i) acc[q][i] = load_values<Vec>(o[q] + d + W * i);
+  }
   for (int64_t j = j0; j < j1; ++j) {
-    const Vec wj = fill<Vec>(w[j]);
-    for (int i = 0; i < V; ++i) {
-      acc[i] = fmadd(wj, load_values<Vec>(values[j] + d + W * i), acc[i]);
+    Vec v[V];
+    for (int i = 0; i < V; ++i) v[i] = load_values<Vec>(values[j] + d + W * i);
+    for (int q = 0; q < Q; ++q) {
+      const Vec wj = fill<Vec>(w[q][j]);
+      for (int i = 0; i < V; ++i) acc[q][i] = fmadd(wj, v[i], acc[q][i]);
     }
   }
-  for (int i = 0; i < V; ++i) std::memcpy(o + W * i, &acc[i], sizeof(Vec));
+  for (int q = 0; q < Q; ++q) {
+    for (int i = 0; i < V; ++i) std::memcpy(o[q] + d + W * i, &acc[q][i], sizeof(Vec));
+  }
 }
 
-// og[0, dim) += the weighted values of keys [j0, j1), 128 values at a time in registers, then
-// 64, 32, 16, 8; the rest key by key.
+// weighted_values for `count` queries, at most 16 / V at a time (the sums stay in registers).
+template <typename Vec, int V, typename T>
+inline void weighted_values_of(const T* const* values, int64_t d, const float* const* w,
+                               int64_t count, int64_t j0, int64_t j1, float* const* o) {
+  constexpr int kMost = V >= 8 ? 2 : 4;
+  int64_t q = 0;
+  for (; q + kMost <= count; q += kMost) {
+    weighted_values<Vec, V, kMost>(values, d, w + q, j0, j1, o + q);
+  }
+  switch (count - q) {
+    case 3: return weighted_values<Vec, V, 3>(values, d, w + q, j0, j1, o + q);
+    case 2: return weighted_values<Vec, V, 2>(values, d, w + q, j0, j1, o + q);
+    case 1: return weighted_values<Vec, V, 1>(values, d, w + q, j0, j1, o + q);
+    default: return;
+  }
+}
+
+// o_q[0, dim) += the weighted values of keys [j0, j1) for `count` queries, 128 values at a
+// time in registers, then 64, 32, 16, 8; the rest key by key.
 template <typename T>
-inline void add_weighted_values(const T* const* values, int64_t dim, const float* w,
-                                int64_t j0, int64_t j1, float* og) {
+inline void add_weighted_values(const T* const* values, int64_t dim, const float* const* w,
+                                int64_t count, int64_t j0, int64_t j1, float* const* o) {
   int64_t d = 0;
-  for (; d + 128 <= dim; d += 128) weighted_values<v16f, 8>(values, d, w, j0, j1, og + d);
-  for (; d + 64 <= dim; d += 64) weighted_values<v16f, 4>(values, d, w, j0, j1, og + d);
-  for (; d + 32 <= dim; d += 32) weighted_values<v16f, 2>(values, d, w, j0, j1, og + d);
-  for (; d + 16 <= dim; d += 16) weighted_values<v16f, 1>(values, d, w, j0, j1, og + d);
-  for (; d + 8 <= dim; d += 8) weighted_values<v8f, 1>(values, d, w, j0, j1, og + d);
-  for (int64_t j = j0; j < j1; ++j) {
-    for (int64_t e = d; e < dim; ++e) og[e] = std::fma(w[j], as_float(values[j][e]), og[e]);
+  for (; d + 128 <= dim; d += 128) weighted_values_of<v16f, 8>(values, d, w, count, j0, j1, o);
+  for (; d + 64 <= dim; d += 64) weighted_values_of<v16f, 4>(values, d, w, count, j0, j1, o);
+  for (; d + 32 <= dim; d += 32) weighted_values_of<v16f, 2>(values, d, w, count, j0, j1, o);
+  for (; d + 16 <= dim; d += 16) weighted_values_of<v16f, 1>(values, d, w, count, j0, j1, o);
+  for (; d + 8 <= dim; d += 8) weighted_values_of<v8f, 1>(values, d, w, count, j0, j1, o);
+  for (int64_t q = 0; q < count; ++q) {
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t e = d; e < dim; ++e) o[q][e] = std::fma(w[q][j], as_float(values[j][e]), o[q][e]);
+    }
   }
 }
 
@@ -368,6 +406,8 @@ void attend(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, co
   at::parallel_for(0, num_runs * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores, total;  // per query: its scores, its softmax sum
     std::vector<const T*> run_k, run_v;  // the run's longest key list, for this kv head
+    std::vector<const float*> weights_of(group);  // a row's queries' softmax numerators
+    std::vector<float*> outs_of(group);           // and outputs
     for (int64_t i = begin; i < end; ++i) {
       const int64_t run = i / kv_heads, kvh = i % kv_heads;
       const int64_t r0 = runs[run], r1 = runs[run + 1], last = r1 - 1;
@@ -425,9 +465,10 @@ void attend(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, co
           const int64_t j1 = std::min(j + kValueBlock, keys(r));
           if (j >= j1) continue;
           for (int64_t g = 0; g < group; ++g) {
-            add_weighted_values(run_v.data(), dim, row_scores(r, g), j, j1,
-                                op + (r * heads + h0 + g) * dim);
+            weights_of[g] = row_scores(r, g);
+            outs_of[g] = op + (r * heads + h0 + g) * dim;
           }
+          add_weighted_values(run_v.data(), dim, weights_of.data(), group, j, j1, outs_of.data());
         }
       }
       for (int64_t r = r0; r < r1; ++r) {
