@@ -308,7 +308,9 @@ inline void add_weighted_values(const T* const* values, int64_t dim, const float
   for (; d + 8 <= dim; d += 8) weighted_values_of<v8f, 1>(values, d, w, count, j0, j1, o);
   for (int64_t q = 0; q < count; ++q) {
     for (int64_t j = j0; j < j1; ++j) {
-      for (int64_t e = d; e < dim; ++e) o[q][e] = std::fma(w[q][j], as_float(values[j][e]), o[q][e]);
+      for (int64_t e = d; e < dim; ++e) {
+        o[q][e] = std::fma(w[q][j], as_float(values[j][e]), o[q][e]);
+      }
     }
   }
 }

@@ -92,23 +92,35 @@ constexpr int32_t offset(int64_t qtype) {
   }
 }
 
-// A row's 32 rounded activations with their scale, their sum (Q4_1's min term) and, per lane
-// of 4 columns, -offset x their sum: where that lane's integer dot starts.
+// A row's 32 rounded activations with their scale, their sum (Q4_1's min term), and where
+// the integer dots start: per lane of 4 columns -offset x their sum, for a block's 32
+// columns -offset x the sum.
 struct alignas(32) Act {
   int8_t q[kQK];
   int32_t base[kLanes];
   float d;
   int32_t sum;
+  int32_t block_base;
 };
 
 void quantize(const float* x, int32_t offset, Act& a) {
   int32_t sums[kQK / 16];
   a.d = spinserve_quantize::quantize_int8(x, kQK, a.q, sums);
   a.sum = sums[0] + sums[1];
+  a.block_base = -offset * a.sum;
+#if defined(__AVX2__)
+  // each lane's 4 bytes summed by two multiply-adds by ones (exact integers)
+  const __m256i pairs = _mm256_maddubs_epi16(
+      _mm256_set1_epi8(1), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q)));
+  const __m256i fours = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.base),
+                      _mm256_mullo_epi32(fours, _mm256_set1_epi32(-offset)));
+#else
   for (int l = 0; l < kLanes; ++l) {
     const int8_t* q = a.q + 4 * l;
     a.base[l] = -offset * (int32_t{q[0]} + int32_t{q[1]} + int32_t{q[2]} + int32_t{q[3]});
   }
+#endif
 }
 
 // A weight block as its 32 signed values with its scale d and (Q4_1) min m.
@@ -332,7 +344,6 @@ template <int64_t QTYPE, int ROWS>
 __attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const uint8_t* w,
                                             float* out) {
   constexpr int64_t bytes = 8 * block_bytes(QTYPE);
-  constexpr int32_t off = offset(QTYPE);
   const __m256i low = _mm256_set1_epi8(0x0F);
   __m256 acc[ROWS];
   for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
@@ -343,7 +354,7 @@ __attribute__((noinline)) void rows_x8_avx2(const Act* act, int64_t nb, const ui
     }
     __m256i even[ROWS], odd[ROWS];
     for (int r = 0; r < ROWS; ++r) {
-      even[r] = _mm256_set1_epi32(-off * act[r * nb + b].sum);  // the weights' offset
+      even[r] = _mm256_set1_epi32(act[r * nb + b].block_base);  // the weights' offset
       odd[r] = _mm256_setzero_si256();
     }
     for (int k = 0; k < 4; ++k) {  // weights 8k..8k+3 and 8k+4..8k+7 of each column
@@ -403,7 +414,6 @@ template <int64_t QTYPE, int ROWS>
 __attribute__((noinline)) void rows_x8_pair(const Act* act, int64_t nb, const uint8_t* w0,
                                             const uint8_t* w1, float* out) {
   constexpr int64_t bytes = 8 * block_bytes(QTYPE);
-  constexpr int32_t off = offset(QTYPE);
   const __m512i low = _mm512_set1_epi8(0x0F);
   const int64_t group_bytes = nb * bytes;
   __m512 acc[ROWS];
@@ -418,7 +428,7 @@ __attribute__((noinline)) void rows_x8_pair(const Act* act, int64_t nb, const ui
     }
     __m512i even[ROWS], odd[ROWS];
     for (int r = 0; r < ROWS; ++r) {
-      even[r] = _mm512_set1_epi32(-off * act[r * nb + b].sum);
+      even[r] = _mm512_set1_epi32(act[r * nb + b].block_base);
       odd[r] = _mm512_setzero_si512();
     }
     for (int k = 0; k < 4; ++k) {
