@@ -96,7 +96,7 @@ constexpr int32_t offset(int64_t qtype) {
 // start: per lane of 4 columns, -offset x their sum, and for a whole block -offset x the sum.
 // Q4_1's min term is m x (d x sum) for each weight's min m, so d x sum (rounded once) is kept
 // too: one fused multiply-add per block and row in every path (d x (m x sum) took a
-// conversion, a broadcast and two products more, a sixth of the 8-row pass's time).
+// conversion, a broadcast and two products more; SmolLM2's 8-token step 0.96x the time).
 struct alignas(32) Act {
   int8_t q[kQK];
   int32_t base[kLanes];
