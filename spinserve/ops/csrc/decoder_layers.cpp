@@ -136,9 +136,14 @@ std::vector<at::Tensor> linears(const at::Tensor& x, const at::Tensor* w, const 
   return out;
 }
 
+// Values from which the vector operations below split between the threads (a fork and join
+// costs ~0.6 us; 4,096 values of a norm or of SiLU about 1-2 us on one thread).
+constexpr int64_t kParallelValues = 4096;
+
 // out[r] = w * (x[r] / sqrt(mean(x[r]^2) + eps))
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) {
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, kParallelValues / dim);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* xr = x + r * dim;
       float lanes[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -183,13 +188,14 @@ void add_bias(at::Tensor& y, const at::Tensor& bias) {
 }
 
 // g[i] = silu(g[i]) * u[i], on 16-float vectors (the polynomial exp of vec8.h: one row of the
-// 1.5B's 8960 values took ~60 us with libm's scalar expf; ~30 vector operations a vector here,
-// so both threads from 4 rows of the 0.5B's 4,864 on), the last partial vector through
-// zero-padded copies.
+// 1.5B's 8960 values took ~60 us with libm's scalar expf; ~30 vector operations a vector
+// here, so both threads from 8,192 values on: 8 rows of SmolLM2's 1,536 ran on one thread
+// at 1,024 vectors, 5 us a layer), the last partial vector through zero-padded copies.
 void silu_times(float* g, const float* u, int64_t n) {
   using namespace spinserve_vec8;
   constexpr int64_t kWide = 16;
-  at::parallel_for(0, (n + kWide - 1) / kWide, 1024, [&](int64_t begin, int64_t end) {
+  const int64_t grain = 2 * kParallelValues / kWide;
+  at::parallel_for(0, (n + kWide - 1) / kWide, grain, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
       const int64_t i = v * kWide, count = std::min(kWide, n - i);
       v16f gv, uv;
