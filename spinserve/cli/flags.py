@@ -46,6 +46,9 @@ HELP = {
     "num_threads": "CPU threads for torch (0: torch's default)",
     "num_draft_tokens": "draft tokens per step (k) of a drafter; 0 turns speculation off",
     "drafter_kv_cache_gib": "KV cache pool of each model drafter, in GiB",
+    "drafter_kv_cache_dtype": "model drafters' cached keys and values: float16 (half the "
+    "memory and the bytes a drafting step reads; a drafter's numerics change only its "
+    "acceptance, never the output) or auto (their compute dtype)",
     "policy": "drafter selection: spin (learns per request), fixed:NAME, random, "
     "round-robin, oracle",
     "draft_lengths": "the k the spin policy may choose among (repeatable; default 1,2,3,4)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spinserve.config.model import KV_CACHE_DTYPES
 from spinserve.config.selection import SelectionConfig
 from spinserve.config.speculative import SpeculativeConfig
 
@@ -52,7 +53,6 @@ class SchedulerConfig:
 
 
 WEIGHT_FORMS = ("auto", "int4", "int8", "bfloat16", "float32")
-KV_CACHE_DTYPES = ("auto", "float16")
 
 
 @dataclass(frozen=True)

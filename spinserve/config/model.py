@@ -41,6 +41,10 @@ _HF_ARCHITECTURES = {
 SUPPORTED_ARCHITECTURES = tuple(_ARCH_TRAITS)
 
 
+# A KV cache's dtypes: ``auto`` (the model's compute dtype) or float16 (half the bytes).
+KV_CACHE_DTYPES = ("auto", "float16")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shapes and numerics of one decoder. Built by `from_hf_dict`, never by model name."""

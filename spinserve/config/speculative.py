@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spinserve.config.model import KV_CACHE_DTYPES
+
 NO_DRAFTER = "none"  # a request that asks for this drafter does not speculate
 MAX_DRAFT_TOKENS = 16
 
@@ -15,11 +17,15 @@ class SpeculativeConfig:
     ``drafters``: names understood by `spinserve.spec.registry` (``ngram``, ``suffix``, a zoo
     model name, a Hugging Face folder or a .gguf file). The first is the default drafter of
     a request that names none. Empty: no speculation.
+    ``drafter_kv_cache_dtype``: model drafters' cached keys and values, ``float16`` by default
+    (half the memory and the bytes a drafting step reads; a drafter's numerics change only
+    its acceptance, never the output) or ``auto`` (their compute dtype).
     """
 
     drafters: tuple[str, ...] = ()
     num_draft_tokens: int = 4
     drafter_kv_cache_gib: float = 0.5
+    drafter_kv_cache_dtype: str = "float16"
 
     def __post_init__(self) -> None:
         if not 0 <= self.num_draft_tokens <= MAX_DRAFT_TOKENS:
@@ -32,6 +38,11 @@ class SpeculativeConfig:
             raise ValueError(f"{NO_DRAFTER!r} is not a drafter; leave drafters empty instead")
         if self.drafter_kv_cache_gib <= 0:
             raise ValueError("drafter_kv_cache_gib must be positive")
+        if self.drafter_kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"drafter_kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                f"got {self.drafter_kv_cache_dtype!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,15 @@ def retokenize(text: str, target: Tokenizer, num_tokens: int) -> list[int]:
 
 class CrossTokenizerDrafter:
     def __init__(
-        self, name: str, drafter: LoadedModel, target_tokenizer: Tokenizer, kv_cache_gib: float
+        self,
+        name: str,
+        drafter: LoadedModel,
+        target_tokenizer: Tokenizer,
+        kv_cache_gib: float,
+        kv_cache_dtype: str = "float16",
     ) -> None:
         self.name = name
-        self._model = DraftModel(drafter.model, kv_cache_gib)
+        self._model = DraftModel(drafter.model, kv_cache_gib, kv_cache_dtype=kv_cache_dtype)
         self._drafter_tok = drafter.tokenizer
         self._target_tok = target_tokenizer
         self._stop_ids = frozenset(drafter.tokenizer.eos_token_ids)

@@ -62,12 +62,19 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int], start: int = 0) -> 
 class DraftModel:
     """Batched autoregressive drafting with rollback, for one drafter model."""
 
-    def __init__(self, model: Decoder, kv_cache_gib: float, block_size: int = 16) -> None:
-        dtype_bytes = torch.finfo(model.dtype).bits // 8
-        per_token = model.config.kv_bytes_per_token(dtype_bytes)
+    def __init__(
+        self,
+        model: Decoder,
+        kv_cache_gib: float,
+        block_size: int = 16,
+        kv_cache_dtype: str = "auto",
+    ) -> None:
+        """``kv_cache_dtype``: ``auto`` (the model's dtype) or a torch dtype name."""
+        kv_dtype = model.dtype if kv_cache_dtype == "auto" else getattr(torch, kv_cache_dtype)
+        per_token = model.config.kv_bytes_per_token(torch.finfo(kv_dtype).bits // 8)
         num_blocks = max(1, int(kv_cache_gib * 2**30) // (per_token * block_size))
         self.model = model
-        self.runner = ModelRunner(model, num_blocks, block_size)
+        self.runner = ModelRunner(model, num_blocks, block_size, kv_dtype=kv_dtype)
         self.blocks = BlockManager(num_blocks, block_size)
         self.max_len = min(model.config.max_position_embeddings, num_blocks * block_size)
         self._seqs: dict[str, _Seq] = {}

@@ -48,10 +48,10 @@ def build_drafter(
         return MODEL_FREE[name]()
     runtime = runtime or RuntimeConfig()
     drafter = load(name, dataclasses.replace(runtime, weights=runtime.drafter_weights), cache_dir)
-    kv = config.drafter_kv_cache_gib
+    kv = (config.drafter_kv_cache_gib, config.drafter_kv_cache_dtype)
     if drafter_kind(name, target, drafter) == "same-tokenizer":
-        return ModelDrafter(name, drafter, target.tokenizer, target.config.vocab_size, kv)
-    return CrossTokenizerDrafter(name, drafter, target.tokenizer, kv)
+        return ModelDrafter(name, drafter, target.tokenizer, target.config.vocab_size, *kv)
+    return CrossTokenizerDrafter(name, drafter, target.tokenizer, *kv)
 
 
 def build_drafters(

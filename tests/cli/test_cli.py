@@ -80,6 +80,10 @@ def test_generate_streams_chat(tiny_folders):
         (["--max-model-len", "4"], "the prompt has"),
         (["--model", "/"], "has no config.json"),
         (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of auto, float16"),
+        (
+            ["--drafter-kv-cache-dtype", "bfloat16"],
+            "drafter_kv_cache_dtype must be one of auto, float16",
+        ),
     ],
 )
 def test_generate_errors_are_one_clear_line(tiny_folders, args, message):

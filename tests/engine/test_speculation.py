@@ -10,6 +10,7 @@ from spinserve.config.engine import CacheConfig, EngineConfig, SchedulerConfig
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import SpecParams, SpeculativeConfig
 from spinserve.engine.engine import LLMEngine
+from spinserve.spec.draft_model import DraftModel
 from spinserve.spec.model_drafter import ModelDrafter
 from spinserve.spec.registry import build_drafter
 from spinserve.types.errors import InvalidRequestError, ModelLoadError
@@ -19,7 +20,7 @@ PROMPTS = [list(range(10, 10 + n)) for n in (3, 17, 1, 9, 30, 5, 12, 24)]
 PROMPTS[5] = [40, 41, 42, 43] * 6
 PROMPTS[6] = [50, 51, 52] * 5
 GREEDY = SamplingParams(max_tokens=16, ignore_eos=True)
-DRAFTERS = ("same", "other", "cross", "ngram", "suffix")
+DRAFTERS = ("same", "same32", "other", "cross", "ngram", "suffix")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def engine(tiny_loaded, tiny_drafters) -> LLMEngine:
     drafters = {
         name: build_drafter(name if name in ("ngram", "suffix") else "", target, config)
         if name in ("ngram", "suffix")
-        else _wrap(name, tiny_drafters[name], target, config)
+        else _wrap(name, tiny_drafters[name.removesuffix("32")], target, config)
         for name in DRAFTERS
     }
     return LLMEngine(target, drafters=drafters)
@@ -40,9 +41,12 @@ def _wrap(name, drafter, target, config):
 
     if name == "cross":
         return CrossTokenizerDrafter(name, drafter, target.tokenizer, config.drafter_kv_cache_gib)
+    # "same32": the same drafter with its cache in its compute dtype instead of float16
+    dtype = "auto" if name == "same32" else config.drafter_kv_cache_dtype
     return ModelDrafter(
-        name, drafter, target.tokenizer, target.config.vocab_size, config.drafter_kv_cache_gib
-    )
+        name, drafter, target.tokenizer, target.config.vocab_size, config.drafter_kv_cache_gib,
+        dtype,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def test_mixed_drafters_and_k_joining_mid_run(engine, expected):
     engine.scheduler.config = SchedulerConfig(max_num_batched_tokens=6, max_num_seqs=4)
     try:
         pending = [
-            (i, SpecParams(drafter=DRAFTERS[i % 5], num_draft_tokens=1 + i % 4))
+            (i, SpecParams(drafter=DRAFTERS[i % len(DRAFTERS)], num_draft_tokens=1 + i % 4))
             for i in range(len(PROMPTS))
         ]
         names: dict[str, int] = {}
@@ -220,3 +224,14 @@ def test_spin_starts_with_each_drafters_catchup_measured(tiny_loaded, tiny_draft
         pool = drafters[name]._model.blocks
         assert pool.num_free_blocks == pool.num_blocks, name
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_a_model_drafters_cache_is_float16_with_twice_the_tokens(tiny_drafters):
+    """`--drafter-kv-cache-dtype` (float16 by default): the drafter's pool holds its keys and
+    values in float16, twice the tokens of its compute dtype in the same GiB."""
+    model = tiny_drafters["same"].model
+    half = DraftModel(model, 0.01, kv_cache_dtype=SpeculativeConfig().drafter_kv_cache_dtype)
+    full = DraftModel(model, 0.01)
+    assert half.runner.kv_cache.k[0].dtype == torch.float16
+    assert full.runner.kv_cache.k[0].dtype == model.dtype == torch.float32
+    assert half.blocks.num_blocks in (2 * full.blocks.num_blocks, 2 * full.blocks.num_blocks + 1)
