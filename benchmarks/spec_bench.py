@@ -88,6 +88,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 from spinserve.config.engine import WEIGHT_FORMS, CacheConfig, EngineConfig, RuntimeConfig
+from spinserve.config.model import KV_CACHE_DTYPES
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import NO_DRAFTER, SpecParams, SpeculativeConfig
 from spinserve.engine.engine import LLMEngine
@@ -320,7 +321,9 @@ def run_ours_config(bench: Bench, target: loader.LoadedModel, name: str | None) 
     config = OURS_TARGET if name is None else f"ours/{name}"
     stage_start = time.monotonic()
     spec_config = SpeculativeConfig(
-        drafters=() if name is None else (name,), num_draft_tokens=args.num_draft_tokens
+        drafters=() if name is None else (name,),
+        num_draft_tokens=args.num_draft_tokens,
+        drafter_kv_cache_dtype=args.drafter_kv_cache_dtype,
     )
     drafters = {}
     if name is not None:
@@ -538,6 +541,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--warmup-tokens", type=int, default=8, help="tokens of each warm-up")
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="our target's KV pool")
+    p.add_argument(
+        "--drafter-kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default=SpeculativeConfig.drafter_kv_cache_dtype,
+        help="our model drafters' cached keys and values",
+    )
     p.add_argument("--max-minutes", type=float, default=50.0, help="budget for the run")
     p.add_argument(
         "--shrink-tokens", type=int, default=64, help="max tokens if over budget (0: never)"
