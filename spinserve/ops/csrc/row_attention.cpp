@@ -236,6 +236,32 @@ inline void dot8(const float* q, const T* const* keys, int64_t dim, float s, flo
   store(scores, sum_lanes8(folded) * splat(s));
 }
 
+// dot8 for two queries at once (each key's vectors loaded once for both): the same bits. The
+// op alone at 8 rows x 1,032 keys, one thread: 0.91x the time on the 0.5B's shape, 0.96x on
+// the 1.5B's, level on SmolLM2's (3 heads a kv head: a pair and one alone).
+template <typename T>
+inline void dot8_two(const float* q0, const float* q1, const T* const* keys, int64_t dim,
+                     float s, float* scores0, float* scores1) {
+  constexpr int kOrder[kLanes] = {0, 4, 1, 5, 2, 6, 3, 7};
+  v16f a0[kLanes], a1[kLanes];
+  for (int k = 0; k < kLanes; ++k) a0[k] = a1[k] = fill<v16f>(0.0f);
+  for (int64_t d = 0; d < dim; d += 16) {
+    const v16f x0 = load_values<v16f>(q0 + d), x1 = load_values<v16f>(q1 + d);
+    for (int k = 0; k < kLanes; ++k) {
+      const v16f key = load_values<v16f>(keys[kOrder[k]] + d);
+      a0[k] = fmadd(x0, key, a0[k]);
+      a1[k] = fmadd(x1, key, a1[k]);
+    }
+  }
+  v8f f0[kLanes], f1[kLanes];
+  for (int k = 0; k < kLanes; ++k) {
+    f0[k] = fold(a0[k]);
+    f1[k] = fold(a1[k]);
+  }
+  store(scores0, sum_lanes8(f0) * splat(s));
+  store(scores1, sum_lanes8(f1) * splat(s));
+}
+
 // The scores of the keys [j, j + 8) that a row sees (n of them in all) into p: 8 at once
 // where all 8 are there, else one by one (the same bits).
 template <typename Vec, typename T>
@@ -443,7 +469,15 @@ void attend(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, co
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t n = keys(r);
           if (j >= n) continue;
-          for (int64_t g = 0; g < group; ++g) {
+          int64_t g = 0;
+          if (dim % 16 == 0 && j + kLanes <= n) {
+            for (; g + 2 <= group; g += 2) {
+              const float* qg = qp + (r * heads + h0 + g) * dim;
+              dot8_two(qg, qg + dim, run_k.data() + j, dim, s, row_scores(r, g) + j,
+                       row_scores(r, g + 1) + j);
+            }
+          }
+          for (; g < group; ++g) {
             const float* qg = qp + (r * heads + h0 + g) * dim;
             if (dim % 16 == 0) {
               score_block<v16f>(qg, run_k.data(), j, n, dim, s, row_scores(r, g));
