@@ -30,10 +30,11 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"types", "config", "ops", "models"},
     "spec": {"types", "config", "ops", "models", "loading", "runtime"},
     "selection": {"types", "config"},
+    "bench": {"types", "config"},
     "engine": {"types", "config", "ops", "models", "loading", "runtime", "spec", "selection"},
 }
 ALLOWED["server"] = ALLOWED["engine"] | {"engine"}
-ALLOWED["cli"] = ALLOWED["server"] | {"server"}
+ALLOWED["cli"] = ALLOWED["server"] | {"server", "bench"}
 NO_TORCH = [
     "types",
     "config",

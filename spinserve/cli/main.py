@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from spinserve import __version__
-from spinserve.cli import generate_cmd, models_cmd, serve_cmd
+from spinserve.cli import bench_cmd, generate_cmd, models_cmd, serve_cmd
 from spinserve.types.errors import SpinserveError
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cmd.add_parser(commands)
     generate_cmd.add_parser(commands)
     serve_cmd.add_parser(commands)
+    bench_cmd.add_parser(commands)
     return parser
 
 
