@@ -3,7 +3,8 @@
 `selection_bench.py` times each configuration once, minutes apart, and this machine drifts by
 more than the gaps it measures under load; this times a few of them back to back, on the
 same prompts, ``--rounds`` times (a fresh engine each time). ``spin[KEY=VALUE,...]`` names
-spin with some `SpinParams` changed, e.g. ``spin[explore_under_load=False]``.
+spin with some of its parameters changed, the shipped ones (`SpinParams`) or the research
+variants' (`research.selection.params.VariantParams`), e.g. ``spin[explore_under_load=True]``.
 
 Reproduce (from the repository root; ~4 minutes for the default 14 prompts and 2 rounds)::
 
@@ -29,8 +30,10 @@ import argparse
 import ast
 import dataclasses
 import re
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from selection_bench import BATCH1, Bench, ChoiceRecorder, log, parse_args, run_requests
@@ -38,18 +41,29 @@ from selection_bench import BATCH1, Bench, ChoiceRecorder, log, parse_args, run_
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import NO_DRAFTER, SpecParams
 from spinserve.engine.engine import LLMEngine
-from spinserve.selection.spin import SpinParams, SpinPolicy
+
+# research/ sits beside spinserve/ and is not installed: import it from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from research.selection.params import VariantParams
+from research.selection.variants import VariantPolicy
 
 
-def spin_params(spec: str) -> SpinParams:
-    """``KEY=VALUE,...`` -> SpinParams with those fields changed (values as Python literals:
+def spin_params(spec: str) -> VariantParams:
+    """``KEY=VALUE,...`` -> VariantParams with those fields changed (values as Python literals:
     ``explore_under_load=False``, ``exploration=0.25,draft_lengths=(1,2,3,4)``)."""
+    try:
+        return dataclasses.replace(VariantParams(), **_changes(spec))
+    except (TypeError, ValueError, SyntaxError) as e:  # an unknown knob or a bad value
+        raise SystemExit(f"spin[{spec}]: {e}") from None
+
+
+def _changes(spec: str) -> dict[str, object]:
     changes = {}
     # a comma starts the next item only where a KEY= follows: values may hold commas
     for item in filter(None, re.split(r",\s*(?=\w+\s*=)", spec)):
         key, _, value = item.partition("=")
         changes[key.strip()] = ast.literal_eval(value.strip())
-    return dataclasses.replace(SpinParams(), **changes)
+    return changes
 
 
 def make_engine(bench: Bench, name: str, level: str) -> LLMEngine:
@@ -58,7 +72,7 @@ def make_engine(bench: Bench, name: str, level: str) -> LLMEngine:
     base, _, spec = name.partition("[")
     engine = bench.engine(base, level)
     if spec:
-        policy = SpinPolicy(list(engine.drafters), spin_params(spec.rstrip("]")))
+        policy = VariantPolicy(list(engine.drafters), spin_params(spec.rstrip("]")))
         policy.calibrate(engine._measure_steps(), engine._measure_drafters())
         engine.policy = ChoiceRecorder(policy)
     return engine
@@ -71,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=["target", "spin"],
         metavar="NAME",
-        help="configurations; spin[KEY=VALUE,...] is spin with those SpinParams changed",
+        help="configurations; spin[KEY=VALUE,...] is spin with those VariantParams changed",
     )
     own.add_argument("--rounds", type=int, default=2)
     own.add_argument(

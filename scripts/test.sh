@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
-.venv/bin/ruff check spinserve tests benchmarks
-.venv/bin/ruff format --check spinserve tests benchmarks
+.venv/bin/ruff check spinserve research tests benchmarks
+.venv/bin/ruff format --check spinserve research tests benchmarks
 .venv/bin/python -m pytest "$@"

@@ -1,31 +1,29 @@
 """A request's bandit state and `spin`'s arm model: arms are drafters, each described by three
 acceptance rates (`acceptance`) with Beta beliefs, and each step's k is the best for the
 rates drawn. A choice is scored by expected tokens / expected seconds; `SpinPolicy` compares
-the best score with not speculating. (`flat_arms` holds the alternative it was measured
-against: every drafter x k its own arm.)
+the best score with not speculating.
+
+`ArmModel` is what `SpinPolicy` needs of an arm model; `DrafterArms` is the one it ships. The
+alternatives it was measured against (every drafter x k its own arm, other exploration rules,
+streaks) are in ``research/selection``, which subclasses or implements these.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from spinserve.config.selection import SpinParams
 from spinserve.selection import acceptance as acc
-from spinserve.selection import estimators as est
 from spinserve.selection.cost import DraftCost, ForwardCost
 from spinserve.selection.horizon import RemainingOutput
 from spinserve.selection.policy import NO_SPECULATION, Choice, Feedback, StepTiming
-from spinserve.selection.prior import SharedPrior
-
-if TYPE_CHECKING:
-    from spinserve.selection.spin import SpinParams
+from spinserve.selection.prior import ArmPrior, SharedPrior
 
 OPTIMISTIC_RATE = 0.75
-STREAK = "streak"  # the second part of a drafter's streak statistics key
 DEFAULT_PRIOR_TRIALS = 1.0
 # Change detection: a CUSUM of standardized residuals with this drift, once a drafter has
 # this many recent steps; variance floored so a drafter that was always right still alarms.
@@ -50,8 +48,6 @@ class RequestState:
     cusum: dict[Hashable, tuple[float, float]] = field(default_factory=dict)  # change detection
     num_restarts: int = 0  # changes of text detected
     stats: dict[Hashable, Any] = field(default_factory=dict)  # statistics key -> statistics
-    streak: bool = False  # whether the last step that drafted had every draft token pass
-    rejected: bool = False  # whether the last step that drafted had a draft token rejected
     totals: dict[Hashable, list[float]] = field(
         default_factory=lambda: defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     )  # prior key -> [count, total, total_sq, drafted], undiscounted: taught to the prior
@@ -102,42 +98,32 @@ class Shared:
         seconds = num_tokens * self.draft.catchup(drafter)
         return seconds / self.horizon.remaining(state.num_output_tokens)
 
-    def seconds(
-        self,
-        state: RequestState,
-        drafter: str,
-        k: int,
-        drafted: float,
-        emitted: float,
-        num_running: int,
-    ) -> float:
-        """Expected cost of a step that drafts ``drafted`` and emits ``emitted`` tokens:
-        drafting, its part of a catch-up, and the marginal forward share."""
-        return (
-            self.draft.seconds(drafter, state.bucket, k)
-            + self.catchup_per_token(state, drafter) * emitted
-            + self.forward.share(num_running, 1.0 + drafted)
-        )
+
+class ArmModel(Protocol):
+    """What `SpinPolicy` asks of an arm model: a fresh request's state, the best choice for
+    a request now (drawn or, without ``explore``, by posterior means) with its score in
+    tokens/s, and learning from a step's outcome."""
+
+    drafters: list[str]
+
+    def __init__(self, drafters: Sequence[str], shared: Shared) -> None: ...
+
+    def new_state(self) -> RequestState: ...
+
+    def best(
+        self, state: RequestState, num_running: int, explore: bool = True
+    ) -> tuple[Choice, float]: ...
+
+    def record(self, state: RequestState, fb: Feedback, timing: StepTiming) -> None: ...
+
+    @staticmethod
+    def default_prior(params: SpinParams) -> Callable[[Hashable], ArmPrior]: ...
 
 
-def beta_pseudo_counts(prior: est.ArmPrior) -> tuple[float, float]:
+def beta_pseudo_counts(prior: ArmPrior) -> tuple[float, float]:
     """A rate's prior as (successes, failures) pseudo-counts: noise / spread trials."""
     pseudo = prior.noise / prior.spread
     return prior.mean * pseudo, (1.0 - prior.mean) * pseudo
-
-
-def explore_rate(a: float, b: float, total: float, shared: Shared) -> float:
-    """The configured rule applied to a Beta(a, b) belief about a rate."""
-    a, b = max(a, 1e-3), max(b, 1e-3)
-    p = shared.params
-    if p.rule == "thompson":
-        widen = max(p.exploration, 1e-3) ** 2
-        return shared.rng.betavariate(a / widen, b / widen)
-    mean = a / (a + b)
-    if p.rule == "ucb":
-        var = a * b / ((a + b) ** 2 * (a + b + 1.0))
-        return min(1.0, mean + p.exploration * math.sqrt(2.0 * math.log(max(total, 2.0)) * var))
-    return mean
 
 
 def _per_step(counts: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -155,6 +141,16 @@ def _per_step(counts: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(pt, ps), (ft, fs), (lt, ls)]
 
 
+def cusum(high: float, low: float, z: float, drift: float) -> tuple[float, float]:
+    """Two-sided CUSUM of standardized residuals ``z``: sums that grow while the outcomes
+    run above (``high``) or below (``low``) the prediction by more than ``drift``.
+
+    >>> cusum(0.0, 0.0, 2.0, 0.5), cusum(1.5, 0.0, -3.0, 0.5)
+    ((1.5, 0.0), (0.0, 2.5))
+    """
+    return max(0.0, high + z - drift), max(0.0, low - z - drift)
+
+
 class DrafterArms:
     """Arms are drafters; each step's k is the best for the drafter's (explored) rates."""
 
@@ -163,6 +159,9 @@ class DrafterArms:
         self.lengths = sorted(set(shared.params.draft_lengths))
         self.s = shared
         self._fill: dict[str, float] = {}  # drafter -> moving average of drafted / asked
+
+    def new_state(self) -> RequestState:
+        return RequestState()
 
     def best(
         self, state: RequestState, num_running: int, explore: bool = True
@@ -176,9 +175,7 @@ class DrafterArms:
         total = sum(s.trials[0] for s in stats.values()) + 1.0
         forward = self.s.forward
         alone = forward.share(num_running, 1.0)  # a step with no draft (none proposed)
-        cap = self.s.params.cap_after_reject
-        lengths = [k for k in self.lengths if k <= cap] if cap and state.rejected else []
-        lengths = lengths or self.lengths
+        lengths = self.draft_lengths(state)
         for drafter in self.drafters:
             rates = self._rates(keys[drafter], stats[drafter], total, explore)
             draft_fixed, per_draft = self.s.draft.line(drafter, state.bucket)
@@ -196,14 +193,20 @@ class DrafterArms:
         return best, best_score
 
     def key(self, state: RequestState, drafter: str) -> Hashable:
-        """Where a step of ``drafter`` for this request is learned from and counted: with
-        ``streaks``, right after a step (of any drafter) whose every draft token passed, the
-        drafter's streak statistics, else its own. The two differ by much: replaying real
-        lookup drafts at k = 4, after a whole pass the next draft's first token passed ~91%
-        of the time, after a miss or a partial pass 27-35% (docs/design.md, "Streaks")."""
-        if self.s.params.streaks and state.streak:
-            return (drafter, STREAK)
+        """Where a step of ``drafter`` for this request is learned from and counted: its own
+        statistics (a research variant keeps the steps after a whole pass apart)."""
         return drafter
+
+    def draft_lengths(self, state: RequestState) -> list[int]:
+        """The k this request's next step may ask for: every configured one."""
+        return self.lengths
+
+    def draw_rate(self, a: float, b: float, total: float) -> float:
+        """A rate drawn from its Beta(a, b) belief, the spread narrowed to ``exploration``
+        (Thompson sampling). ``total``, the request's steps of all drafters, is for rules
+        that grow optimism with time (research/selection/variants.py)."""
+        widen = max(self.s.params.exploration, 1e-3) ** 2
+        return self.s.rng.betavariate(max(a, 1e-3) / widen, max(b, 1e-3) / widen)
 
     def _stats(self, state: RequestState, key: Hashable) -> acc.DrafterStats:
         old = state.stats.get(key, acc.DrafterStats())
@@ -225,7 +228,7 @@ class DrafterArms:
             a, b = beta_pseudo_counts(self.s.prior.prior((key, name)))
             n, won = recent[i]
             a, b = a + won, b + n - won
-            values.append(explore_rate(a, b, total, self.s) if explore else a / (a + b))
+            values.append(self.draw_rate(a, b, total) if explore else a / (a + b))
         global_fill = self._fill.get(drafter, 1.0)
         fill = (stats.filled + global_fill) / (stats.trials[1] + 1.0)
         return acc.Rates(*values, fill=fill)
@@ -245,7 +248,7 @@ class DrafterArms:
         sd = max(rates.variance_emitted(k), CHANGE_MIN_VARIANCE) ** 0.5
         z = (fb.num_emitted - rates.expected_emitted(k)) / sd
         z = min(max(z, -CHANGE_MAX_Z), CHANGE_MAX_Z)  # one lucky long run is not a change
-        high, low = est.cusum(*state.cusum.get(key, (0.0, 0.0)), z, CHANGE_DRIFT)
+        high, low = cusum(*state.cusum.get(key, (0.0, 0.0)), z, CHANGE_DRIFT)
         state.cusum[key] = (high, low)
         if max(high, low) > threshold:
             for name, old in state.stats.items():
@@ -272,19 +275,17 @@ class DrafterArms:
         for name, n, won in zip(acc.RATES, trials, successes, strict=True):
             if n:
                 state.tally((key, name), n, won, won)
-        state.streak = bool(fb.num_drafted) and fb.num_accepted == fb.num_drafted
         if fb.num_drafted:
-            state.rejected = fb.num_accepted < fb.num_drafted
             old_fill = self._fill.get(d, 1.0)
             self._fill[d] = old_fill + 0.05 * (fb.num_drafted / k - old_fill)
 
     @staticmethod
-    def default_prior(params: SpinParams) -> Callable[[Hashable], est.ArmPrior]:
+    def default_prior(params: SpinParams) -> Callable[[Hashable], ArmPrior]:
         """A rate nobody measured yet: optimistic (3/4, as sure as one trial), so that every
         drafter is tried early on. A pessimistic start can bury an expensive drafter after
         one unlucky step, for every request after (measured: with 1/2 as sure as three
         trials, the 0.5B was never chosen again on code, its best text)."""
         mean = OPTIMISTIC_RATE
         noise = mean * (1.0 - mean)
-        prior = est.ArmPrior(mean, noise / DEFAULT_PRIOR_TRIALS, noise, 0.0)
+        prior = ArmPrior(mean, noise / DEFAULT_PRIOR_TRIALS, noise, 0.0)
         return lambda key: prior

@@ -7,8 +7,8 @@ fixed part too, so at batch 8 a request with 4 drafts pays 5/12 of a forward tha
 slightly longer, and speculation looks worse than it is. We split by marginal cost instead:
 each sequence pays ``fixed / num_seqs`` for being there and ``per_token`` per token it adds,
 which sums to the forward's time and is what changes when one request changes its choice.
-`ForwardCost` fits the line online; `token_share_seconds` is the naive split, kept for
-comparison (the simulator measures both).
+`ForwardCost` fits the line online. (The naive split by tokens, kept for comparison, is
+``research/selection/flat_arms.py``'s.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 
-from spinserve.selection.policy import Feedback, StepTiming
+from spinserve.selection.policy import StepTiming
 
 LOAD_BUCKET_EDGES = (1, 2, 5, 9, 17)  # buckets: 1, 2-4, 5-8, 9-16, 17+ running requests
 
@@ -241,9 +241,3 @@ class DraftCost:
             nearest = min(known, key=lambda b: (abs(b - bucket), b))
             line = self._lines[(drafter, nearest)]
         return line.coefficients
-
-
-def token_share_seconds(feedback: Feedback, timing: StepTiming) -> float:
-    """The naive split: drafting share plus the forward divided by tokens."""
-    share = feedback.num_verified_tokens / timing.num_batched_tokens
-    return feedback.draft_seconds + timing.forward_seconds * share

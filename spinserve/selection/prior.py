@@ -14,7 +14,21 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from spinserve.selection.estimators import ArmPrior
+
+@dataclass(frozen=True)
+class ArmPrior:
+    """What earlier requests say about an arm before this request has tried it.
+
+    ``mean`` and ``spread`` (variance) of the per-request mean value across requests;
+    ``noise``: the variance of one step's value around its request's mean. The ratio
+    noise / spread is how many of its own steps a request needs to outweigh the prior.
+    """
+
+    mean: float
+    spread: float
+    noise: float
+    mean_drafted: float
+
 
 # A request that tried an arm fewer times than this counts proportionally less.
 FULL_WEIGHT_STEPS = 4

@@ -22,6 +22,7 @@ from spinserve.config.selection import (  # noqa: F401 (re-exported: the policie
     POLICY_KINDS,
     TAKES_ARG,
     SelectionConfig,
+    SpinParams,
     parse_policy,
 )
 from spinserve.config.speculative import MAX_DRAFT_TOKENS, NO_DRAFTER
@@ -32,7 +33,7 @@ from spinserve.selection.baselines import (
     RoundRobinPolicy,
 )
 from spinserve.selection.policy import NO_SPECULATION, Choice, SelectionPolicy
-from spinserve.selection.spin import SpinParams, SpinPolicy
+from spinserve.selection.spin import SpinPolicy
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,7 @@ import random
 
 import pytest
 
-from spinserve.selection.estimators import ArmPrior
-from spinserve.selection.prior import SharedPrior
+from spinserve.selection.prior import ArmPrior, SharedPrior
 
 DEFAULT = ArmPrior(3.0, 1.0, 1.0, 4.0)
 

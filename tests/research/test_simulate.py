@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from spinserve.selection.baselines import FixedPolicy
-from spinserve.selection.policy import NO_SPECULATION, Choice
-from spinserve.selection.simulate import (
+from research.selection.simulate import (
     StretchOraclePolicy,
     all_arms,
     request_oracle,
     simulate,
 )
-from spinserve.selection.workloads import (
+from research.selection.workloads import (
     HARDWARE,
     REQUEST_TYPES,
     TEXTS,
@@ -23,6 +21,8 @@ from spinserve.selection.workloads import (
     goodput,
     make_requests,
 )
+from spinserve.selection.baselines import FixedPolicy
+from spinserve.selection.policy import NO_SPECULATION, Choice
 
 HW = Hardware(
     "exact",

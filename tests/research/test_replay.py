@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spinserve.selection.baselines import FixedPolicy
-from spinserve.selection.policy import NO_SPECULATION, Choice
-from spinserve.selection.replay import (
+from research.selection.replay import (
     CostModel,
     DrafterCost,
     TracedRequest,
@@ -16,6 +14,8 @@ from spinserve.selection.replay import (
     replay,
     shuffled,
 )
+from spinserve.selection.baselines import FixedPolicy
+from spinserve.selection.policy import NO_SPECULATION, Choice
 from spinserve.selection.spin import SpinPolicy
 
 # A forward of n tokens costs 10 + n ms at context 0 and twice that at context 1000.

@@ -1,7 +1,8 @@
-"""The bandit arithmetic, as pure functions: forgetting statistics, the Gaussian posterior of an
-arm's mean given a shared prior, and the exploration rules that turn a belief into a score.
+"""The Gaussian bandit arithmetic of `flat_arms`, as pure functions: forgetting statistics, the
+posterior of an arm's mean given a shared prior (`spinserve.selection.prior.ArmPrior`), and
+the exploration rules that turn a belief into a score.
 
-An arm's *value* is what one step of it yielded (for `spin`: tokens emitted). Forgetting is
+An arm's *value* is what one step of it yielded (tokens emitted, or a direct reward). Forgetting is
 either a discount (every step multiplies all of a request's old observations by ``gamma``,
 played arm or not, as in discounted UCB) or a sliding window over the request's last steps.
 """
@@ -12,6 +13,8 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from spinserve.selection.prior import ArmPrior
 
 
 @dataclass(frozen=True)
@@ -69,21 +72,6 @@ def window_stats(history: Iterable[tuple[int, float, int]], step: int, window: i
 
 
 @dataclass(frozen=True)
-class ArmPrior:
-    """What earlier requests say about an arm before this request has tried it.
-
-    ``mean`` and ``spread`` (variance) of the per-request mean value across requests;
-    ``noise``: the variance of one step's value around its request's mean. The ratio
-    noise / spread is how many of its own steps a request needs to outweigh the prior.
-    """
-
-    mean: float
-    spread: float
-    noise: float
-    mean_drafted: float
-
-
-@dataclass(frozen=True)
 class Belief:
     """Posterior of an arm's mean value for one request; ``count``: its own weight."""
 
@@ -105,16 +93,6 @@ def posterior(own: ArmStats, prior: ArmPrior) -> Belief:
     pseudo = prior.noise / prior.spread  # the prior's weight in observations
     drafted = (pseudo * prior.mean_drafted + own.drafted) / (pseudo + own.weight)
     return Belief(mean, 1.0 / precision, drafted, own.weight)
-
-
-def cusum(high: float, low: float, z: float, drift: float) -> tuple[float, float]:
-    """Two-sided CUSUM of standardized residuals ``z``: sums that grow while the outcomes
-    run above (``high``) or below (``low``) the prediction by more than ``drift``.
-
-    >>> cusum(0.0, 0.0, 2.0, 0.5), cusum(1.5, 0.0, -3.0, 0.5)
-    ((1.5, 0.0), (0.0, 2.5))
-    """
-    return max(0.0, high + z - drift), max(0.0, low - z - drift)
 
 
 # --- exploration rules: belief -> the value to rank the arm by -------------------------------

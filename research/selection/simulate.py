@@ -11,19 +11,26 @@ arm times the best goodput, minus the chosen arm's expected tokens; catching up 
 switch is not in it, but is in tokens/s) and which arm each category chose. A policy that
 wants step costs is calibrated first, as the engine does at start (`calibration`).
 
-    python -m spinserve.selection.simulate            # the table in docs/design.md
+    python -m research.selection.experiments         # the table in docs/design.md
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from research.selection.workloads import (
+    TEXTS,
+    Hardware,
+    SimRequest,
+    Skills,
+    expected_emitted,
+    expected_seconds,
+    goodput,
+)
 from spinserve.selection.baselines import OraclePolicy, Stateless
 from spinserve.selection.policy import (
     CALIBRATION_DRAFT_TOKENS,
@@ -36,16 +43,6 @@ from spinserve.selection.policy import (
     RequestView,
     SelectionPolicy,
     StepTiming,
-)
-from spinserve.selection.workloads import (
-    HARDWARE,
-    TEXTS,
-    Hardware,
-    SimRequest,
-    Skills,
-    expected_emitted,
-    expected_seconds,
-    goodput,
 )
 
 
@@ -351,25 +348,3 @@ def compare(
         }
         for name, r in rows.items()
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    from spinserve.selection.experiments import FACTORIES, run_all
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--hardware", nargs="+", default=list(HARDWARE))
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--policies", nargs="+", default=list(FACTORIES))
-    parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args(argv)
-    results = run_all(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

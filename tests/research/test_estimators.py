@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from spinserve.selection import estimators as est
+from research.selection import estimators as est
+from spinserve.selection.prior import ArmPrior
 
 
 def test_discounted_sums_match_the_definition():
@@ -49,7 +50,7 @@ def test_window_stats(history, step, window, weight, total):
 
 
 def test_posterior_without_data_is_the_prior_and_with_much_data_the_mean():
-    prior = est.ArmPrior(mean=2.0, spread=0.5, noise=1.0, mean_drafted=4.0)
+    prior = ArmPrior(mean=2.0, spread=0.5, noise=1.0, mean_drafted=4.0)
     empty = est.posterior(est.ArmStats(), prior)
     assert (empty.mean, empty.var, empty.mean_drafted) == (2.0, 0.5, 4.0)
     many = est.posterior(est.ArmStats(weight=1e6, total=5e6, drafted=2e6), prior)

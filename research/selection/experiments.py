@@ -1,30 +1,35 @@
-"""The policies the simulator compares (baselines, bounds and `spin` variants) and the table
-it prints: ``python -m spinserve.selection.simulate``."""
+"""The policies the simulator compares (baselines, bounds and `spin` variants) and the tables
+it prints::
+
+    python -m research.selection.experiments [--requests N] [--seeds N] [--json PATH]
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 
-from spinserve.selection.baselines import FixedPolicy, RandomPolicy, RoundRobinPolicy
-from spinserve.selection.policy import NO_SPECULATION, Choice
-from spinserve.selection.simulate import (
+from research.selection.simulate import (
     PolicyFactory,
     StretchOraclePolicy,
     all_arms,
     compare,
     request_oracle,
 )
+from research.selection.variants import VariantParams, VariantPolicy
+from research.selection.workloads import HARDWARE, make_requests
+from spinserve.selection.baselines import FixedPolicy, RandomPolicy, RoundRobinPolicy
+from spinserve.selection.policy import NO_SPECULATION, Choice
 from spinserve.selection.spin import SpinParams, SpinPolicy
-from spinserve.selection.workloads import HARDWARE, make_requests
 
 K = 4  # the configured draft length of the fixed baselines
 ORACLE = "oracle (drafter@4)"  # the issue's oracle: best drafter per request, k = K
 LENGTHS = SpinParams().draft_lengths  # the arms of the regret and the oracles
 
 
-class _CatchupUncalibrated(SpinPolicy):
+class _CatchupUncalibrated(VariantPolicy):
     """spin given only the forward's line at start, as before drafters were measured: a
     drafter's catch-up is learned from its first switch."""
 
@@ -32,8 +37,12 @@ class _CatchupUncalibrated(SpinPolicy):
         super().calibrate(timings)
 
 
-def _spin(cls: type[SpinPolicy] = SpinPolicy, **changes) -> PolicyFactory:
-    params = replace(SpinParams(), **changes)
+def _product(hw, requests, concurrency, seed) -> SpinPolicy:
+    return SpinPolicy(hw.drafter_names, SpinParams(seed=seed))
+
+
+def _spin(cls: type[VariantPolicy] = VariantPolicy, **changes) -> PolicyFactory:
+    params = replace(VariantParams(), **changes)
 
     def make(hw, requests, concurrency, seed):
         return cls(hw.drafter_names, replace(params, seed=seed))
@@ -58,7 +67,7 @@ FACTORIES: dict[str, PolicyFactory] = {
     ORACLE: lambda hw, rq, c, seed: request_oracle(rq, hw, [NO_SPECULATION, *_drafter_arms(hw)], c),
     "oracle (all arms)": lambda hw, rq, c, seed: request_oracle(rq, hw, all_arms(hw, LENGTHS), c),
     "stretch-oracle": lambda hw, rq, c, seed: StretchOraclePolicy(rq, hw, all_arms(hw, LENGTHS)),
-    "spin": _spin(),
+    "spin": _product,
     "no change detection": _spin(change_threshold=0.0),
     "no change detection, discount 0.95": _spin(change_threshold=0.0, discount=0.95),
     "discount 0.95": _spin(discount=0.95),
@@ -166,3 +175,23 @@ def _table(title: str, rows: dict[str, dict], seconds: float) -> str:
             f"| {name} | {tps:.2f} | {tps / oracle:.3f} | {row['regret_per_request']:.1f} | {top} |"
         )
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--hardware", nargs="+", default=list(HARDWARE), choices=list(HARDWARE))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--policies", nargs="+", default=list(FACTORIES), choices=list(FACTORIES))
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    results = run_all(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
