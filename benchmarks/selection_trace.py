@@ -6,7 +6,7 @@ records how many it proposed and how many match the output; it also measures the
 replay needs on this machine: the target's forward of 1..``--max-draft``+1 tokens of one
 sequence at a few context lengths, and each drafter's call (per round, per context token, per
 token caught up); ``costs`` measures those again into an existing recording (``--out``).
-``replay`` runs policies on the recording (`spinserve.selection.replay`):
+``replay`` runs policies on the recording (`research.selection.replay`):
 the target alone, ``fixed:NAME@K``, ``spin``, ``spin[KEY=VALUE,...]``, ``oracle`` (per
 request the fastest single drafter and k, or none, in hindsight) and ``hindsight`` or
 ``hindsight:NAME+NAME`` (per step the best drafter and k knowing what each draft will pass,
@@ -41,7 +41,14 @@ from spinserve.config.sampling import SamplingParams
 from spinserve.runtime.block_manager import blocks_for
 from spinserve.selection.baselines import FixedPolicy
 from spinserve.selection.policy import NO_SPECULATION, Choice, SelectionPolicy
-from spinserve.selection.replay import (
+from spinserve.spec.draft_model import common_prefix_length
+from spinserve.spec.drafter import DraftRequest
+from spinserve.spec.registry import MODEL_FREE
+from spinserve.types.batch import SeqChunk, StepBatch
+
+# research/ sits beside spinserve/ and is not installed: import it from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from research.selection.replay import (
     CostModel,
     DrafterCost,
     TracedRequest,
@@ -50,11 +57,7 @@ from spinserve.selection.replay import (
     replay,
     shuffled,
 )
-from spinserve.selection.spin import SpinPolicy
-from spinserve.spec.draft_model import common_prefix_length
-from spinserve.spec.drafter import DraftRequest
-from spinserve.spec.registry import MODEL_FREE
-from spinserve.types.batch import SeqChunk, StepBatch
+from research.selection.variants import VariantPolicy
 
 CONTEXTS = (64, 512, 1536)
 
@@ -193,7 +196,7 @@ def make_policy(name: str, drafters: list[str], seed: int) -> SelectionPolicy:
             "target, fixed:NAME@K, spin[...], oracle, hindsight[:NAME+NAME]"
         )
     params = spin_params(spec.rstrip("]") + f",seed={seed}")
-    return SpinPolicy(drafters, params)
+    return VariantPolicy(drafters, params)
 
 
 def hindsight_drafters(config: str, drafters: list[str]) -> list[str]:

@@ -93,3 +93,95 @@ def test_bookkeeping_does_not_import_torch(entry):
     for path in files:
         heavy = {n for n in imported(path) if n.split(".")[0] in ("torch", "numpy", "transformers")}
         assert not heavy, f"{path.relative_to(ROOT)} imports {heavy}"
+
+
+def module_name(path: Path) -> str:
+    """``spinserve/selection/spin.py`` -> ``spinserve.selection.spin``; a package's
+    ``__init__.py`` is the package."""
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def load_time_imports(path: Path) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements that run when the module is imported: everything outside
+    function bodies (an import inside a function runs when it is called). Imports under
+    ``if TYPE_CHECKING`` count: a loop of names is a loop in the design even where the
+    interpreter is spared it."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    stack: list[ast.AST] = [ast.parse(path.read_text())]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the spinserve modules it imports at load time. ``from a.b import c`` is an
+    edge to ``a.b.c`` where that is a module, else to ``a.b``."""
+    paths = {module_name(p): p for p in modules()}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in load_time_imports(path):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names)
+                continue
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            module = ".".join([*base, node.module] if node.level else [node.module or ""])
+            for alias in node.names:
+                sub = f"{module}.{alias.name}"
+                edges.add(sub if sub in paths else module)
+        graph[name] = {e for e in edges if e in paths and e != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as ``[a, b, ..., a]``, or None (depth-first, iterative)."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start in done:
+            continue
+        path, on_path = [start], {start}
+        todo = [iter(sorted(graph[start]))]
+        while todo:
+            nxt = next(todo[-1], None)
+            if nxt is None:  # every import of path[-1] explored: no cycle through it
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+                todo.pop()
+                continue
+            if nxt in on_path:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in done:
+                path.append(nxt)
+                on_path.add(nxt)
+                todo.append(iter(sorted(graph[nxt])))
+    return None
+
+
+def test_find_cycle_names_the_loop():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_package_has_no_import_cycles():
+    """A cycle makes import order matter and every module in it one unit to understand;
+    break it by moving the shared name down a layer, not by a function-level import."""
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_product_never_imports_research_or_benchmarks():
+    """research/ and benchmarks/ study the product and import it, never the reverse (their
+    scripts are imported by bare name, so those names are refused too)."""
+    repo = ROOT.parent
+    scripts = {p.stem for p in (repo / "benchmarks").glob("*.py")}
+    refused = {"research", "benchmarks"} | scripts
+    for path in modules():
+        bad = {n for n in imported(path) if n.split(".")[0] in refused}
+        assert not bad, f"{path.relative_to(repo)} imports {sorted(bad)}"
