@@ -35,7 +35,7 @@ from step_bench import log
 
 from spinserve.config.engine import EngineConfig, RuntimeConfig
 from spinserve.config.sampling import SamplingParams
-from spinserve.engine.engine import LLMEngine
+from spinserve.engine.builder import build_engine
 from spinserve.loading import loader, zoo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def runtime_of(form: str) -> RuntimeConfig:
 def generate(name: str, form: str, prompts: list[str], max_tokens: int) -> list[list[int]]:
     runtime = runtime_of(form)
     loaded = loader.load(name, runtime, fetch_missing=False)
-    engine = LLMEngine(loaded, EngineConfig(runtime=runtime))
+    engine = build_engine(loaded, EngineConfig(runtime=runtime))
     chat = loaded.tokenizer.apply_chat_template
     ids = [chat([{"role": "user", "content": p}]) for p in prompts]
     start = time.perf_counter()

@@ -73,7 +73,7 @@ def make_engine(bench: Bench, name: str, level: str) -> LLMEngine:
     engine = bench.engine(base, level)
     if spec:
         policy = VariantPolicy(list(engine.drafters), spin_params(spec.rstrip("]")))
-        policy.calibrate(engine._measure_steps(), engine._measure_drafters())
+        policy.calibrate(*engine.measure_costs())
         engine.policy = ChoiceRecorder(policy)
     return engine
 

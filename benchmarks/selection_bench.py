@@ -98,6 +98,7 @@ from spinserve.config.engine import (
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.selection import SelectionConfig
 from spinserve.config.speculative import NO_DRAFTER, SpecParams, SpeculativeConfig
+from spinserve.engine.builder import build_engine
 from spinserve.engine.engine import LLMEngine
 from spinserve.engine.outputs import RequestOutput
 from spinserve.loading import loader, zoo
@@ -112,8 +113,8 @@ from spinserve.selection.policy import (
     StepTiming,
 )
 from spinserve.selection.spin import SpinParams
-from spinserve.spec.drafter import Drafter
-from spinserve.spec.registry import MODEL_FREE, build_drafter
+from spinserve.speculative.drafter import Drafter
+from spinserve.speculative.registry import MODEL_FREE, build_drafter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,7 +206,8 @@ def snapshot(engine: LLMEngine) -> Callable[[], None]:
 
     def reset() -> None:
         engine.policy = copy.deepcopy(policy)
-        engine.drafters.update(copy.deepcopy(learned))  # the engine's own dict
+        for name, drafter in copy.deepcopy(learned).items():
+            engine.replace_drafter(name, drafter)
         engine.choice_counts.clear()
         engine.choice_counts.update(counts)
 
@@ -290,7 +292,7 @@ class Bench:
         drafters = {
             d: MODEL_FREE[d]() if d in MODEL_FREE else self.model_drafters[d] for d in args.drafters
         }
-        engine = LLMEngine(self.target, config, drafters=drafters)
+        engine = build_engine(self.target, config, drafters=drafters)
         engine.policy = ChoiceRecorder(engine.policy)
         arms = [NO_DRAFTER, *drafters]
         engine.generate(

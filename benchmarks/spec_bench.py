@@ -91,9 +91,11 @@ from spinserve.config.engine import WEIGHT_FORMS, CacheConfig, EngineConfig, Run
 from spinserve.config.model import KV_CACHE_DTYPES
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import NO_DRAFTER, SpecParams, SpeculativeConfig
+from spinserve.engine.builder import build_engine
 from spinserve.engine.engine import LLMEngine
 from spinserve.loading import loader, zoo
-from spinserve.spec.registry import MODEL_FREE, build_drafter
+from spinserve.loading.convert import with_fp32_weights
+from spinserve.speculative.registry import MODEL_FREE, build_drafter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGET = "qwen2.5-coder-1.5b-instruct"
@@ -335,7 +337,7 @@ def run_ours_config(bench: Bench, target: loader.LoadedModel, name: str | None) 
         runtime=runtime(args),
         speculative=spec_config,
     )
-    engine = LLMEngine(target, engine_config, drafters=drafters)  # engine.drafters is drafters
+    engine = build_engine(target, engine_config, drafters=drafters)  # engine.drafters is drafters
     time_ours_sample(bench, engine, config, drafters, name)
     del engine, drafters
     gc.collect()
@@ -469,14 +471,15 @@ def log_progress(bench: Bench, num_configs: int) -> None:
 
 def run_hf(bench: Bench) -> None:
     args = bench.args
-    folder = zoo.model_dir(args.target, args.cache_dir)
+    # transformers reads a model's fp32 copy, made from its GGUF the first time
+    folder = with_fp32_weights(zoo.model_dir(args.target, args.cache_dir), log)
     num_configs = 1 + len(args.drafters) + 1 + len(args.hf_assistants)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     run_hf_config(bench, model, HF_PLAIN, {})
     log_progress(bench, num_configs)
     for name in args.hf_assistants:
-        assistant_folder = zoo.model_dir(name, args.cache_dir)
+        assistant_folder = with_fp32_weights(zoo.model_dir(name, args.cache_dir), log)
         assistant = AutoModelForCausalLM.from_pretrained(assistant_folder, dtype=torch.float32)
         assistant_tokenizer = AutoTokenizer.from_pretrained(assistant_folder)
         extra: dict = {"assistant_model": assistant.eval()}

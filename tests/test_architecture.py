@@ -1,7 +1,7 @@
 """The import direction of the package, checked by reading every module's imports.
 
     types <- config <- ops <- models <- loading
-                               models <- runtime <- spec <- engine <- server <- cli
+                               models <- runtime <- speculative <- engine <- server <- cli
              config <- selection <- engine
 
 Bookkeeping (the plain-data layers, drafter selection, and the engine's scheduler, block
@@ -28,10 +28,19 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"types", "config", "ops"},
     "loading": {"types", "config", "ops", "models"},
     "runtime": {"types", "config", "ops", "models"},
-    "spec": {"types", "config", "ops", "models", "loading", "runtime"},
+    "speculative": {"types", "config", "ops", "models", "loading", "runtime"},
     "selection": {"types", "config"},
     "bench": {"types", "config"},
-    "engine": {"types", "config", "ops", "models", "loading", "runtime", "spec", "selection"},
+    "engine": {
+        "types",
+        "config",
+        "ops",
+        "models",
+        "loading",
+        "runtime",
+        "speculative",
+        "selection",
+    },
 }
 ALLOWED["server"] = ALLOWED["engine"] | {"engine"}
 ALLOWED["cli"] = ALLOWED["server"] | {"server", "bench"}

@@ -18,11 +18,12 @@ from rich.progress import Progress
 
 from spinserve.cli.flags import add_engine_flags, add_flags, engine_config_from_flags, from_flags
 from spinserve.config.sampling import SamplingParams
+from spinserve.engine.builder import build_engine
 from spinserve.engine.engine import LLMEngine
 from spinserve.engine.outputs import RequestOutput
 from spinserve.loading import zoo
 from spinserve.loading.loader import load, resolve
-from spinserve.spec.registry import MODEL_FREE
+from spinserve.speculative.registry import MODEL_FREE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                 resolve(name, args.cache_dir, progress=progress)
     if not args.json:
         err.print(f"[dim]loaded {args.model} in {loaded.load_seconds:.1f} s[/dim]")
-    engine = LLMEngine(loaded, config, cache_dir=args.cache_dir)
+    engine = build_engine(loaded, config, cache_dir=args.cache_dir)
     prompts = [_prompt_ids(engine, p, args.chat) for p in args.prompts]
     start = time.perf_counter()
     for ids in prompts:

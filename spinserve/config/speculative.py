@@ -14,18 +14,22 @@ MAX_DRAFT_TOKENS = 16
 class SpeculativeConfig:
     """Which drafters the engine loads, and the defaults requests inherit.
 
-    ``drafters``: names understood by `spinserve.spec.registry` (``ngram``, ``suffix``, a zoo
+    ``drafters``: names understood by `spinserve.speculative.registry` (``ngram``, ``suffix``, a zoo
     model name, a Hugging Face folder or a .gguf file). The first is the default drafter of
     a request that names none. Empty: no speculation.
     ``drafter_kv_cache_dtype``: model drafters' cached keys and values, ``float16`` by default
     (half the memory and the bytes a drafting step reads; a drafter's numerics change only
     its acceptance, never the output) or ``auto`` (their compute dtype).
+    ``draft_timeout_s``: a drafter's call that takes longer is given up for the step (its
+    requests go on without drafts); generous, since a model drafter's first call on a long
+    prompt catches up on all of it.
     """
 
     drafters: tuple[str, ...] = ()
     num_draft_tokens: int = 4
     drafter_kv_cache_gib: float = 0.5
     drafter_kv_cache_dtype: str = "float16"
+    draft_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.num_draft_tokens <= MAX_DRAFT_TOKENS:
@@ -36,6 +40,8 @@ class SpeculativeConfig:
             raise ValueError(f"drafters listed twice: {list(self.drafters)}")
         if NO_DRAFTER in self.drafters:
             raise ValueError(f"{NO_DRAFTER!r} is not a drafter; leave drafters empty instead")
+        if not self.draft_timeout_s > 0:
+            raise ValueError(f"draft_timeout_s must be positive, got {self.draft_timeout_s}")
         if self.drafter_kv_cache_gib <= 0:
             raise ValueError("drafter_kv_cache_gib must be positive")
         if self.drafter_kv_cache_dtype not in KV_CACHE_DTYPES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spinserve.spec.stats import SpecStats
+from spinserve.speculative.stats import SpecStats
 
 
 @dataclass(frozen=True)
@@ -28,3 +28,4 @@ class RequestOutput:
     drafter: str | None = None
     spec_stats: SpecStats | None = None
     choice_counts: dict[str, int] | None = None  # selection policy's choices: label -> steps
+    error: str | None = None  # why the request failed (finish_reason "error"), for the log

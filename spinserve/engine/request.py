@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from spinserve.config.sampling import SamplingParams
-from spinserve.spec.stats import SpecStats
+from spinserve.speculative.stats import SpecStats
 
 
 class RequestStatus(enum.Enum):
@@ -20,6 +20,7 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # an end-of-generation token or a stop string
     LENGTH = "length"  # max_tokens or the context length
     ABORT = "abort"  # cancelled by the caller
+    ERROR = "error"  # a computation of this request failed; the others went on
 
 
 @dataclass
@@ -43,12 +44,12 @@ class Request:
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     first_token_time: float | None = None
-    drafter: str | None = None  # this step's drafter; None: no speculation
-    num_draft_tokens: int = 0  # k asked of the drafter this step
-    policy_managed: bool = False  # the selection policy sets drafter and k each step
+    drafter: str | None = None  # the drafter the request named; None: none or the policy's
+    num_draft_tokens: int = 0  # k the request asked of its drafter
+    policy_managed: bool = False  # the selection policy chooses drafter and k each step
+    last_drafter: str | None = None  # the policy's latest choice, for reports
     choice_counts: dict[str, int] = field(default_factory=dict)  # choice label -> steps
     drafters_used: set[str] = field(default_factory=set)
-    draft_ids: list[int] = field(default_factory=list)  # proposed for the coming step
     spec_stats: SpecStats = field(default_factory=SpecStats)
 
     @property

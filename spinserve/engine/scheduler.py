@@ -7,16 +7,17 @@ chunks between the decode steps of others. When the KV pool runs dry, the most r
 admitted request is preempted: its blocks are freed and it waits to be recomputed from its
 tokens (nothing it generated is lost).
 
-Speculation (as in vLLM v1): a decoding request may carry ``draft_ids``, proposed before the
-step. They are scheduled as extra tokens of the request, under the same budget (cut when it
-runs short), and ask for one logits row each plus one. After verification, `update` rolls the
-request back past its rejected drafts.
+Speculation (as in vLLM v1): `schedule` takes the draft tokens proposed for decoding requests
+before the step. They are scheduled as extra tokens of their request, under the same budget
+(cut when it runs short), and ask for one logits row each plus one; the chunk carries them
+apart from the request's own tokens (`SeqChunk.draft_ids`). After verification, `update`
+rolls each request back past its rejected drafts. Drafts are never stored on a request.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from spinserve.config.engine import SchedulerConfig
 from spinserve.engine.request import Request, RequestStatus
@@ -46,7 +47,8 @@ class Scheduler:
             self.waiting.remove(request)
         self.blocks.free(request.block_ids)
 
-    def schedule(self) -> StepBatch:
+    def schedule(self, drafts: Mapping[str, Sequence[int]] | None = None) -> StepBatch:
+        """This step's chunks; ``drafts``: request id -> draft tokens proposed for it."""
         budget = self.config.max_num_batched_tokens
         chunks: list[SeqChunk] = []
         num_waiting = len(self.waiting)
@@ -54,14 +56,13 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             request = self.running[i]
             num_new = min(request.num_uncomputed_tokens, budget)
-            if num_new == request.num_uncomputed_tokens:
-                del request.draft_ids[budget - num_new :]
-            else:
-                request.draft_ids.clear()
-            if not self._make_room(request, num_new + len(request.draft_ids)):
+            draft_ids: tuple[int, ...] = ()
+            if drafts and num_new == request.num_uncomputed_tokens:
+                draft_ids = tuple(drafts.get(request.request_id, ())[: budget - num_new])
+            if not self._make_room(request, num_new + len(draft_ids)):
                 break  # `request` itself was preempted
-            chunks.append(self._chunk(request, num_new))
-            budget -= num_new + len(request.draft_ids)
+            chunks.append(self._chunk(request, num_new, draft_ids))
+            budget -= num_new + len(draft_ids)
             i += 1
         # A step that had to preempt admits nobody: the blocks it freed are for the running.
         preempted = len(self.waiting) != num_waiting
@@ -95,22 +96,21 @@ class Scheduler:
         self.running.remove(request)
         self.blocks.free(request.block_ids)
         request.num_computed_tokens = 0
-        request.draft_ids.clear()
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
 
-    def _chunk(self, request: Request, num_new: int) -> SeqChunk:
+    def _chunk(self, request: Request, num_new: int, draft_ids: tuple[int, ...] = ()) -> SeqChunk:
         start = request.num_computed_tokens
-        drafts = request.draft_ids
-        self.blocks.grow(request.block_ids, start + num_new + len(drafts))
+        self.blocks.grow(request.block_ids, start + num_new + len(draft_ids))
         reaches_end = start + num_new == request.num_tokens
         return SeqChunk(
             request_id=request.request_id,
-            token_ids=request.token_slice(start, start + num_new) + drafts,
+            token_ids=request.token_slice(start, start + num_new),
             start_pos=start,
             block_ids=list(request.block_ids),
-            num_logits=1 + len(drafts) if reaches_end else 0,
+            num_logits=1 + len(draft_ids) if reaches_end else 0,
+            draft_ids=draft_ids,
         )
 
     def update(self, batch: StepBatch, num_rejected: Mapping[str, int] | None = None) -> None:
@@ -123,6 +123,5 @@ class Scheduler:
                 continue
             rejected = num_rejected.get(chunk.request_id, 0) if num_rejected else 0
             request.num_computed_tokens = chunk.end_pos - rejected
-            request.draft_ids.clear()
             if rejected:
                 self.blocks.shrink(request.block_ids, request.num_computed_tokens)

@@ -80,7 +80,7 @@ def build_step_inputs(
     logits_rows: list[int] = []
     for chunk in batch.chunks:
         q_start = len(ids)
-        ids.extend(chunk.token_ids)
+        ids.extend(chunk.input_ids)
         positions.extend(range(chunk.start_pos, chunk.end_pos))
         new_slots = slots_for(chunk.block_ids, block_size, chunk.start_pos, chunk.end_pos)
         slot_parts.append(as_index(new_slots))

@@ -6,8 +6,10 @@ engine step when there is work, posts the step's updates to the event loop in on
 (`AsyncEngine` tokenizes in a thread of its own), so a long prompt never delays a step.
 
 Failures stay contained: a request whose input the engine refuses is rejected at add time
-(its handler gets the error); an exception inside ``step()`` is logged with the ids of the
-requests that were running, those requests end with an error, and the loop goes on.
+(its handler gets the error); a request the engine failed alone (its output carries
+``error``) ends with an error while the others go on; an exception out of ``step()`` itself
+(the shared forward) is logged with the ids of the requests that were running, those
+requests end with an error, and the loop goes on.
 This module must not decide scheduling; it only feeds the engine and reports.
 """
 
@@ -194,7 +196,9 @@ class EngineLoop:
             live.first, live.last_token_time = False, now
         if out.finished:
             self._finish(out, live, now)
-        if out.new_text or out.finished:
+        if out.error is not None:  # the engine failed this request alone
+            self._outbox.append((live.sink, _error_update(out.request_id, live.index)))
+        elif out.new_text or out.finished:
             self._outbox.append((live.sink, _update(out, live.index)))
 
     def _finish(self, out: RequestOutput, live: _Live, now: float) -> None:
@@ -225,14 +229,7 @@ class EngineLoop:
             if live is None:
                 continue
             self._metrics.observe_finished("error", time.monotonic() - live.arrival_time, None)
-            error = Update(
-                request_id,
-                live.index,
-                finished=True,
-                finish_reason="error",
-                error=internal_error(request_id),
-            )
-            self._outbox.append((live.sink, error))
+            self._outbox.append((live.sink, _error_update(request_id, live.index)))
 
     # --- aborting and delivering -------------------------------------------------------------
 
@@ -259,6 +256,12 @@ class EngineLoop:
 def _deliver(outbox: list[tuple[Sink, Update]]) -> None:
     for sink, update in outbox:
         sink.put_nowait(update)
+
+
+def _error_update(request_id: str, index: int) -> Update:
+    return Update(
+        request_id, index, finished=True, finish_reason="error", error=internal_error(request_id)
+    )
 
 
 def _update(out: RequestOutput, index: int) -> Update:

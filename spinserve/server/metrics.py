@@ -25,6 +25,7 @@ spinserve:drafter_drafts_total                              counter    drafter
 spinserve:drafter_draft_tokens_total                        counter    drafter
 spinserve:drafter_accepted_tokens_total                     counter    drafter
 spinserve:drafter_seconds_total  (drafting + verification)  counter    drafter
+spinserve:drafter_failures_total  (calls raised/timed out)  counter    drafter
 spinserve:drafter_acceptance_rate  (since start)            gauge      drafter
 spinserve:drafter_goodput_tokens_per_second  (since start)  gauge      drafter
 ==========================================================  =========  =======================
@@ -69,7 +70,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from spinserve.spec.stats import SpecStats
+from spinserve.speculative.stats import SpecStats
 
 PREFIX = "spinserve:"
 FINISH_REASONS = ("stop", "length", "abort", "error")
@@ -89,6 +90,7 @@ class _Seen:
     draft_tokens: int = 0
     accepted: int = 0
     seconds: float = 0.0
+    failures: int = 0
     per_position: list[int] = field(default_factory=list)
 
 
@@ -137,6 +139,9 @@ class ServerMetrics:
         self._d_drafts = make(Counter, "drafter_drafts", "Verified drafts", ["drafter"])
         self._d_tokens = make(Counter, "drafter_draft_tokens", "Draft tokens", ["drafter"])
         self._d_accepted = make(Counter, "drafter_accepted_tokens", "Accepted", ["drafter"])
+        self._d_failures = make(
+            Counter, "drafter_failures", "Drafter calls that failed or ran late", ["drafter"]
+        )
         self._d_seconds = make(
             Counter, "drafter_seconds", "Drafting and verification seconds", ["drafter"]
         )
@@ -213,6 +218,9 @@ class ServerMetrics:
     def _observe_drafter(self, name: str, stats: SpecStats) -> None:
         """Add what changed since the last look to the counters (statistics are cumulative)."""
         seen = self._seen.setdefault(name, _Seen())
+        if stats.num_failed_calls != seen.failures:
+            self._d_failures.labels(self._model, name).inc(stats.num_failed_calls - seen.failures)
+            seen.failures = stats.num_failed_calls
         seconds = stats.draft_seconds + stats.verify_seconds
         if stats.num_draft_steps == seen.drafts and seconds == seen.seconds:
             return

@@ -11,11 +11,12 @@ from tiny_models import write_zoo_folder
 from spinserve.config.engine import RuntimeConfig
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import SpecParams, SpeculativeConfig
+from spinserve.engine.builder import build_engine
 from spinserve.engine.engine import LLMEngine
 from spinserve.loading.loader import load
 from spinserve.ops.blocks import BlockWeight
-from spinserve.spec.model_drafter import ModelDrafter
-from spinserve.spec.registry import build_drafter
+from spinserve.speculative.model_drafter import ModelDrafter
+from spinserve.speculative.registry import build_drafter
 
 PROMPTS = [list(range(10, 10 + n)) for n in (3, 17, 1, 9, 30, 5, 12, 24)]
 PROMPTS[5] = [40, 41, 42, 43] * 6
@@ -40,7 +41,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> LLMEngine:
         "ngram": build_drafter("ngram", target, config),
         "suffix": build_drafter("suffix", target, config),
     }
-    return LLMEngine(target, drafters=drafters)
+    return build_engine(target, drafters=drafters)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import torch
 from spinserve.config.engine import CacheConfig, EngineConfig, SchedulerConfig
 from spinserve.config.sampling import GREEDY_BELOW, SamplingParams
 from spinserve.config.speculative import SpecParams
-from spinserve.engine.engine import LLMEngine
+from spinserve.engine.builder import build_engine
 from spinserve.runtime.backend import ModelBackend
-from spinserve.spec.ngram import NgramDrafter
+from spinserve.speculative.ngram import NgramDrafter
 from spinserve.types.errors import InvalidRequestError
 
 PROMPTS = [list(range(10, 10 + n)) for n in (3, 17, 1, 9, 30, 5, 12, 24)]
@@ -37,7 +37,7 @@ GREEDY = SamplingParams(max_tokens=12, ignore_eos=True)
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_greedy_batched_equals_reference(arch, tiny_loaded, expected, batch_size):
-    engine = LLMEngine(tiny_loaded[arch])
+    engine = build_engine(tiny_loaded[arch])
     prompts = PROMPTS[:batch_size]
     outs = engine.generate(prompts, GREEDY)
     assert [o.token_ids for o in outs] == expected[arch][:batch_size]
@@ -47,7 +47,7 @@ def test_greedy_batched_equals_reference(arch, tiny_loaded, expected, batch_size
 def test_requests_join_and_leave_mid_run(arch, tiny_loaded, expected):
     """Chunked prefill (5-token budget) with requests arriving while others decode."""
     config = EngineConfig(scheduler=SchedulerConfig(max_num_batched_tokens=5, max_num_seqs=3))
-    engine = LLMEngine(tiny_loaded[arch], config)
+    engine = build_engine(tiny_loaded[arch], config)
     pending = list(enumerate(PROMPTS))
     results: dict[str, list[int]] = {}
     names: dict[str, int] = {}
@@ -69,7 +69,7 @@ def test_preemption_keeps_outputs(tiny_loaded, expected):
     loaded = tiny_loaded["llama"]
     per_token = loaded.config.kv_bytes_per_token(4)
     cache = CacheConfig(block_size=4, kv_cache_gib=12 * 4 * per_token / 2**30)
-    engine = LLMEngine(loaded, EngineConfig(cache=cache))
+    engine = build_engine(loaded, EngineConfig(cache=cache))
     assert engine.blocks.num_blocks == 12
     ids = [engine.add_request(p, GREEDY) for p in PROMPTS]
     preempted = 0
@@ -84,7 +84,7 @@ def test_preemption_keeps_outputs(tiny_loaded, expected):
 
 
 def test_seeded_sampling_is_independent_of_the_batch(tiny_loaded):
-    engine = LLMEngine(tiny_loaded["qwen2"])
+    engine = build_engine(tiny_loaded["qwen2"])
     params = SamplingParams(max_tokens=10, temperature=0.9, top_p=0.95, top_k=40, seed=123)
     alone = engine.generate([PROMPTS[1]], params)[0].token_ids
     others = SamplingParams(max_tokens=7, temperature=1.0, seed=5)
@@ -97,7 +97,7 @@ def test_seeded_sampling_is_independent_of_the_batch(tiny_loaded):
 def test_a_vanishing_temperature_is_greedy(tiny_loaded):
     """1e-272 is > 0 but divides logits into inf (found by the server's fuzz test: the
     step failed on NaN probabilities); below `GREEDY_BELOW` a request is greedy."""
-    engine = LLMEngine(tiny_loaded["llama"], drafters={"ngram": NgramDrafter()})
+    engine = build_engine(tiny_loaded["llama"], drafters={"ngram": NgramDrafter()})
     tiny = SamplingParams(max_tokens=8, temperature=1e-272, seed=3)
     assert tiny.greedy and not SamplingParams(temperature=GREEDY_BELOW).greedy
     spec = SpecParams(drafter="ngram", num_draft_tokens=3)
@@ -106,7 +106,7 @@ def test_a_vanishing_temperature_is_greedy(tiny_loaded):
 
 
 def test_stop_string_truncates_text(tiny_loaded):
-    engine = LLMEngine(tiny_loaded["llama"])
+    engine = build_engine(tiny_loaded["llama"])
     full = engine.generate([PROMPTS[3]], GREEDY)[0]
     # Pick a stop string from the middle of what greedy decoding writes.
     text = full.text
@@ -119,7 +119,7 @@ def test_stop_string_truncates_text(tiny_loaded):
 
 
 def test_streamed_deltas_add_up_to_the_text(tiny_loaded):
-    engine = LLMEngine(tiny_loaded["gemma3"])
+    engine = build_engine(tiny_loaded["gemma3"])
     rid = engine.add_request(
         PROMPTS[4], SamplingParams(max_tokens=20, ignore_eos=True, stop=("zz",))
     )
@@ -134,7 +134,7 @@ def test_streamed_deltas_add_up_to_the_text(tiny_loaded):
 
 
 def test_stop_token_ids_and_max_tokens(tiny_loaded, expected):
-    engine = LLMEngine(tiny_loaded["llama"])
+    engine = build_engine(tiny_loaded["llama"])
     target = expected["llama"][0]
     out = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=12, stop_token_ids=(target[4],)))[
         0
@@ -147,7 +147,7 @@ def test_stop_token_ids_and_max_tokens(tiny_loaded, expected):
 
 def test_context_length_limits(tiny_loaded):
     config = EngineConfig(scheduler=SchedulerConfig(max_model_len=20))
-    engine = LLMEngine(tiny_loaded["llama"], config)
+    engine = build_engine(tiny_loaded["llama"], config)
     with pytest.raises(
         InvalidRequestError, match="the prompt has 20 tokens but the context holds 20"
     ):
@@ -161,13 +161,13 @@ def test_context_length_limits(tiny_loaded):
     [([], "the prompt is empty"), ([1, 99999], "outside the vocabulary")],
 )
 def test_bad_prompts(tiny_loaded, prompt, message):
-    engine = LLMEngine(tiny_loaded["llama"])
+    engine = build_engine(tiny_loaded["llama"])
     with pytest.raises(InvalidRequestError, match=message):
         engine.add_request(prompt)
 
 
 def test_abort_frees_blocks(tiny_loaded):
-    engine = LLMEngine(tiny_loaded["llama"])
+    engine = build_engine(tiny_loaded["llama"])
     rid = engine.add_request(PROMPTS[4], GREEDY)
     engine.step()
     assert engine.blocks.num_free_blocks < engine.blocks.num_blocks
@@ -206,7 +206,7 @@ def test_engine_uses_its_model_only_through_the_backend_contract(tiny_loaded, ex
     loaded = tiny_loaded["llama"]
     per_token = loaded.config.kv_bytes_per_token(4)
     cache = CacheConfig(block_size=4, kv_cache_gib=12 * 4 * per_token / 2**30)  # preempts
-    engine = LLMEngine(loaded, EngineConfig(cache=cache))
+    engine = build_engine(loaded, EngineConfig(cache=cache))
     assert isinstance(engine.runner, ModelBackend)
     backend = engine.runner = _RecordingBackend(engine.runner)
     outs = engine.generate(PROMPTS, GREEDY)
@@ -233,12 +233,12 @@ def test_spin_starts_with_the_target_step_costs_measured(tiny_loaded):
     from spinserve.selection.spin import SpinPolicy
 
     config = EngineConfig(speculative=SpeculativeConfig(drafters=("ngram",)))
-    engine = LLMEngine(tiny_loaded["llama"], config)
+    engine = build_engine(tiny_loaded["llama"], config)
     assert isinstance(engine.policy, SpinPolicy)
     forward = engine.policy.shared.forward
     assert forward.known and forward.coefficients[1] >= 0
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
-    alone = LLMEngine(tiny_loaded["llama"])  # no drafters: nothing to calibrate
+    alone = build_engine(tiny_loaded["llama"])  # no drafters: nothing to calibrate
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     prompt = list(range(10, 30))
     assert engine.generate([prompt], params)[0].token_ids == (

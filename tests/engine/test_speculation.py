@@ -9,10 +9,11 @@ import torch
 from spinserve.config.engine import CacheConfig, EngineConfig, SchedulerConfig
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import SpecParams, SpeculativeConfig
+from spinserve.engine.builder import build_engine
 from spinserve.engine.engine import LLMEngine
-from spinserve.spec.draft_model import DraftModel
-from spinserve.spec.model_drafter import ModelDrafter
-from spinserve.spec.registry import build_drafter
+from spinserve.speculative.draft_model import DraftModel
+from spinserve.speculative.model_drafter import ModelDrafter
+from spinserve.speculative.registry import build_drafter
 from spinserve.types.errors import InvalidRequestError, ModelLoadError
 
 PROMPTS = [list(range(10, 10 + n)) for n in (3, 17, 1, 9, 30, 5, 12, 24)]
@@ -33,11 +34,11 @@ def engine(tiny_loaded, tiny_drafters) -> LLMEngine:
         else _wrap(name, tiny_drafters[name.removesuffix("32")], target, config)
         for name in DRAFTERS
     }
-    return LLMEngine(target, drafters=drafters)
+    return build_engine(target, drafters=drafters)
 
 
 def _wrap(name, drafter, target, config):
-    from spinserve.spec.cross_tokenizer import CrossTokenizerDrafter
+    from spinserve.speculative.cross_tokenizer import CrossTokenizerDrafter
 
     if name == "cross":
         return CrossTokenizerDrafter(name, drafter, target.tokenizer, config.drafter_kv_cache_gib)
@@ -104,7 +105,7 @@ def test_preemption_with_drafts(tiny_loaded, tiny_drafters, expected):
     per_token = target.config.kv_bytes_per_token(4)
     cache = CacheConfig(block_size=4, kv_cache_gib=14 * 4 * per_token / 2**30)
     drafters = {"same": _wrap("same", tiny_drafters["same"], target, SpeculativeConfig())}
-    engine = LLMEngine(target, EngineConfig(cache=cache), drafters=drafters)
+    engine = build_engine(target, EngineConfig(cache=cache), drafters=drafters)
     outs = engine.generate(PROMPTS, GREEDY, SpecParams(drafter="same", num_draft_tokens=4))
     assert [o.token_ids for o in outs] == expected
 
@@ -158,11 +159,13 @@ def test_draft_probabilities_reach_verification(engine):
         spec=SpecParams(drafter="other", num_draft_tokens=2),
     )
     engine.step()  # prefill
-    engine._propose()
     (request,) = engine.scheduler.running
-    probs = engine._draft_probs[request.request_id]
-    assert probs is not None and probs.shape == (len(request.draft_ids), 264)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(len(request.draft_ids)))
+    proposal = engine.speculator.propose(engine.scheduler.running, 0)[request.request_id]
+    n = len(proposal.draft)  # k = 2, cut to the 1 token max_tokens leaves room for
+    assert proposal.drafter == "other" and n == 1
+    probs = proposal.draft.probs
+    assert probs is not None and probs.shape == (n, 264)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(n))
     engine.abort(request.request_id)
 
 
@@ -181,7 +184,7 @@ def test_every_selection_policy_keeps_greedy_output(tiny_loaded, tiny_drafters, 
         "other": _wrap("other", tiny_drafters["other"], target, config),
         "ngram": build_drafter("ngram", target, config),
     }
-    engine = LLMEngine(
+    engine = build_engine(
         target, EngineConfig(selection=SelectionConfig(policy=policy)), drafters=drafters
     )
     outs = engine.generate(PROMPTS, GREEDY)
@@ -212,7 +215,7 @@ def test_spin_starts_with_each_drafters_catchup_measured(tiny_loaded, tiny_draft
         "cross": _wrap("cross", tiny_drafters["cross"], target, config),
         "suffix": build_drafter("suffix", target, config),
     }
-    engine = LLMEngine(target, drafters=drafters)
+    engine = build_engine(target, drafters=drafters)
     [(steps, draft_timings)] = calls
     assert [s.num_batched_tokens for s in steps] == [1, 3, 5, 9]
     assert sorted((t.drafter, t.num_tokens) for t in draft_timings) == sorted(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spinserve.config.sampling import SamplingParams
-from spinserve.engine.engine import LLMEngine
+from spinserve.engine.builder import build_engine
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
 
@@ -34,7 +34,7 @@ def hf_greedy(ref: torch.nn.Module, prompt: list[int], num_tokens: int) -> list[
 
 
 def test_smollm2_greedy_equals_transformers(smollm2, smollm2_ref):
-    engine = LLMEngine(smollm2)
+    engine = build_engine(smollm2)
     prompts = [
         smollm2.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS
     ]
@@ -93,7 +93,7 @@ def test_gemma3_beyond_its_sliding_window(gemma, gemma_ref):
 
 
 def test_gemma3_greedy_equals_transformers(gemma, gemma_ref):
-    engine = LLMEngine(gemma)
+    engine = build_engine(gemma)
     prompt = gemma.tokenizer.encode("The three primary colors are")
     assert prompt[0] == gemma.config.bos_token_id  # a base model that needs its BOS
     out = engine.generate([prompt], SamplingParams(max_tokens=20, ignore_eos=True))[0]
@@ -112,7 +112,7 @@ def test_smollm2_speculation_is_lossless(request, form, drafter):
 
     smollm2 = request.getfixturevalue("smollm2" if form == "fp32" else f"smollm2_{form}")
     config = EngineConfig(speculative=SpeculativeConfig(drafters=(drafter,), num_draft_tokens=4))
-    engine = LLMEngine(smollm2, config)
+    engine = build_engine(smollm2, config)
     prompts = [
         smollm2.tokenizer.apply_chat_template([{"role": "user", "content": q}])
         for q in [*QUESTIONS[:2], "Repeat exactly: one two three four, one two three four."]
@@ -132,7 +132,7 @@ def assert_tracks(reference, make_ref, make_got, what: str) -> None:
     ``make_got()`` picks the same next token as ``make_ref()`` on >= 90% of positions, a miss
     only where the reference's choice is a near-tie (within 2% of its logit scale), and its
     logits stay within 10% of that scale."""
-    engine = LLMEngine(reference)
+    engine = build_engine(reference)
     prompts = [
         reference.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS
     ]
@@ -183,7 +183,7 @@ def test_smollm2_speculation_is_lossless_on_a_float16_cache(smollm2_auto, drafte
         runtime=RuntimeConfig(kv_cache_dtype="float16"),
         speculative=SpeculativeConfig(drafters=(drafter,), num_draft_tokens=4),
     )
-    engine = LLMEngine(smollm2_auto, config)
+    engine = build_engine(smollm2_auto, config)
     assert engine.runner.kv_cache.k[0].dtype == torch.float16
     prompts = [
         smollm2_auto.tokenizer.apply_chat_template([{"role": "user", "content": q}])

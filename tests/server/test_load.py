@@ -11,7 +11,7 @@ from conftest import MODEL, running_server, tiny_engine
 
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import SpecParams
-from spinserve.engine.engine import LLMEngine
+from spinserve.engine.builder import build_engine
 
 NUM_CLIENTS = 32
 MAX_TOKENS = 10
@@ -24,7 +24,7 @@ def prompt_of(i: int) -> str:
 @pytest.fixture(scope="module")
 def alone(tiny_loaded) -> list[str]:
     """Each prompt's greedy text, run alone on an engine of its own (no server)."""
-    engine = LLMEngine(tiny_loaded["llama"])
+    engine = build_engine(tiny_loaded["llama"])
     params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
     none = SpecParams(drafter="none")
     return [engine.generate([prompt_of(i)], params, none)[0].text for i in range(NUM_CLIENTS)]

@@ -40,14 +40,18 @@ identically alone or in any batch. Greedy requests draw nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import TypeVar
 
 import torch
 
 from spinserve.config.sampling import SamplingParams
 from spinserve.ops.sampling import greedy, probabilities
-from spinserve.spec.drafter import Draft
+from spinserve.speculative.drafter import Draft
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,38 +114,89 @@ def verify_batch(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
 ) -> list[VerifyResult]:
-    """One `VerifyResult` per request, in order: greedy requests in one `verify_greedy` call
-    (their ``probs`` and generators unused), sampled ones by rejection sampling over one batched
-    `probabilities` call, each drawing only from its own generator."""
+    """One `VerifyResult` per request, in order; raises the first request's error (see
+    `verify_each` for the form that keeps one request's error to itself)."""
+    results = verify_each(logits, drafts, params, generators)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def verify_each(
+    logits: torch.Tensor,  # [num_rows, vocab], num_rows = sum(len(d) + 1 for d in drafts)
+    drafts: list[Draft],
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+) -> list[VerifyResult | Exception]:
+    """One `VerifyResult` per request, in order, or the exception that request's verification
+    raised: greedy requests in one `verify_greedy` call (their ``probs`` and generators
+    unused), sampled ones by rejection sampling over one batched `probabilities` call, each
+    drawing only from its own generator. When a batched call raises, its requests are
+    verified one by one, so only the request at fault gets an error; that is exact, since
+    neither batched call draws randomness."""
     if not len(drafts) == len(params) == len(generators):
         raise ValueError(
             f"one draft, params and generator per request: got {len(drafts)}, {len(params)}, "
             f"{len(generators)}"
         )
-    num_draft_tokens = [len(d) for d in drafts]
-    cu_num_rows = _cu_num_rows(logits, num_draft_tokens)
-    for draft in drafts:
-        _check_draft(draft, logits.shape[-1])
-    results: dict[int, VerifyResult] = {}  # request index -> result
+    num_rows = [len(d) + 1 for d in drafts]
+    cu_num_rows = _cu_num_rows(logits, [len(d) for d in drafts])
+    results: list[VerifyResult | Exception | None] = [None] * len(drafts)
+    for i, draft in enumerate(drafts):
+        results[i] = _draft_error(draft, logits.shape[-1])
 
-    greedy_reqs = [i for i, p in enumerate(params) if p.greedy]
-    if greedy_reqs:
-        rows = _rows_of(greedy_reqs, cu_num_rows)
-        greedy_results = verify_greedy(logits[rows], [drafts[i].token_ids for i in greedy_reqs])
-        for i, result in zip(greedy_reqs, greedy_results, strict=True):
-            results[i] = result
+    greedy_reqs = [i for i, p in enumerate(params) if p.greedy and results[i] is None]
+    for i, result in _each_or_alone(
+        greedy_reqs,
+        lambda reqs: verify_greedy(
+            logits[_rows_of(reqs, cu_num_rows)], [drafts[i].token_ids for i in reqs]
+        ),
+    ):
+        results[i] = result
 
-    sampled_reqs = [i for i, p in enumerate(params) if not p.greedy]
-    if sampled_reqs:
-        rows = _rows_of(sampled_reqs, cu_num_rows)
-        num_rows = [num_draft_tokens[i] + 1 for i in sampled_reqs]
-        target_probs = _target_probs(logits[rows], [params[i] for i in sampled_reqs], num_rows)
-        starts = accumulate(num_rows, initial=0)
-        for i, start, n in zip(sampled_reqs, starts, num_rows, strict=False):
-            results[i] = _rejection_sample(
-                target_probs[start : start + n], drafts[i], generators[i]
-            )
-    return [results[i] for i in range(len(drafts))]
+    sampled_reqs = [i for i, p in enumerate(params) if not p.greedy and results[i] is None]
+    probs = _each_or_alone(
+        sampled_reqs,
+        lambda reqs: _split(
+            _target_probs(
+                logits[_rows_of(reqs, cu_num_rows)],
+                [params[i] for i in reqs],
+                [num_rows[i] for i in reqs],
+            ),
+            [num_rows[i] for i in reqs],
+        ),
+    )
+    for i, target_probs in probs:
+        try:
+            if isinstance(target_probs, Exception):
+                raise target_probs
+            results[i] = _rejection_sample(target_probs, drafts[i], generators[i])
+        except Exception as exc:
+            results[i] = exc
+    return results  # type: ignore[return-value]
+
+
+def _each_or_alone(reqs: list[int], batched: Callable[[list[int]], list[T]]):
+    """``(i, batched([...])[j])`` for the requests ``reqs``, from one batched call, or when
+    it raises, from one call per request (an exception in place of a failed one's value)."""
+    if not reqs:
+        return []
+    try:
+        return list(zip(reqs, batched(reqs), strict=True))
+    except Exception:
+        pass
+    out: list[tuple[int, T | Exception]] = []
+    for i in reqs:
+        try:
+            out.append((i, batched([i])[0]))
+        except Exception as exc:
+            out.append((i, exc))
+    return out
+
+
+def _split(rows: torch.Tensor, num_rows: list[int]) -> list[torch.Tensor]:
+    return list(rows.split(num_rows))
 
 
 def _rejection_sample(
@@ -203,10 +258,12 @@ def _target_probs(
         repeated = [v for v, n in zip(values, num_rows, strict=True) for _ in range(n)]
         return torch.tensor(repeated, dtype=dtype, device=logits.device)
 
+    vocab = logits.shape[-1]
     return probabilities(
         logits,
         per_row([p.temperature for p in params], torch.float32),
-        per_row([p.top_k for p in params], torch.int64),
+        # top-k past the vocabulary keeps every token (and must not overflow int64)
+        per_row([min(p.top_k, vocab) for p in params], torch.int64),
         per_row([p.top_p for p in params], torch.float32),
     )
 
@@ -223,13 +280,20 @@ def _cu_num_rows(logits: torch.Tensor, num_draft_tokens: list[int]) -> list[int]
 
 
 def _check_draft(draft: Draft, vocab: int) -> None:
+    error = _draft_error(draft, vocab)
+    if error is not None:
+        raise error
+
+
+def _draft_error(draft: Draft, vocab: int) -> ValueError | None:
     if any(not 0 <= t < vocab for t in draft.token_ids):
-        raise ValueError(f"draft token ids {draft.token_ids} must be in [0, {vocab})")
+        return ValueError(f"draft token ids {draft.token_ids} must be in [0, {vocab})")
     if draft.probs is not None and tuple(draft.probs.shape) != (len(draft), vocab):
-        raise ValueError(
+        return ValueError(
             f"draft probs {tuple(draft.probs.shape)} must be [{len(draft)}, {vocab}]: "
             "one distribution over the target's vocabulary per draft token"
         )
+    return None
 
 
 def _rows_of(reqs: list[int], cu_num_rows: list[int]) -> list[int]:

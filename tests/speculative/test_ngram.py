@@ -8,9 +8,9 @@ import random
 import pytest
 
 from spinserve.config.sampling import SamplingParams
-from spinserve.spec import ngram
-from spinserve.spec.drafter import DraftRequest
-from spinserve.spec.ngram import NgramDrafter, ngram_propose
+from spinserve.speculative import ngram
+from spinserve.speculative.drafter import DraftRequest
+from spinserve.speculative.ngram import NgramDrafter, ngram_propose
 
 
 def reference_propose(token_ids: list[int], k: int, min_n: int, max_n: int) -> list[int]:

@@ -16,11 +16,11 @@ from types import MappingProxyType
 from spinserve.config.engine import RuntimeConfig
 from spinserve.config.speculative import SpeculativeConfig
 from spinserve.loading.loader import LoadedModel, load
-from spinserve.spec.cross_tokenizer import CrossTokenizerDrafter
-from spinserve.spec.drafter import Drafter
-from spinserve.spec.model_drafter import ModelDrafter
-from spinserve.spec.ngram import NgramDrafter
-from spinserve.spec.suffix import SuffixDrafter
+from spinserve.speculative.cross_tokenizer import CrossTokenizerDrafter
+from spinserve.speculative.drafter import Drafter
+from spinserve.speculative.model_drafter import ModelDrafter
+from spinserve.speculative.ngram import NgramDrafter
+from spinserve.speculative.suffix import SuffixDrafter
 
 MODEL_FREE: Mapping[str, Callable[[], Drafter]] = MappingProxyType(
     {"ngram": NgramDrafter, "suffix": SuffixDrafter}

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from spinserve.config.sampling import SamplingParams
 from spinserve.runtime.runner import ModelRunner
-from spinserve.spec.drafter import Draft
-from spinserve.spec.verify import verify_batch
+from spinserve.speculative.drafter import Draft
+from spinserve.speculative.verify import verify_batch
 from spinserve.types.batch import SeqChunk, StepBatch
 
 VOCAB = 7

@@ -6,7 +6,7 @@ import pytest
 from tiny_models import byte_tokenizer
 
 from spinserve.loading.tokenizer import Tokenizer
-from spinserve.spec.cross_tokenizer import draft_text, retokenize
+from spinserve.speculative.cross_tokenizer import draft_text, retokenize
 
 
 @pytest.fixture(scope="module")

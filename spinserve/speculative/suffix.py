@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spinserve.spec.drafter import Draft, DraftRequest
+from spinserve.speculative.drafter import Draft, DraftRequest
 
 ROOT = 0  # the node of the empty path
 NO_NODE = -1

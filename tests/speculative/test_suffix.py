@@ -9,9 +9,9 @@ import random
 import pytest
 
 from spinserve.config.sampling import SamplingParams
-from spinserve.spec import suffix
-from spinserve.spec.drafter import DraftRequest
-from spinserve.spec.suffix import (
+from spinserve.speculative import suffix
+from spinserve.speculative.drafter import DraftRequest
+from spinserve.speculative.suffix import (
     NO_NODE,
     ROOT,
     RequestIndex,

@@ -15,8 +15,8 @@ import torch
 
 from spinserve.loading.loader import LoadedModel
 from spinserve.loading.tokenizer import Tokenizer
-from spinserve.spec.draft_model import DraftJob, DraftModel, DraftOutput
-from spinserve.spec.drafter import Draft, DraftRequest
+from spinserve.speculative.draft_model import DraftJob, DraftModel, DraftOutput
+from spinserve.speculative.drafter import Draft, DraftRequest
 from spinserve.types.errors import ModelLoadError
 
 

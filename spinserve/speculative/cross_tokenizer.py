@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from spinserve.config.sampling import SamplingParams
 from spinserve.loading.loader import LoadedModel
 from spinserve.loading.tokenizer import Tokenizer
-from spinserve.spec.draft_model import DraftJob, DraftModel
-from spinserve.spec.drafter import Draft, DraftRequest
+from spinserve.speculative.draft_model import DraftJob, DraftModel
+from spinserve.speculative.drafter import Draft, DraftRequest
 
 _GREEDY = SamplingParams(max_tokens=1)
 # The drafter decodes a little past k target tokens: tokenizers split text differently.

@@ -10,8 +10,8 @@ import torch
 
 from spinserve.config.sampling import SamplingParams
 from spinserve.ops.sampling import probabilities
-from spinserve.spec.drafter import Draft
-from spinserve.spec.verify import VerifyResult, verify_batch, verify_greedy, verify_sampled
+from spinserve.speculative.drafter import Draft
+from spinserve.speculative.verify import VerifyResult, verify_batch, verify_greedy, verify_sampled
 
 GREEDY = SamplingParams()
 SAMPLED = SamplingParams(temperature=1.0)

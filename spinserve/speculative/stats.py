@@ -20,6 +20,7 @@ class SpecStats:
     accepted_per_position: list[int] = field(default_factory=list)
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
+    num_failed_calls: int = 0  # a drafter's calls that raised, ran late or returned junk
 
     def record(self, num_drafted: int, num_accepted: int) -> None:
         """One verification: ``num_drafted`` proposed, the first ``num_accepted`` kept."""
@@ -47,6 +48,7 @@ class SpecStats:
         _add(self.accepted_per_position, other.accepted_per_position)
         self.draft_seconds += other.draft_seconds
         self.verify_seconds += other.verify_seconds
+        self.num_failed_calls += other.num_failed_calls
 
     @property
     def acceptance_rate(self) -> float:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from spinserve.spec.drafter import Draft, DraftRequest
+from spinserve.speculative.drafter import Draft, DraftRequest
 
 # Token ids are packed into 32-bit words so that `bytes.rfind` (C speed) does the scanning;
 # `struct.pack` packs a list about twice as fast as `array` or numpy do.

@@ -1,0 +1,212 @@
+"""Speculation for one step: choose a drafter and k per request, draft, learn from the outcome.
+
+Per step the engine asks `Speculator.propose` for the drafts of its decoding requests (a
+`Proposal` each: the drafter, its tokens and its share of the drafter's call) and hands the
+verified outcome back to `observe`. A request that named its drafter keeps it; the selection
+policy chooses for the others, step by step. Drafters are called through `DrafterGuard`, so a
+drafter that fails costs its requests their drafts for the step and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from spinserve.engine.drafter_guard import DrafterGuard
+from spinserve.engine.messages import Proposal, Verified
+from spinserve.engine.request import Request
+from spinserve.selection.policy import (
+    NO_SPECULATION,
+    Choice,
+    Feedback,
+    LoadView,
+    RequestView,
+    SelectionPolicy,
+    StepTiming,
+)
+from spinserve.speculative.drafter import Draft, Drafter, DraftRequest
+from spinserve.speculative.stats import SpecStats
+
+logger = logging.getLogger("spinserve.engine")
+
+
+class Speculator:
+    """Holds the drafters, the selection policy and the speculation statistics."""
+
+    def __init__(
+        self,
+        drafters: dict[str, Drafter],
+        policy: SelectionPolicy,
+        vocab_size: int,
+        max_model_len: int,
+        draft_timeout_s: float,
+    ) -> None:
+        self.guards = {
+            name: DrafterGuard(d, vocab_size, draft_timeout_s) for name, d in drafters.items()
+        }
+        self.policy = policy
+        self.max_model_len = max_model_len
+        self.stats: dict[str, SpecStats] = {name: SpecStats() for name in drafters}
+        self.choice_counts: dict[str, int] = defaultdict(int)
+
+    def replace_drafter(self, name: str, drafter: Drafter) -> None:
+        old = self.guards[name]
+        old.close()
+        self.guards[name] = DrafterGuard(drafter, old.vocab_size, old.timeout_s)
+
+    @property
+    def drafter_names(self) -> list[str]:
+        return list(self.guards)
+
+    def propose(self, running: Sequence[Request], num_waiting: int) -> dict[str, Proposal]:
+        """request id -> `Proposal` for every decoding request of ``running``."""
+        decoding = [r for r in running if r.is_decoding]
+        plan = self._plan(decoding, LoadView(len(running), num_waiting)) if decoding else {}
+        groups: dict[str, list[DraftRequest]] = defaultdict(list)
+        for request in decoding:
+            choice = plan[request.request_id].choice
+            drafter = choice.drafter if choice is not None else request.drafter
+            k = self._draft_budget(request, choice)
+            if drafter is not None and k > 0:
+                groups[drafter].append(
+                    DraftRequest(
+                        request.request_id,
+                        request.token_slice(0, request.num_tokens),
+                        k,
+                        request.params,
+                    )
+                )
+        for name, draft_requests in groups.items():
+            plan.update(self._draft(name, draft_requests, plan))
+        return plan
+
+    def _plan(self, decoding: list[Request], load: LoadView) -> dict[str, Proposal]:
+        """Each request's drafter for the step: its own, or the policy's choice."""
+        managed = [r for r in decoding if r.policy_managed]
+        choices = self._choose(managed, load) if managed else []
+        plan = {r.request_id: Proposal(r.request_id, None, None) for r in decoding}
+        for request, choice in zip(managed, choices, strict=True):
+            request.choice_counts[choice.label] = request.choice_counts.get(choice.label, 0) + 1
+            request.last_drafter = choice.drafter
+            self.choice_counts[choice.label] += 1
+            if choice.drafter is not None:
+                request.drafters_used.add(choice.drafter)
+            plan[request.request_id] = Proposal(request.request_id, choice, None)
+        return plan
+
+    def _choose(self, managed: list[Request], load: LoadView) -> list[Choice]:
+        """The policy's choices; no speculation this step if the policy fails."""
+        views = [
+            RequestView(r.request_id, r.num_prompt_tokens, r.num_output_tokens) for r in managed
+        ]
+        try:
+            choices = self.policy.choose(views, load)
+            if len(choices) != len(managed):
+                raise ValueError(f"{len(choices)} choices for {len(managed)} requests")
+        except Exception:
+            logger.exception(
+                "selection policy %s failed; no speculation this step", self.policy.name
+            )
+            return [NO_SPECULATION] * len(managed)
+        return [
+            c if c.drafter is None or c.drafter in self.guards else NO_SPECULATION for c in choices
+        ]
+
+    def _draft_budget(self, request: Request, choice: Choice | None) -> int:
+        """k for this step: the request's or the policy's, never past max_tokens or the context."""
+        k = choice.num_draft_tokens if choice is not None else request.num_draft_tokens
+        room_output = request.params.max_tokens - request.num_output_tokens - 1
+        room_context = self.max_model_len - request.num_tokens - 1
+        return max(0, min(k, room_output, room_context))
+
+    def _draft(
+        self, name: str, requests: list[DraftRequest], plan: dict[str, Proposal]
+    ) -> Iterable[tuple[str, Proposal]]:
+        """One batched call of drafter ``name``; nothing when it failed."""
+        start = time.perf_counter()
+        guard = self.guards[name]
+        drafts = guard.propose(requests)
+        self.stats[name].num_failed_calls = guard.num_failures
+        if drafts is None:
+            return ()
+        seconds = time.perf_counter() - start
+        share = seconds / len(requests)
+        self.stats[name].draft_seconds += seconds
+        out = []
+        for request, draft in zip(requests, drafts, strict=True):
+            old = plan[request.request_id]
+            cut = draft.token_ids[: request.num_draft_tokens]
+            probs = draft.probs[: len(cut)] if draft.probs is not None else None
+            proposal = Proposal(old.request_id, old.choice, name, Draft(cut, probs), share)
+            out.append((request.request_id, proposal))
+        return out
+
+    def observe(
+        self,
+        requests: dict[str, Request],
+        proposals: dict[str, Proposal],
+        outcomes: Sequence[Verified],
+        timing: StepTiming,
+    ) -> None:
+        """Record each request's outcome and tell the policy about the requests it chose for."""
+        feedback = []
+        for outcome in outcomes:
+            proposal = proposals.get(outcome.request_id)
+            request = requests.get(outcome.request_id)
+            if proposal is None or request is None or outcome.result is None:
+                continue
+            called = proposal.drafter is not None
+            if proposal.drafter is not None:
+                request.spec_stats.draft_seconds += proposal.draft_seconds
+                request.spec_stats.record(outcome.num_drafted, outcome.num_accepted)
+                self.stats[proposal.drafter].record(outcome.num_drafted, outcome.num_accepted)
+            choice = proposal.choice
+            if choice is None or (choice.speculates and not called):
+                continue  # not the policy's, or its drafter had no room or failed this step
+            feedback.append(
+                Feedback(
+                    outcome.request_id,
+                    choice,
+                    outcome.num_drafted,
+                    outcome.num_accepted,
+                    proposal.draft_seconds,
+                )
+            )
+        if feedback:
+            try:
+                self.policy.observe(feedback, timing)
+            except Exception:
+                logger.exception(
+                    "selection policy %s failed to learn from a step", self.policy.name
+                )
+
+    def charge_verify_time(
+        self, request: Request, proposal: Proposal | None, seconds: float
+    ) -> None:
+        """A request's share of the forward; its drafter's too when it drafted this step."""
+        request.spec_stats.verify_seconds += seconds
+        if proposal is not None and proposal.drafter is not None:
+            self.stats[proposal.drafter].verify_seconds += seconds
+
+    def finish(self, request: Request) -> None:
+        """The request left the engine: its drafters and the policy learn from it."""
+        token_ids = request.token_slice(0, request.num_tokens)
+        for name in request.drafters_used:
+            self.guards[name].finish(request.request_id, token_ids)
+        if request.policy_managed:
+            try:
+                self.policy.finish(request.request_id)
+            except Exception:
+                logger.exception(
+                    "selection policy %s: finish(%s) failed", self.policy.name, request.request_id
+                )
+
+    def failures(self) -> dict[str, int]:
+        """Failed calls per drafter since start."""
+        return {name: guard.num_failures for name, guard in self.guards.items()}
+
+    def close(self) -> None:
+        for guard in self.guards.values():
+            guard.close()
