@@ -202,14 +202,14 @@ def snapshot(engine: LLMEngine) -> Callable[[], None]:
     earlier try."""
     policy = copy.deepcopy(engine.policy)
     learned = {n: copy.deepcopy(d) for n, d in engine.drafters.items() if n in MODEL_FREE}
-    counts = dict(engine.choice_counts)
+    counts = dict(engine.speculator.choice_counts)
 
     def reset() -> None:
         engine.policy = copy.deepcopy(policy)
         for name, drafter in copy.deepcopy(learned).items():
             engine.replace_drafter(name, drafter)
-        engine.choice_counts.clear()
-        engine.choice_counts.update(counts)
+        engine.speculator.choice_counts.clear()
+        engine.speculator.choice_counts.update(counts)
 
     return reset
 

@@ -39,6 +39,17 @@ CALIBRATION_TEXT = (
 )
 
 
+def measure_costs(
+    runner: ModelBackend,
+    blocks: BlockManager,
+    guards: dict[str, DrafterGuard],
+    tokenizer: Tokenizer,
+) -> tuple[list[StepTiming], list[DraftTiming]]:
+    """`measure_steps` and `measure_drafters` (on the calibration text)."""
+    ids = calibration_ids(tokenizer, runner.vocab_size, max(CALIBRATION_DRAFT_TOKENS))
+    return measure_steps(runner, blocks), measure_drafters(guards, ids)
+
+
 def measure_steps(runner: ModelBackend, blocks: BlockManager) -> list[StepTiming]:
     """Forwards of one scratch sequence of each length in `CALIBRATION_TOKENS`. No request
     holds a block yet, so the pool's first blocks are free to write on."""

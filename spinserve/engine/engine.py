@@ -22,27 +22,22 @@ import time
 
 from spinserve.config.engine import EngineConfig
 from spinserve.config.sampling import SamplingParams
-from spinserve.config.speculative import NO_DRAFTER, SpecParams
-from spinserve.engine.calibration import calibration_ids, measure_drafters, measure_steps
+from spinserve.config.speculative import SpecParams
+from spinserve.engine.calibration import measure_costs
 from spinserve.engine.messages import Proposal, Verified
 from spinserve.engine.output_processor import Tracked, advance, output
 from spinserve.engine.outputs import RequestOutput
-from spinserve.engine.request import FinishReason, Request
+from spinserve.engine.request import FinishReason, Request, check_prompt
 from spinserve.engine.scheduler import Scheduler
 from spinserve.engine.speculation import Speculator
+from spinserve.engine.verification import verify_step, why
 from spinserve.loading.tokenizer import Tokenizer
 from spinserve.runtime.backend import ModelBackend
 from spinserve.runtime.block_manager import BlockManager
 from spinserve.runtime.sampler import Generators
-from spinserve.selection.policy import (
-    CALIBRATION_DRAFT_TOKENS,
-    DraftTiming,
-    SelectionPolicy,
-    StepTiming,
-)
-from spinserve.speculative.drafter import Draft, Drafter
+from spinserve.selection.policy import DraftTiming, SelectionPolicy, StepTiming
+from spinserve.speculative.drafter import Drafter
 from spinserve.speculative.stats import SpecStats
-from spinserve.speculative.verify import verify_each
 from spinserve.types.batch import StepBatch
 from spinserve.types.errors import InvalidRequestError
 
@@ -88,11 +83,8 @@ class LLMEngine:
             speculator.policy.calibrate(*self.measure_costs())
 
     def measure_costs(self) -> tuple[list[StepTiming], list[DraftTiming]]:
-        """Target forwards and drafter calls timed on scratch sequences (`calibration`); only
-        while no request holds a block."""
-        ids = calibration_ids(self.tokenizer, self._vocab_size, max(CALIBRATION_DRAFT_TOKENS))
-        steps = measure_steps(self.runner, self.blocks)
-        return steps, measure_drafters(self.speculator.guards, ids)
+        """Target forwards and drafter calls on scratch sequences, while no request runs."""
+        return measure_costs(self.runner, self.blocks, self.speculator.guards, self.tokenizer)
 
     @property
     def drafters(self) -> dict[str, Drafter]:
@@ -107,10 +99,6 @@ class LLMEngine:
     @property
     def drafter_stats(self) -> dict[str, SpecStats]:
         return self.speculator.stats
-
-    @property
-    def choice_counts(self) -> dict[str, int]:
-        return self.speculator.choice_counts
 
     @property
     def policy(self) -> SelectionPolicy:
@@ -133,11 +121,14 @@ class LLMEngine:
         """Queue a request; returns its id. Raises InvalidRequestError for bad input."""
         params = params or SamplingParams()
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        self._validate(prompt_ids, request_id)
-        drafter, k, managed = self._speculation(spec or SpecParams(), params)
-        request_id = request_id or f"req-{next(self._ids)}"
+        check_prompt(prompt_ids, self.max_model_len, self._vocab_size)
+        if request_id is not None and request_id in self._tracked:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        drafter, k, managed = self.speculator.resolve(
+            spec or SpecParams(), params, self.config.speculative.num_draft_tokens
+        )
         request = Request(
-            request_id,
+            request_id or f"req-{next(self._ids)}",
             prompt_ids,
             params,
             eos_token_ids=frozenset() if params.ignore_eos else self._eos,
@@ -146,49 +137,10 @@ class LLMEngine:
             policy_managed=managed,
             drafters_used={drafter} if drafter else set(),
         )
-        self._tracked[request_id] = Tracked.of(request, self.tokenizer)
-        self.generators.add_request(request_id, params)
+        self._tracked[request.request_id] = Tracked.of(request, self.tokenizer)
+        self.generators.add_request(request.request_id, params)
         self.scheduler.add(request)
-        return request_id
-
-    def _validate(self, prompt_ids: list[int], request_id: str | None) -> None:
-        if not prompt_ids:
-            raise InvalidRequestError("the prompt is empty")
-        if len(prompt_ids) >= self.max_model_len:
-            raise InvalidRequestError(
-                f"the prompt has {len(prompt_ids)} tokens but the context holds "
-                f"{self.max_model_len} (prompt and output together)"
-            )
-        bad = [t for t in prompt_ids if not 0 <= t < self._vocab_size]
-        if bad:
-            raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary")
-        if request_id is not None and request_id in self._tracked:
-            raise InvalidRequestError(f"request id {request_id!r} is already in use")
-
-    def _speculation(
-        self, spec: SpecParams, params: SamplingParams
-    ) -> tuple[str | None, int, bool]:
-        """(drafter, k, left to the policy) of a request.
-
-        A request that names no drafter is left to the selection policy, step by step, unless
-        it asks for k = 0 (no speculation) or is a seeded sample: a seeded sample replays only
-        with the same drafts every time, and the policy adapts to what other requests taught
-        it, so it gets the first drafter."""
-        names = self.speculator.drafter_names
-        name, k = spec.drafter, spec.num_draft_tokens
-        if name is None and params.seed is not None and not params.greedy:
-            name = names[0] if names else NO_DRAFTER
-        if name is None and k is not None and k > 0:
-            raise InvalidRequestError("num_draft_tokens needs a drafter to ask them of")
-        if name is None:
-            return None, 0, bool(names) and k is None
-        if name == NO_DRAFTER or k == 0:
-            return None, 0, False
-        if name not in names:
-            raise InvalidRequestError(
-                f"unknown drafter {name!r}; loaded drafters: {', '.join(names) or 'none'}"
-            )
-        return name, self.config.speculative.num_draft_tokens if k is None else k, False
+        return request.request_id
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Cancel a request and free its KV blocks; None if it is unknown or finished."""
@@ -233,15 +185,7 @@ class LLMEngine:
         """One forward of the target over ``batch``, then every request's verification."""
         start = time.perf_counter()
         logits = self.runner.execute(batch)  # [batch.num_logits, vocab]
-        rows = [c for c in batch.chunks if c.num_logits]
-        drafts = [_scheduled_draft(proposals.get(c.request_id), c.draft_ids) for c in rows]
-        requests = [self._tracked[c.request_id].request for c in rows]
-        results = verify_each(
-            logits,
-            drafts,
-            [r.params for r in requests],
-            [self.generators.get(r.request_id) for r in requests],
-        )
+        verified = verify_step(batch, proposals, logits, self._requests(), self.generators)
         seconds = time.perf_counter() - start
         for chunk in batch.chunks:
             share = seconds * chunk.num_tokens / batch.num_tokens
@@ -250,10 +194,6 @@ class LLMEngine:
         # a prefill chunk's tokens beyond those that get logits are prompt tokens
         prefill = sum(c.num_tokens - c.num_logits for c in batch.chunks)
         timing = StepTiming(seconds, batch.num_tokens, len(batch.chunks), prefill)
-        verified = [
-            Verified(c, r, None) if not isinstance(r, Exception) else Verified(c, None, _why(r))
-            for c, r in zip(rows, results, strict=True)
-        ]
         return verified, timing
 
     def _commit(self, verified: Verified) -> RequestOutput:
@@ -267,7 +207,7 @@ class LLMEngine:
                     self._retire(tracked.request)
                 return out
             except Exception as exc:
-                error = _why(exc)
+                error = why(exc)
         return self._fail(tracked, error or "unknown error")
 
     def _fail(self, tracked: Tracked, error: str) -> RequestOutput:
@@ -319,15 +259,3 @@ class LLMEngine:
     def close(self) -> None:
         """Stop the drafters' worker threads."""
         self.speculator.close()
-
-
-def _scheduled_draft(proposal: Proposal | None, draft_ids: tuple[int, ...]) -> Draft:
-    """The part of a proposal's draft the scheduler kept (it may cut drafts short)."""
-    if not draft_ids or proposal is None:
-        return Draft([])
-    probs = proposal.draft.probs
-    return Draft(list(draft_ids), probs[: len(draft_ids)] if probs is not None else None)
-
-
-def _why(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"

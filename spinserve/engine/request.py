@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from spinserve.config.sampling import SamplingParams
 from spinserve.speculative.stats import SpecStats
+from spinserve.types.errors import InvalidRequestError
 
 
 class RequestStatus(enum.Enum):
@@ -94,3 +95,17 @@ class Request:
     def finish(self, reason: FinishReason) -> None:
         self.status = RequestStatus.FINISHED
         self.finish_reason = reason
+
+
+def check_prompt(prompt_ids: list[int], max_model_len: int, vocab_size: int) -> None:
+    """Raise InvalidRequestError unless ``prompt_ids`` can start a request."""
+    if not prompt_ids:
+        raise InvalidRequestError("the prompt is empty")
+    if len(prompt_ids) >= max_model_len:
+        raise InvalidRequestError(
+            f"the prompt has {len(prompt_ids)} tokens but the context holds "
+            f"{max_model_len} (prompt and output together)"
+        )
+    bad = next((t for t in prompt_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequestError(f"token id {bad} is outside the vocabulary")

@@ -14,6 +14,8 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+from spinserve.config.sampling import SamplingParams
+from spinserve.config.speculative import NO_DRAFTER, SpecParams
 from spinserve.engine.drafter_guard import DrafterGuard
 from spinserve.engine.messages import Proposal, Verified
 from spinserve.engine.request import Request
@@ -28,6 +30,7 @@ from spinserve.selection.policy import (
 )
 from spinserve.speculative.drafter import Draft, Drafter, DraftRequest
 from spinserve.speculative.stats import SpecStats
+from spinserve.types.errors import InvalidRequestError
 
 logger = logging.getLogger("spinserve.engine")
 
@@ -59,6 +62,31 @@ class Speculator:
     @property
     def drafter_names(self) -> list[str]:
         return list(self.guards)
+
+    def resolve(
+        self, spec: SpecParams, params: SamplingParams, default_k: int
+    ) -> tuple[str | None, int, bool]:
+        """(drafter, k, left to the policy) of a new request.
+
+        A request that names no drafter is left to the selection policy, step by step, unless
+        it asks for k = 0 (no speculation) or is a seeded sample: a seeded sample replays only
+        with the same drafts every time, and the policy adapts to what other requests taught
+        it, so it gets the first drafter."""
+        names = self.drafter_names
+        name, k = spec.drafter, spec.num_draft_tokens
+        if name is None and params.seed is not None and not params.greedy:
+            name = names[0] if names else NO_DRAFTER
+        if name is None and k is not None and k > 0:
+            raise InvalidRequestError("num_draft_tokens needs a drafter to ask them of")
+        if name is None:
+            return None, 0, bool(names) and k is None
+        if name == NO_DRAFTER or k == 0:
+            return None, 0, False
+        if name not in names:
+            raise InvalidRequestError(
+                f"unknown drafter {name!r}; loaded drafters: {', '.join(names) or 'none'}"
+            )
+        return name, default_k if k is None else k, False
 
     def propose(self, running: Sequence[Request], num_waiting: int) -> dict[str, Proposal]:
         """request id -> `Proposal` for every decoding request of ``running``."""
