@@ -244,9 +244,10 @@ class ServerMetrics:
             emitted = stats.num_accepted_tokens + stats.num_draft_steps
             self._d_goodput.labels(m, d).set(emitted / seconds)
         self._seen[name] = _Seen(
-            stats.num_draft_steps,
-            stats.num_draft_tokens,
-            stats.num_accepted_tokens,
-            seconds,
-            list(stats.accepted_per_position),
+            drafts=stats.num_draft_steps,
+            draft_tokens=stats.num_draft_tokens,
+            accepted=stats.num_accepted_tokens,
+            seconds=seconds,
+            failures=stats.num_failed_calls,
+            per_position=list(stats.accepted_per_position),
         )
