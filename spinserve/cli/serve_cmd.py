@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -32,18 +33,20 @@ from spinserve.cli.flags import (
     from_flags,
 )
 from spinserve.config.engine import EngineConfig
+from spinserve.engine.builder import build_engine
 from spinserve.engine.engine import LLMEngine
 from spinserve.loading import zoo
 from spinserve.loading.loader import load, resolve
 from spinserve.server.app import build_app
 from spinserve.server.config import ServerConfig
 from spinserve.server.http_server import serve
-from spinserve.spec.registry import MODEL_FREE, build_drafter
+from spinserve.speculative.registry import MODEL_FREE, build_drafter
 
 # The default of every flag (None for the repeatable one, which appends to its default):
 # tells "not given" from "given the default value".
 _UNSET = object()
 _ALIASES = {"drafter": "drafters"}
+API_KEY_ENV = "SPINSERVE_API_KEY"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -75,8 +78,11 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(ServerConfig)
     for f in dataclasses.fields(ServerConfig):
         kind, _ = _flag_type(hints[f.name])
-        shown = f" (default: {f.default})" if f.default is not None else ""
         flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
+            continue
+        shown = f" (default: {f.default})" if f.default is not None else ""
         group.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + shown)
 
 
@@ -89,7 +95,7 @@ def _dests() -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(**_merged(args))
-    server = from_flags(ServerConfig, ns)
+    server = server_config(ns)
     config = engine_config_from_flags(ns)
     logging.basicConfig(
         level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -100,6 +106,13 @@ def run(args: argparse.Namespace) -> int:
     app = build_app(engine, server.served_model_name or ns.model, server)
     serve(app, server)
     return 0
+
+
+def server_config(ns: argparse.Namespace) -> ServerConfig:
+    """The server's settings; the API key from ``SPINSERVE_API_KEY`` unless the flags or the
+    config file give one (the environment keeps it out of ``ps`` listings)."""
+    api_key = ns.api_key if ns.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    return from_flags(ServerConfig, argparse.Namespace(**vars(ns) | {"api_key": api_key}))
 
 
 def _load(model: str, cache_dir: str | None, config: EngineConfig) -> LLMEngine:
@@ -114,7 +127,7 @@ def _load(model: str, cache_dir: str | None, config: EngineConfig) -> LLMEngine:
             for name in spec.drafters
         }
     drafters = {name: build_drafter(path, loaded, spec, runtime) for name, path in paths.items()}
-    return LLMEngine(loaded, config, drafters=drafters)
+    return build_engine(loaded, config, drafters=drafters)
 
 
 # --- flags, config file and defaults -------------------------------------------------------
@@ -150,7 +163,9 @@ def _config_argv(data: dict[str, Any], path: str) -> list[str]:
             raise ValueError(f"unknown key {key!r} in {path}; keys are the flag names of serve")
         flag = "--" + ("drafter" if dest == "drafters" else dest.replace("_", "-"))
         for item in value if isinstance(value, list) else [value]:
-            if item is not None:
+            if item is True:  # a switch: "enable-docs": true
+                argv.append(flag)
+            elif item is not None and item is not False:
                 argv += [flag, str(item)]
     return argv
 

@@ -3,7 +3,9 @@
 The app owns its engine thread (started and stopped by the lifespan), its Prometheus
 registry (several apps can live in one process), and error handlers that turn every
 failure into OpenAI's error shape: validation errors are 400 (not FastAPI's 422), unknown
-routes 404, anything unexpected 500 (logged with its traceback).
+routes 404, anything unexpected 500 (logged with its traceback). In front of the routes,
+outermost first: the API key check (`auth`), then the body size limit (`limits`). The
+docs pages exist only when the config enables them.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from starlette.exceptions import HTTPException
 from spinserve import __version__
 from spinserve.engine.engine import LLMEngine
 from spinserve.server.async_engine import AsyncEngine
+from spinserve.server.auth import OPEN_PATHS, ApiKeyGate
 from spinserve.server.config import ServerConfig
 from spinserve.server.errors import ApiError, error_body
 from spinserve.server.handlers import ServerContext
+from spinserve.server.limits import BodyLimit
 from spinserve.server.metrics import ServerMetrics
+from spinserve.server.params import ModelBounds
 from spinserve.server.routes import router
 from spinserve.types.errors import InvalidRequestError
 
 logger = logging.getLogger("spinserve.server")
+DOCS_PATHS = {"docs_url": "/docs", "redoc_url": "/redoc", "openapi_url": "/openapi.json"}
 
 
 def build_app(engine: LLMEngine, model_name: str, config: ServerConfig | None = None) -> FastAPI:
@@ -38,7 +44,9 @@ def build_app(engine: LLMEngine, model_name: str, config: ServerConfig | None = 
     config = config or ServerConfig()
     drafters = tuple(engine.drafters)
     metrics = ServerMetrics(CollectorRegistry(), model_name, drafters)
-    async_engine = AsyncEngine(engine, metrics, config.max_queue)
+    async_engine = AsyncEngine(
+        engine, metrics, config.max_queue, config.allow_special_tokens_in_messages
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,7 +54,8 @@ def build_app(engine: LLMEngine, model_name: str, config: ServerConfig | None = 
         yield
         await async_engine.stop()
 
-    app = FastAPI(title="spinserve", version=__version__, lifespan=lifespan)
+    docs = DOCS_PATHS if config.enable_docs else dict.fromkeys(DOCS_PATHS)
+    app = FastAPI(title="spinserve", version=__version__, lifespan=lifespan, **docs)
     app.state.metrics = metrics
     app.state.config = config
     app.state.context = ServerContext(
@@ -54,12 +63,16 @@ def build_app(engine: LLMEngine, model_name: str, config: ServerConfig | None = 
         model_name=model_name,
         drafters=drafters,
         num_draft_tokens=engine.config.speculative.num_draft_tokens,
-        max_model_len=engine.max_model_len,
+        bounds=ModelBounds(engine.max_model_len, engine.runner.vocab_size),
         created=int(time.time()),
         policy=engine.policy.name,
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
+    if config.api_key is not None:  # added last: runs first
+        open_paths = OPEN_PATHS | (set(DOCS_PATHS.values()) if config.enable_docs else set())
+        app.add_middleware(ApiKeyGate, api_key=config.api_key, open_paths=open_paths)
     return app
 
 

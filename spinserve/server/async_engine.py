@@ -1,7 +1,7 @@
 """`AsyncEngine`: the event loop's handle on the engine thread, and the admission gate.
 
     loop (handlers)                          engine thread (`EngineLoop`)
-    add(subrequests): tokenize (a thread of its own, with a copy of the tokenizer)
+    add(subrequests): tokenize (`TokenizerLanes`: threads with tokenizer copies)
                      --AddCommand------->    engine.add_request (all or none)
        awaits reply   <--Future-----------   prompt lengths, or the 400 error
     RequestStream.updates() <--Update----    engine.step() outputs, one loop wake-up a step
@@ -20,13 +20,11 @@ streams end with finish_reason "abort"); `stop` ends the thread.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from spinserve.engine.engine import LLMEngine
@@ -39,9 +37,9 @@ from spinserve.server.messages import (
     AddCommand,
     SubRequest,
     Update,
-    tokenized,
 )
 from spinserve.server.metrics import ServerMetrics
+from spinserve.server.tokenizing import TokenizerLanes
 
 logger = logging.getLogger("spinserve.server")
 
@@ -72,14 +70,18 @@ class RequestStream:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, metrics: ServerMetrics, max_queue: int) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        metrics: ServerMetrics,
+        max_queue: int,
+        special_in_messages: bool = False,
+    ) -> None:
         self._engine = engine
         self._metrics = metrics
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        # The engine's tokenizer is the engine thread's; this copy serves a thread of its own.
-        self._tokenizer = copy.deepcopy(engine.tokenizer)
-        self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="spinserve-tokenizer")
+        self._tokenizing = TokenizerLanes(engine.tokenizer, special_in_messages)
         self.max_queue = max_queue
         self.draining = False
         self.num_admitted = 0  # sub-requests admitted and not yet closed
@@ -102,10 +104,7 @@ class AsyncEngine:
         self.num_admitted += len(subrequests)
         sent = False
         try:
-            loop = asyncio.get_running_loop()
-            subs = await loop.run_in_executor(
-                self._tokenizing, tokenized, list(subrequests), self._tokenizer
-            )
+            subs = await self._tokenizing.tokenize(list(subrequests))
             command = AddCommand(subs, stream.queue)
             self._commands.put(command)
             sent = True
@@ -158,6 +157,6 @@ class AsyncEngine:
         """End the engine thread (aborting anything left) and wait for it."""
         self.draining = True
         self._commands.put(STOP)
-        self._tokenizing.shutdown(wait=False, cancel_futures=True)
+        self._tokenizing.shutdown()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)

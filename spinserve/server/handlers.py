@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from spinserve.server.async_engine import AsyncEngine, RequestStream
 from spinserve.server.errors import model_not_found
 from spinserve.server.messages import Prompt
-from spinserve.server.params import subrequests
+from spinserve.server.params import ModelBounds, subrequests
 from spinserve.server.protocol import SamplingFields
 from spinserve.server.responses import DONE, Collected, Envelope, prompt_tokens, sse, usage
 from spinserve.server.streaming import EventStreamResponse, until_disconnect
@@ -37,7 +37,7 @@ class ServerContext:
     model_name: str
     drafters: tuple[str, ...]
     num_draft_tokens: int
-    max_model_len: int
+    bounds: ModelBounds
     created: int
     policy: str = "spin"
 
@@ -79,7 +79,16 @@ async def _admit(
     """Sub-requests added to the engine; raises (4xx) before anything is sent."""
     param = "messages" if envelope.chat else "prompt"
     try:
-        subs = subrequests(envelope.id, prompts, body, max_tokens, ctx.drafters, param, ctx.policy)
+        subs = subrequests(
+            envelope.id,
+            prompts,
+            body,
+            max_tokens,
+            drafters=ctx.drafters,
+            bounds=ctx.bounds,
+            prompt_param=param,
+            policy=ctx.policy,
+        )
         stream = await ctx.engine.add(subs)
     except Exception as exc:  # turned into a response by the app's error handlers
         logger.info("%s rejected: %s", envelope.id, exc)

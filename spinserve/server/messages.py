@@ -20,27 +20,38 @@ from spinserve.server.errors import ApiError
 
 class ChatTokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]: ...
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], special_in_messages: bool = False
+    ) -> list[int]: ...
 
 
 @dataclass(frozen=True)
 class Prompt:
     """One prompt as the client sent it: text, token ids or chat messages (exactly one).
 
-    Turned into token ids (`tokenized`) by the server's tokenizer thread, before it reaches
-    the engine thread: a long prompt never stalls the engine's steps.
+    Turned into token ids (`tokenized`) by one of the server's tokenizer threads, before it
+    reaches the engine thread: a long prompt never stalls the engine's steps. Special-token
+    text in a text prompt is read as the control token (as vLLM does: the client writes
+    the whole prompt); in chat messages it is plain text unless ``special_in_messages``.
     """
 
     text: str | None = None
     token_ids: tuple[int, ...] | None = None
     messages: tuple[dict[str, str], ...] | None = None
 
-    def to_ids(self, tokenizer: ChatTokenizer) -> list[int]:
+    def to_ids(self, tokenizer: ChatTokenizer, special_in_messages: bool = False) -> list[int]:
         if self.messages is not None:
-            return tokenizer.apply_chat_template(list(self.messages))
+            return tokenizer.apply_chat_template(list(self.messages), special_in_messages)
         if self.token_ids is not None:
             return list(self.token_ids)
         return tokenizer.encode(self.text or "")
+
+    @property
+    def num_chars(self) -> int:
+        """Characters to tokenize (a token-id prompt has none)."""
+        if self.messages is not None:
+            return sum(len(text) for message in self.messages for text in message.values())
+        return len(self.text or "")
 
 
 @dataclass(frozen=True)
@@ -61,14 +72,17 @@ class SubRequest:
     prompt_param: str = "prompt"  # the request field the prompt came from, for errors
 
 
-def tokenized(subrequests: list[SubRequest], tokenizer: ChatTokenizer) -> list[SubRequest]:
+def tokenized(
+    subrequests: list[SubRequest], tokenizer: ChatTokenizer, special_in_messages: bool = False
+) -> list[SubRequest]:
     """The sub-requests with token-id prompts; each distinct prompt is encoded once."""
     encoded: dict[int, Prompt] = {}  # by identity: the n choices of a prompt share its object
     out = []
     for sub in subrequests:
         key = id(sub.prompt)
         if key not in encoded:
-            encoded[key] = Prompt(token_ids=tuple(sub.prompt.to_ids(tokenizer)))
+            ids = sub.prompt.to_ids(tokenizer, special_in_messages)
+            encoded[key] = Prompt(token_ids=tuple(ids))
         out.append(dataclasses.replace(sub, prompt=encoded[key]))
     return out
 

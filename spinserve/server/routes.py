@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from spinserve.server.errors import ApiError, error_body, model_not_found
+from spinserve.server.errors import ApiError, model_not_found, shutting_down
 from spinserve.server.handlers import ServerContext, generate
 from spinserve.server.metrics import ServerMetrics
 from spinserve.server.params import chat_prompt, completion_prompts
@@ -19,7 +19,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {"application/json": {}}}
     for code, text in (
         (400, "invalid request"),
+        (401, "missing or wrong API key (with --api-key)"),
         (404, "unknown model"),
+        (413, "request body past --max-request-bytes"),
         (429, "queue full"),
         (503, "shutting down"),
     )
@@ -40,14 +42,15 @@ Metrics = Annotated[ServerMetrics, Depends(metrics)]
 
 @router.post("/v1/completions", responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request, ctx: Context) -> Response:
-    prompts = completion_prompts(body)
+    prompts = completion_prompts(body, ctx.bounds)
     return await generate(ctx, request, body, prompts, body.max_tokens, chat=False)
 
 
 @router.post("/v1/chat/completions", responses=ERRORS)
 async def chat_completions(body: ChatCompletionRequest, request: Request, ctx: Context) -> Response:
     max_tokens = body.max_completion_tokens or body.max_tokens
-    return await generate(ctx, request, body, [chat_prompt(body)], max_tokens, chat=True)
+    prompt = chat_prompt(body, ctx.bounds)
+    return await generate(ctx, request, body, [prompt], max_tokens, chat=True)
 
 
 @router.get("/v1/models")
@@ -68,7 +71,7 @@ def _model_card(ctx: ServerContext) -> dict[str, Any]:
         "object": "model",
         "created": ctx.created,
         "owned_by": "spinserve",
-        "max_model_len": ctx.max_model_len,
+        "max_model_len": ctx.bounds.max_model_len,
         "spinserve": {
             "drafters": list(ctx.drafters),
             "default_drafter": ctx.drafters[0] if ctx.drafters else None,
@@ -80,7 +83,7 @@ def _model_card(ctx: ServerContext) -> dict[str, Any]:
 @router.get("/health", responses={503: ERRORS[503]})
 async def health(ctx: Context) -> Response:
     if ctx.engine.draining:
-        return JSONResponse(error_body("shutting down", "service_unavailable"), status_code=503)
+        raise shutting_down()  # with Retry-After: a balancer tries another replica meanwhile
     if not ctx.engine.is_alive:
         raise ApiError(503, "the engine thread is not running", "service_unavailable")
     return JSONResponse({"status": "ok"})

@@ -3,6 +3,7 @@ engine on the tiny random models (tests/tiny_models.py), and helpers to talk to 
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -15,17 +16,19 @@ import openai
 import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
+from tiny_models import write_hf_folder
 
 from spinserve.config.engine import CacheConfig, EngineConfig, SchedulerConfig
+from spinserve.engine.builder import build_engine
 from spinserve.engine.engine import LLMEngine
-from spinserve.loading.loader import LoadedModel
+from spinserve.loading.loader import LoadedModel, load
 from spinserve.server.app import build_app
 from spinserve.server.config import ServerConfig
 from spinserve.server.http_server import DrainingServer, make_server
-from spinserve.spec.cross_tokenizer import CrossTokenizerDrafter
-from spinserve.spec.drafter import Drafter
-from spinserve.spec.model_drafter import ModelDrafter
-from spinserve.spec.ngram import NgramDrafter
+from spinserve.speculative.cross_tokenizer import CrossTokenizerDrafter
+from spinserve.speculative.drafter import Drafter
+from spinserve.speculative.model_drafter import ModelDrafter
+from spinserve.speculative.ngram import NgramDrafter
 
 MODEL = "tiny-llama"
 
@@ -36,8 +39,8 @@ class LiveServer:
     app: FastAPI
     server: DrainingServer
 
-    def client(self, **kw) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, **kw)
+    def client(self, api_key: str = "none", **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, **kw)
 
     def async_client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0)
@@ -82,7 +85,7 @@ def tiny_engine(
         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_model_len=max_model_len),
         cache=CacheConfig(kv_cache_gib=0.01),
     )
-    return LLMEngine(target, config, drafters=drafters or {})
+    return build_engine(target, config, drafters=drafters or {})
 
 
 def model_drafter(name: str, drafter: LoadedModel, target: LoadedModel) -> ModelDrafter:
@@ -126,6 +129,17 @@ def spec_engine(tiny_loaded, tiny_drafters) -> LLMEngine:
         "ngram": NgramDrafter(),
     }
     return tiny_engine(target, drafters)
+
+
+@pytest.fixture(scope="module")
+def long_context_llama(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The tiny llama with 32k positions: with the tiny models' small KV cache its context
+    is some 20k tokens, so prompts can be long enough to take the tokenizer a while."""
+    folder = write_hf_folder("llama", tmp_path_factory.mktemp("long") / "llama")
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = 32768
+    (folder / "config.json").write_text(json.dumps(config))
+    return load(str(folder))
 
 
 @pytest.fixture(scope="module")

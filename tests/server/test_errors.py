@@ -10,7 +10,7 @@ import httpx2
 import pytest
 from conftest import MODEL, running_server, tiny_engine
 
-from spinserve.spec.ngram import NgramDrafter
+from spinserve.speculative.ngram import NgramDrafter
 
 CONTEXT = 64  # the server's max_model_len: long prompts are cheap to make
 OK = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
@@ -69,8 +69,35 @@ BAD = [
     ("/v1/completions", OK | {"num_draft_tokens": 99}, 400, "num_draft_tokens", None),
     ("/v1/completions", OK | {"prompt": ""}, 400, "prompt", None),
     ("/v1/completions", OK | {"prompt": []}, 400, "prompt", None),
-    ("/v1/completions", OK | {"prompt": [100000]}, 400, None, None),
-    ("/v1/completions", OK | {"prompt": [-1]}, 400, None, None),
+    ("/v1/completions", OK | {"prompt": [100000]}, 400, "prompt", None),
+    ("/v1/completions", OK | {"prompt": [-1]}, 400, "prompt", None),
+    ("/v1/completions", OK | {"prompt": [[1], [2**70]]}, 400, "prompt", None),
+    ("/v1/completions", OK | {"prompt": [True, False]}, 400, "prompt", None),
+    ("/v1/completions", OK | {"prompt": [1.0, 2]}, 400, "prompt", None),
+    ("/v1/completions", OK | {"prompt": ["a"] * 17}, 400, "prompt", None),
+    ("/v1/completions", OK | {"prompt": [[1]] * 17}, 400, "prompt", None),
+    ("/v1/completions", OK | {"n": True}, 400, "n", None),
+    ("/v1/completions", OK | {"max_tokens": 2.0}, 400, "max_tokens", None),
+    ("/v1/completions", OK | {"max_tokens": 2**63}, 400, "max_tokens", None),
+    (
+        "/v1/chat/completions",
+        CHAT_OK | {"max_tokens": None, "max_completion_tokens": 10**6},
+        400,
+        "max_completion_tokens",
+        "context_length_exceeded",
+    ),
+    ("/v1/completions", OK | {"top_k": 2**63}, 400, "top_k", None),
+    ("/v1/completions", OK | {"seed": 2**64}, 400, "seed", None),
+    ("/v1/completions", OK | {"temperature": True}, 400, "temperature", None),
+    ("/v1/completions", OK | {"stop": "s" * 257}, 400, "stop", None),
+    ("/v1/completions", OK | {"stop": ["ok", "s" * 257]}, 400, "stop", None),
+    (
+        "/v1/chat/completions",
+        CHAT_OK | {"messages": [{"role": "hacker", "content": "x"}]},
+        400,
+        "messages",
+        None,
+    ),
     ("/v1/completions", b'{"prompt": "a\\ud800b"}', 400, "prompt", None),
     ("/v1/completions", b'{"prompt": ["ok", "\\udfff"]}', 400, "prompt", None),
     (
@@ -82,6 +109,7 @@ BAD = [
     ),
     ("/v1/completions", OK | {"stop": ["s"] * 17}, 400, "stop", None),
     ("/v1/completions", b'{"prompt": "x", "temperature": NaN}', 400, "temperature", None),
+    ("/v1/completions", b'{"prompt": "x", "top_p": Infinity}', 400, "top_p", None),
     ("/v1/completions", OK | {"logprobs": 2}, 400, "logprobs", "unsupported"),
     ("/v1/completions", OK | {"presence_penalty": 0.5}, 400, "presence_penalty", "unsupported"),
     (
@@ -225,3 +253,30 @@ def test_engine_failure_fails_its_requests_and_the_server_goes_on(failing):
 def test_error_message_of_a_union_field_names_the_right_branch(small):
     error = small.post("/v1/completions", json=OK | {"stop": ["s"] * 17}).json()["error"]
     assert error["message"].startswith("stop: List should have at most 16 items"), error
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (OK | {"prompt": ["a"] * 17}, "prompt: a list holds at most 16 prompts, got 17"),
+        (OK | {"prompt": [[1]] * 17}, "prompt: a list holds at most 16 prompts, got 17"),
+        (OK | {"prompt": [True, False]}, "prompt: token ids must be integers, got True"),
+        (OK | {"prompt": [[1], [2, 0.5]]}, "prompt: token ids must be integers, got 0.5"),
+        (b'{"prompt": "x", "temperature": NaN}', "temperature: Input should be a finite number"),
+        (OK | {"prompt": [100000]}, "token id 100000 is outside the vocabulary (ids 0 to 263)"),
+        (OK | {"stop": "s" * 257}, "stop: String should have at most 256 characters"),
+    ],
+)
+def test_error_messages_name_the_real_problem(small, body, message):
+    error = _post(small, "/v1/completions", body).json()["error"]
+    assert error["message"] == message, error
+
+
+def test_a_top_k_past_the_vocabulary_is_off(small):
+    """top_k of the vocabulary size or more keeps every token: the same as no top_k."""
+    seeded = OK | {"max_tokens": 6, "temperature": 1.0, "seed": 3, "ignore_eos": True}
+    texts = {
+        small.post("/v1/completions", json=seeded | extra).json()["choices"][0]["text"]
+        for extra in ({}, {"top_k": 264}, {"top_k": 2**31 - 1})
+    }
+    assert len(texts) == 1

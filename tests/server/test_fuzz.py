@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 
-from spinserve.spec.ngram import NgramDrafter
+from spinserve.speculative.ngram import NgramDrafter
 
 MAX_EXAMPLES = 120
 TIME_CAP_SECONDS = 40  # past it the remaining examples are skipped
@@ -24,7 +24,7 @@ TIME_CAP_SECONDS = 40  # past it the remaining examples are skipped
 def fuzz_server(tiny_loaded):
     """A short context keeps every generated request cheap (at most 32 tokens a choice)."""
     engine = tiny_engine(tiny_loaded["llama"], {"ngram": NgramDrafter()}, max_model_len=32)
-    with running_server(engine) as server:
+    with running_server(engine, enable_docs=True) as server:
         yield server
 
 

@@ -3,12 +3,14 @@ keys are the flag names, and flags that override the file."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
 from spinserve.cli import serve_cmd
 from spinserve.cli.main import build_parser
+from spinserve.server.config import ServerConfig
 
 
 def merged(*argv: str) -> dict:
@@ -53,3 +55,41 @@ def test_bad_config_files(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
         merged("--config", str(path))
+
+
+def config_of(*argv: str) -> ServerConfig:
+    return serve_cmd.server_config(argparse.Namespace(**merged(*argv)))
+
+
+def test_safe_defaults():
+    config = config_of()
+    assert config.api_key is None and not config.enable_docs
+    assert config.max_request_bytes == 4 << 20 and not config.allow_special_tokens_in_messages
+    assert "api_key" not in repr(config)
+
+
+def test_the_api_key_flag_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv("SPINSERVE_API_KEY", "from-env")
+    assert config_of().api_key == "from-env"
+    assert config_of("--api-key", "from-flag").api_key == "from-flag"
+    monkeypatch.setenv("SPINSERVE_API_KEY", "")
+    assert config_of().api_key is None
+
+
+def test_switches_from_flags_and_file(tmp_path):
+    assert config_of("--enable-docs", "--allow-special-tokens-in-messages").enable_docs
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps({"enable-docs": True, "max_request_bytes": 2048}))
+    config = config_of("--config", str(path))
+    assert config.enable_docs and config.max_request_bytes == 2048
+    path.write_text(json.dumps({"enable_docs": False}))
+    assert not config_of("--config", str(path)).enable_docs
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--api-key", " "], "api_key must not be empty"), (["--max-request-bytes", "10"], ">= 1024")],
+)
+def test_bad_server_settings(argv, message):
+    with pytest.raises(ValueError, match=message):
+        config_of(*argv)

@@ -43,11 +43,13 @@ def finish_reasons(events: list[str]) -> list[str]:
     return [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
 
 
-def wait_draining(url: str) -> None:
+def wait_draining(url: str) -> httpx2.Response:
+    """The first 503 of /health."""
     deadline = time.monotonic() + 10
-    while httpx2.get(url + "/health").status_code != 503:
+    while (health := httpx2.get(url + "/health")).status_code != 503:
         assert time.monotonic() < deadline, "the server never started draining"
         time.sleep(0.01)
+    return health
 
 
 @pytest.fixture
@@ -68,7 +70,8 @@ def test_running_requests_finish_new_ones_get_503(slow_engine):
     with running_server(slow_engine, shutdown_timeout=30) as server:
         thread, events = start_stream(server.url, REQUEST | {"max_tokens": 60, "stream": True})
         server.server.should_exit = True
-        wait_draining(server.url)
+        health = wait_draining(server.url)
+        assert health.headers["retry-after"] and health.json()["error"]["code"] == "shutting_down"
         refused = server.post("/v1/completions", json=REQUEST | {"max_tokens": 2})
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "shutting_down"
