@@ -44,6 +44,90 @@ SUPPORTED_ARCHITECTURES = tuple(_ARCH_TRAITS)
 # A KV cache's dtypes: ``auto`` (the model's compute dtype) or float16 (half the bytes).
 KV_CACHE_DTYPES = ("auto", "float16")
 
+# Upper bounds on a model's dimensions: far above any released model (vocabularies of 262k,
+# 16k-wide and 126-layer models, 10M-token contexts), low enough that a file within them
+# never asks for an absurd model before its tensors are checked against them.
+DIMENSION_LIMITS: dict[str, int] = {
+    "vocab_size": 1 << 22,
+    "hidden_size": 1 << 16,
+    "intermediate_size": 1 << 19,
+    "num_layers": 1 << 10,
+    "num_heads": 1 << 10,
+    "num_kv_heads": 1 << 10,
+    "head_dim": 1 << 11,
+    "max_position_embeddings": 1 << 24,
+}
+# How config.json spells each dimension.
+HF_DIMENSION_KEYS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "intermediate_size": "intermediate_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "max_position_embeddings": "max_position_embeddings",
+}
+
+
+def check_dimensions(dims: dict[str, Any], names: dict[str, str]) -> None:
+    """Raise ValueError naming the first of ``dims`` (a `DIMENSION_LIMITS` field -> value;
+    ``head_dim`` None when it is hidden_size / num_heads) that cannot describe a model, with the
+    field spelled as in ``names`` (config.json or GGUF keys), e.g.
+    ``qwen2.attention.head_count is 0; it must be a positive divisor of qwen2.embedding_length
+    (1536)``."""
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers"):
+        _check_range(dims[field], names[field], DIMENSION_LIMITS[field])
+    hidden, heads, kv_heads = dims["hidden_size"], dims["num_heads"], dims["num_kv_heads"]
+    if dims["head_dim"] is None:
+        _check_divisor(heads, names["num_heads"], hidden, names["hidden_size"])
+    _check_range(heads, names["num_heads"], DIMENSION_LIMITS["num_heads"])
+    _check_divisor(kv_heads, names["num_kv_heads"], heads, names["num_heads"])
+    head_dim = dims["head_dim"]
+    if head_dim is None:
+        head_dim, where = hidden // heads, f"{names['hidden_size']} / {names['num_heads']}"
+    else:
+        _check_range(head_dim, names["head_dim"], DIMENSION_LIMITS["head_dim"])
+        where = names["head_dim"]
+    if head_dim % 2 or head_dim > DIMENSION_LIMITS["head_dim"]:
+        raise ValueError(
+            f"{where} is {head_dim}; rotary embeddings need an even head dimension of at most "
+            f"{DIMENSION_LIMITS['head_dim']:,}"
+        )
+    field = "max_position_embeddings"
+    _check_range(dims[field], names[field], DIMENSION_LIMITS[field])
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_range(value: Any, name: str, limit: int) -> None:
+    if not _is_int(value) or not 1 <= value <= limit:
+        raise ValueError(f"{name} is {value!r}; it must be an integer from 1 to {limit:,}")
+
+
+def _check_divisor(value: Any, name: str, of: int, of_name: str) -> None:
+    if not _is_int(value):
+        raise ValueError(f"{name} is {value!r}; it must be an integer")
+    if value < 1 or of % value:
+        raise ValueError(f"{name} is {value!r}; it must be a positive divisor of {of_name} ({of})")
+
+
+def positive_number(value: Any, name: str) -> float:
+    """``value`` as a float, or ValueError naming ``name`` unless it is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"{name} is {value!r}; it must be a positive number")
+    return float(value)
+
+
+def token_ids(value: Any, name: str) -> tuple[int, ...]:
+    """A token id, a list of them or None as a tuple; ValueError naming ``name`` otherwise."""
+    ids = value if isinstance(value, list) else [] if value is None else [value]
+    if not all(_is_int(i) and i >= 0 for i in ids):
+        raise ValueError(f"{name} is {value!r}; it must be a token id or a list of them")
+    return tuple(ids)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -82,25 +166,13 @@ class ModelConfig:
                 f"unsupported architecture {self.architecture!r}; "
                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-            "max_position_embeddings",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(
-                    f"model config: {name} must be positive, got {getattr(self, name)}"
-                )
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"model config: num_heads ({self.num_heads}) must be a multiple of "
-                f"num_kv_heads ({self.num_kv_heads})"
+        try:
+            check_dimensions(
+                {name: getattr(self, name) for name in DIMENSION_LIMITS},
+                {name: name for name in DIMENSION_LIMITS},
             )
+        except ValueError as exc:
+            raise ValueError(f"model config: {exc}") from None
         if self.hidden_act not in ("silu", "gelu_tanh"):
             raise ValueError(f"model config: unsupported activation {self.hidden_act!r}")
         if not self.layer_types:
@@ -164,7 +236,7 @@ class ModelConfig:
         ]
         if missing:
             raise ValueError(f"config.json lacks required keys: {', '.join(missing)}")
-        num_heads = hf["num_attention_heads"]
+        dims = _hf_dimensions(hf)
         full_rope, sliding_rope = _rope_params(hf, arch)
         layer_types = tuple(hf.get("layer_types") or ())
         sliding_window = hf.get("sliding_window")
@@ -174,41 +246,45 @@ class ModelConfig:
             layer_types, sliding_window = (), None
         if arch == "gemma3" and not layer_types:
             pattern = hf.get("sliding_window_pattern", 6)
+            _check_range(pattern, "sliding_window_pattern", DIMENSION_LIMITS["num_layers"])
             layer_types = tuple(
                 FULL_ATTENTION if (i + 1) % pattern == 0 else SLIDING_ATTENTION
-                for i in range(hf["num_hidden_layers"])
+                for i in range(dims["num_layers"])
+            )
+        if SLIDING_ATTENTION in layer_types:
+            _check_range(
+                sliding_window, "sliding_window", DIMENSION_LIMITS["max_position_embeddings"]
             )
         scalar = hf.get("query_pre_attn_scalar")
-        eos = hf.get("eos_token_id")
+        softcap = hf.get("final_logit_softcapping")
         return cls(
             architecture=arch,
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=num_heads,
-            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // num_heads,
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
-            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            **dims,
+            rms_norm_eps=positive_number(hf.get("rms_norm_eps", 1e-6), "rms_norm_eps"),
             rope_theta=full_rope[0],
             rope_linear_factor=full_rope[1],
             rope_theta_sliding=sliding_rope,
-            tie_word_embeddings=hf.get(
-                "tie_word_embeddings", traits.get("tie_word_embeddings", False)
+            tie_word_embeddings=bool(
+                hf.get("tie_word_embeddings", traits.get("tie_word_embeddings", False))
             ),
-            attention_bias=hf.get("attention_bias", traits.get("attention_bias", False)),
+            attention_bias=bool(hf.get("attention_bias", traits.get("attention_bias", False))),
             hidden_act=traits.get("hidden_act", "silu"),
             qk_norm=traits.get("qk_norm", False),
             sandwich_norm=traits.get("sandwich_norm", False),
             norm_weight_offset=traits.get("norm_weight_offset", 0.0),
             scale_embeddings=traits.get("scale_embeddings", False),
-            attention_scale=scalar**-0.5 if scalar else None,
+            attention_scale=(
+                positive_number(scalar, "query_pre_attn_scalar") ** -0.5
+                if scalar is not None
+                else None
+            ),
             sliding_window=sliding_window if layer_types else None,
             layer_types=layer_types,
-            final_logit_softcapping=hf.get("final_logit_softcapping"),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+            final_logit_softcapping=(
+                positive_number(softcap, "final_logit_softcapping") if softcap is not None else None
+            ),
+            bos_token_id=(token_ids(hf.get("bos_token_id"), "bos_token_id") or (None,))[0],
+            eos_token_ids=token_ids(hf.get("eos_token_id"), "eos_token_id"),
         )
 
     def to_hf_dict(self) -> dict[str, Any]:
@@ -255,6 +331,19 @@ class ModelConfig:
         return asdict(self)
 
 
+def _hf_dimensions(hf: dict[str, Any]) -> dict[str, Any]:
+    """The dimensions of a config.json dict, checked (`check_dimensions`) under its own keys."""
+    dims = {field: hf.get(key) for field, key in HF_DIMENSION_KEYS.items()}
+    if dims["num_kv_heads"] is None:
+        dims["num_kv_heads"] = dims["num_heads"]
+    if dims["max_position_embeddings"] is None:
+        dims["max_position_embeddings"] = 2048
+    check_dimensions(dims, HF_DIMENSION_KEYS)
+    if dims["head_dim"] is None:
+        dims["head_dim"] = dims["hidden_size"] // dims["num_heads"]
+    return dims
+
+
 def _hf_rope(theta: float, factor: float) -> dict[str, Any]:
     if factor == 1.0:
         return {"rope_type": "default", "rope_theta": theta}
@@ -274,14 +363,19 @@ def _rope_params(hf: dict[str, Any], arch: str) -> tuple[tuple[float, float], fl
         sliding = None
         if arch == "gemma3":
             sliding = {"rope_theta": hf.get("rope_local_base_freq", 10000.0)}
-    return (_rope_factor(full), sliding["rope_theta"] if sliding else None)
+    sliding_theta = (
+        positive_number(sliding.get("rope_theta", 10000.0), "sliding rope_theta")
+        if sliding
+        else None
+    )
+    return _rope_factor(full), sliding_theta
 
 
 def _rope_factor(rope: dict[str, Any]) -> tuple[float, float]:
     kind = rope.get("rope_type", rope.get("type", "default"))
-    theta = float(rope.get("rope_theta", 10000.0))
+    theta = positive_number(rope.get("rope_theta", 10000.0), "rope_theta")
     if kind in ("default", None):
         return theta, 1.0
     if kind == "linear":
-        return theta, float(rope["factor"])
+        return theta, positive_number(rope.get("factor"), "rope_scaling.factor")
     raise ValueError(f"unsupported rope scaling {kind!r} (supported: default, linear)")

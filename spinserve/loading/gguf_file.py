@@ -18,7 +18,18 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import Q4_K, dequantize
 
-from spinserve.config.model import SUPPORTED_ARCHITECTURES
+from spinserve.config.model import SUPPORTED_ARCHITECTURES, ModelConfig
+from spinserve.loading.gguf_checks import (
+    check_tensors,
+    check_vocabulary,
+    dimensions,
+    metadata_value,
+    number,
+    source,
+    token_id,
+)
+from spinserve.loading.gguf_layout import check_layout
+from spinserve.loading.gguf_names import hf_tensor_name
 from spinserve.ops.blocks import BLOCK_TYPES, BlockWeight
 from spinserve.ops.quant import Int4Weight
 from spinserve.types.errors import ModelLoadError
@@ -30,43 +41,23 @@ END_OF_GENERATION_TEXTS = frozenset(
 )
 _CONTROL_TOKEN = 3  # llama.cpp token_type for control tokens
 
-# gguf names (after "blk.N.") -> Hugging Face names (after "model.layers.N.")
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "post_attention_norm": "post_attention_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
-_GLOBAL_NAMES = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-}
-# The norm before the MLP: gemma3 names it differently from llama/qwen2.
-_FFN_NORM = {"gemma3": "pre_feedforward_layernorm"}
 _GEMMA3_SLIDING_PATTERN = 6  # llama.cpp's default for gemma3 when the file does not say
 _GEMMA3_SLIDING_THETA = 10000.0
 
 
 def open_gguf(path: Path) -> GGUFReader:
-    """Open a GGUF file, turning every kind of damage into a clear `ModelLoadError`."""
+    """Open a GGUF file, turning every kind of damage into a clear `ModelLoadError`: its
+    layout is checked (`check_layout`) before the gguf package reads it."""
     if not path.is_file():
         raise ModelLoadError(f"no such GGUF file: {path}")
+    check_layout(path)
     try:
         reader = GGUFReader(path)
     except Exception as exc:  # the reader raises ValueError, struct.error, IndexError...
         raise ModelLoadError(
             f"{path} is not a readable GGUF file (corrupt or truncated?): {exc}"
         ) from exc
-    arch = _field(reader, "general.architecture", None)
+    arch = metadata_value(reader, "general.architecture", None)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelLoadError(
             f"{path}: architecture {arch!r} is not supported "
@@ -75,91 +66,70 @@ def open_gguf(path: Path) -> GGUFReader:
     return reader
 
 
-def _field(reader: GGUFReader, key: str, default: Any = KeyError) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
-        if default is KeyError:
-            raise ModelLoadError(f"GGUF metadata lacks {key!r}")
-        return default
-    return field.contents()
-
-
 def hf_config(reader: GGUFReader) -> dict[str, Any]:
-    """A Hugging Face config.json dict equivalent to the GGUF's metadata."""
-    arch = _field(reader, "general.architecture")
-    get = lambda key, default=KeyError: _field(reader, f"{arch}.{key}", default)  # noqa: E731
+    """A Hugging Face config.json dict equivalent to the GGUF's metadata, every value checked
+    and the tensor list checked against it (`spinserve.loading.gguf_checks`): a model built
+    from it takes this file's tensors."""
+    arch = metadata_value(reader, "general.architecture")
+    get = lambda key, default=KeyError: metadata_value(reader, f"{arch}.{key}", default)  # noqa: E731
+    num = lambda key, default: number(reader, f"{arch}.{key}", default)  # noqa: E731
+    dims = dimensions(reader, arch)
+    check_vocabulary(reader)
     names = {t.name for t in reader.tensors}
-    num_heads = get("attention.head_count")
-    hidden = get("embedding_length")
-    tokens = _field(reader, "tokenizer.ggml.tokens", None)
     hf: dict[str, Any] = {
         "model_type": "gemma3_text" if arch == "gemma3" else arch,
-        "vocab_size": get("vocab_size", None) or (len(tokens) if tokens else None),
-        "hidden_size": hidden,
-        "intermediate_size": get("feed_forward_length"),
-        "num_hidden_layers": get("block_count"),
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": get("attention.head_count_kv", num_heads),
-        "head_dim": get("attention.key_length", hidden // num_heads),
-        "max_position_embeddings": get("context_length", 2048),
-        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6),
+        "vocab_size": dims["vocab_size"],
+        "hidden_size": dims["hidden_size"],
+        "intermediate_size": dims["intermediate_size"],
+        "num_hidden_layers": dims["num_layers"],
+        "num_attention_heads": dims["num_heads"],
+        "num_key_value_heads": dims["num_kv_heads"],
+        "head_dim": dims["head_dim"],
+        "max_position_embeddings": dims["max_position_embeddings"],
+        "rms_norm_eps": num("attention.layer_norm_rms_epsilon", 1e-6),
         "tie_word_embeddings": "output.weight" not in names,
-        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id", None),
+        "bos_token_id": token_id(reader, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": end_of_generation_ids(reader) or None,
-        "rope_scaling": _rope_scaling(get),
-        "rope_theta": get("rope.freq_base", 10000.0),
+        "rope_scaling": _rope_scaling(reader, arch),
+        "rope_theta": num("rope.freq_base", 10000.0),
     }
     if arch == "qwen2":
         hf["attention_bias"] = "blk.0.attn_q.bias" in names
     if arch == "gemma3":
-        pattern = get("attention.sliding_window_pattern", _GEMMA3_SLIDING_PATTERN)
         hf["sliding_window"] = get("attention.sliding_window")
-        hf["sliding_window_pattern"] = pattern
-        hf["rope_local_base_freq"] = get("rope.freq_base_swa", _GEMMA3_SLIDING_THETA)
+        hf["sliding_window_pattern"] = get(
+            "attention.sliding_window_pattern", _GEMMA3_SLIDING_PATTERN
+        )
+        hf["rope_local_base_freq"] = num("rope.freq_base_swa", _GEMMA3_SLIDING_THETA)
         hf["query_pre_attn_scalar"] = hf["head_dim"]
         hf["final_logit_softcapping"] = get("final_logit_softcapping", None)
-    if hf["vocab_size"] is None:
-        raise ModelLoadError("GGUF metadata gives no vocabulary size")
+    try:
+        config = ModelConfig.from_hf_dict(hf)
+    except ValueError as exc:  # named as config.json would (the GGUF keys are checked above)
+        raise ModelLoadError(f"{source(reader)}: {exc}") from None
+    check_tensors(reader, arch, config)
     return hf
 
 
-def _rope_scaling(get: Any) -> dict[str, Any] | None:
-    kind = get("rope.scaling.type", None)
+def _rope_scaling(reader: GGUFReader, arch: str) -> dict[str, Any] | None:
+    kind = metadata_value(reader, f"{arch}.rope.scaling.type", None)
     if kind in (None, "none"):
         return None
-    return {"rope_type": kind, "factor": get("rope.scaling.factor", 1.0)}
+    return {"rope_type": kind, "factor": number(reader, f"{arch}.rope.scaling.factor", 1.0)}
 
 
 def end_of_generation_ids(reader: GGUFReader) -> list[int]:
     """The eos id, the eot id, and every control token whose text marks an end of turn."""
     ids = [
-        _field(reader, f"tokenizer.ggml.{key}", None)
+        token_id(reader, f"tokenizer.ggml.{key}")
         for key in ("eos_token_id", "eot_token_id", "eom_token_id")
     ]
-    tokens = _field(reader, "tokenizer.ggml.tokens", None) or []
-    types = _field(reader, "tokenizer.ggml.token_type", None) or []
+    tokens = metadata_value(reader, "tokenizer.ggml.tokens", None) or []
+    types = metadata_value(reader, "tokenizer.ggml.token_type", None) or []
     for i, text in enumerate(tokens):
         if text in END_OF_GENERATION_TEXTS and (not types or types[i] == _CONTROL_TOKEN):
             ids.append(i)
     return sorted({i for i in ids if i is not None})
-
-
-def hf_tensor_name(gguf_name: str, arch: str) -> str:
-    """``blk.3.attn_q.bias`` -> ``model.layers.3.self_attn.q_proj.bias``."""
-    stem, _, kind = gguf_name.rpartition(".")
-    if stem.startswith("blk."):
-        _, layer, part = stem.split(".", 2)
-        mapped = (
-            _FFN_NORM.get(arch, "post_attention_layernorm")
-            if part == "ffn_norm"
-            else (_LAYER_NAMES.get(part))
-        )
-        if mapped is None:
-            raise ModelLoadError(f"unexpected GGUF tensor {gguf_name!r} for {arch}")
-        return f"model.layers.{layer}.{mapped}.{kind}"
-    if stem not in _GLOBAL_NAMES:
-        raise ModelLoadError(f"unexpected GGUF tensor {gguf_name!r} for {arch}")
-    return f"{_GLOBAL_NAMES[stem]}.{kind}"
 
 
 def _unpermute(w: np.ndarray, num_heads: int) -> np.ndarray:
@@ -183,7 +153,7 @@ def iter_tensors(
     named in ``blocks`` (`block_names`) as a `BlockWeight` of their own bytes, those named
     in ``int4`` whose GGUF type is a 4-bit block type (`int4_names`) as an `Int4Weight`, the
     rest dequantized to fp32."""
-    arch = _field(reader, "general.architecture")
+    arch = metadata_value(reader, "general.architecture")
     # a tied lm_head kept as blocks: the embedding's own (the GGUF has no output.weight)
     head_from_embedding = "lm_head.weight" in blocks and not _has_tensor(reader, "output.weight")
     for t in reader.tensors:
@@ -272,7 +242,7 @@ def block_names(reader: GGUFReader, candidates: frozenset[str]) -> frozenset[str
 
 
 def _names_where(reader: GGUFReader, candidates: frozenset[str], keep) -> frozenset[str]:
-    arch = _field(reader, "general.architecture")
+    arch = metadata_value(reader, "general.architecture")
     return frozenset(
         name
         for t in reader.tensors
