@@ -41,9 +41,9 @@ from spinserve.config.sampling import SamplingParams
 from spinserve.runtime.block_manager import blocks_for
 from spinserve.selection.baselines import FixedPolicy
 from spinserve.selection.policy import NO_SPECULATION, Choice, SelectionPolicy
-from spinserve.spec.draft_model import common_prefix_length
-from spinserve.spec.drafter import DraftRequest
-from spinserve.spec.registry import MODEL_FREE
+from spinserve.speculative.draft_model import common_prefix_length
+from spinserve.speculative.drafter import DraftRequest
+from spinserve.speculative.registry import MODEL_FREE
 from spinserve.types.batch import SeqChunk, StepBatch
 
 # research/ sits beside spinserve/ and is not installed: import it from this checkout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spinserve.config.model import KV_CACHE_DTYPES
@@ -51,10 +52,22 @@ class SpeculativeConfig:
             )
 
 
+def unknown_drafter(name: str, loaded: Sequence[str]) -> str | None:
+    """Why ``name`` names no drafter (neither a loaded one nor `NO_DRAFTER`), or None: the one
+    check of a drafter name, for requests and for the server's settings alike."""
+    if name == NO_DRAFTER or name in loaded:
+        return None
+    return (
+        f"unknown drafter {name!r}; loaded drafters: {', '.join(loaded) or 'none'} "
+        f'(or "{NO_DRAFTER}" for no speculation)'
+    )
+
+
 @dataclass(frozen=True)
 class SpecParams:
-    """One request's speculation: which drafter (None: the engine's default; ``"none"``: off)
-    and how many draft tokens per step (None: the engine's default)."""
+    """One request's speculation: which drafter (None: the selection policy chooses, step by
+    step; `NO_DRAFTER`: no speculation) and how many draft tokens per step (None: the
+    engine's default; 0: no speculation; more needs a named drafter)."""
 
     drafter: str | None = None
     num_draft_tokens: int | None = None

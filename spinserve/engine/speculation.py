@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from spinserve.config.sampling import SamplingParams
-from spinserve.config.speculative import NO_DRAFTER, SpecParams
+from spinserve.config.speculative import NO_DRAFTER, SpecParams, unknown_drafter
 from spinserve.engine.drafter_guard import DrafterGuard
 from spinserve.engine.messages import Proposal, Verified
 from spinserve.engine.request import Request
@@ -77,15 +77,16 @@ class Speculator:
         if name is None and params.seed is not None and not params.greedy:
             name = names[0] if names else NO_DRAFTER
         if name is None and k is not None and k > 0:
-            raise InvalidRequestError("num_draft_tokens needs a drafter to ask them of")
+            raise InvalidRequestError(
+                "num_draft_tokens needs a drafter to ask them of (drafter: NAME)",
+                "num_draft_tokens",
+            )
         if name is None:
             return None, 0, bool(names) and k is None
+        if (why := unknown_drafter(name, names)) is not None:
+            raise InvalidRequestError(why, "drafter")
         if name == NO_DRAFTER or k == 0:
             return None, 0, False
-        if name not in names:
-            raise InvalidRequestError(
-                f"unknown drafter {name!r}; loaded drafters: {', '.join(names) or 'none'}"
-            )
         return name, default_k if k is None else k, False
 
     def propose(self, running: Sequence[Request], num_waiting: int) -> dict[str, Proposal]:

@@ -25,7 +25,7 @@ from spinserve.config.selection import (  # noqa: F401 (re-exported: the policie
     SpinParams,
     parse_policy,
 )
-from spinserve.config.speculative import MAX_DRAFT_TOKENS, NO_DRAFTER
+from spinserve.config.speculative import MAX_DRAFT_TOKENS, NO_DRAFTER, unknown_drafter
 from spinserve.selection.baselines import (
     FixedPolicy,
     OraclePolicy,
@@ -50,11 +50,10 @@ class _Context:
 
 def _fixed(ctx: _Context) -> SelectionPolicy:
     name = ctx.arg
+    if (why := unknown_drafter(name, ctx.drafters)) is not None:  # type: ignore[arg-type]
+        raise ValueError(f"policy fixed:{name}: {why}")
     if name == NO_DRAFTER:
         return FixedPolicy(NO_SPECULATION)
-    if name not in ctx.drafters:
-        loaded = ", ".join(ctx.drafters) or "none"
-        raise ValueError(f"policy fixed:{name}: no such drafter loaded ({loaded}, or none)")
     return FixedPolicy(Choice(name, ctx.num_draft_tokens))
 
 

@@ -89,7 +89,7 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 
 async def _invalid_request(request: Request, exc: InvalidRequestError) -> JSONResponse:
-    return JSONResponse(error_body(str(exc)), status_code=400)
+    return JSONResponse(error_body(str(exc), param=exc.param), status_code=400)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -87,7 +87,6 @@ async def _admit(
             drafters=ctx.drafters,
             bounds=ctx.bounds,
             prompt_param=param,
-            policy=ctx.policy,
         )
         stream = await ctx.engine.add(subs)
     except Exception as exc:  # turned into a response by the app's error handlers

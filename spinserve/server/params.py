@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spinserve.config.sampling import SamplingParams
-from spinserve.config.selection import parse_policy
-from spinserve.config.speculative import NO_DRAFTER, SpecParams
+from spinserve.config.speculative import NO_DRAFTER, SpecParams, unknown_drafter
 from spinserve.server.errors import ApiError, bad_request
 from spinserve.server.limits import check_prompt_size
 from spinserve.server.messages import Prompt, SubRequest
@@ -98,13 +97,11 @@ def subrequests(
     drafters: Sequence[str],
     bounds: ModelBounds,
     prompt_param: str,
-    policy: str = "spin",
 ) -> list[SubRequest]:
     """``len(prompts) * n`` sub-requests; choice ``p * n + i`` is prompt p's i-th."""
     check_supported(request, drafters)
     given = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else None
     check_max_tokens(max_tokens, bounds.max_model_len, given or "max_tokens")
-    drafter = requested_drafter(request, policy)
     n = request.n or 1
     arrival = time.monotonic()
     return [
@@ -113,7 +110,7 @@ def subrequests(
             index=p * n + i,
             prompt=prompt,
             params=sampling_params(request, max_tokens, i, bounds.vocab_size),
-            spec=SpecParams(drafter, request.num_draft_tokens),
+            spec=SpecParams(request.drafter, request.num_draft_tokens),
             max_tokens=max_tokens,
             arrival_time=arrival,
             prompt_param=prompt_param,
@@ -123,42 +120,19 @@ def subrequests(
     ]
 
 
-def requested_drafter(request: SamplingFields, server_policy: str) -> str | None:
-    """The drafter a request names, through ``drafter`` or ``policy`` (None: the server's
-    selection policy chooses, step by step)."""
-    if request.policy is None or request.policy == server_policy:
-        return request.drafter
-    if request.drafter is not None:
-        raise bad_request("give drafter or policy, not both", "policy")
-    if request.policy == NO_DRAFTER:
-        return NO_DRAFTER
-    try:
-        kind, arg = parse_policy(request.policy)
-    except ValueError as exc:
-        raise bad_request(str(exc), "policy") from exc
-    if kind != "fixed":
-        raise bad_request(
-            f"a request may ask for the server's policy ({server_policy}), fixed:NAME or "
-            f'"{NO_DRAFTER}", not {request.policy!r}',
-            "policy",
-        )
-    return arg
-
-
 def check_supported(request: SamplingFields, drafters: Sequence[str]) -> None:
     field = unsupported_field(request)
     if field is not None:
         raise bad_request(f"{field} is not supported by spinserve", field, "unsupported")
-    named, param = request.drafter, "drafter"
-    if request.policy and request.policy.startswith("fixed:"):
-        named, param = request.policy.partition(":")[2], "policy"
-    if named not in (None, NO_DRAFTER, *drafters):
-        loaded = ", ".join(drafters) or "none"
+    if request.policy is not None:
         raise bad_request(
-            f"unknown drafter {named!r}; loaded drafters: {loaded} "
-            f'(or "{NO_DRAFTER}" for no speculation)',
-            param,
+            "policy is the server's (--policy); a request names its drafter with drafter "
+            f'("{NO_DRAFTER}": no speculation)',
+            "policy",
+            "unsupported",
         )
+    if request.drafter is not None and (why := unknown_drafter(request.drafter, drafters)):
+        raise bad_request(why, "drafter")  # early, before tokenizing; the engine checks too
 
 
 def check_max_tokens(max_tokens: int | None, max_model_len: int, param: str) -> None:

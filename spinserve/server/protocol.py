@@ -85,8 +85,8 @@ class SamplingFields(BaseModel):
     num_draft_tokens: StrictInt | None = Field(None, ge=0, le=MAX_DRAFT_TOKENS)
     policy: str | None = Field(
         None,
-        description="drafter selection for this request: the server's policy (default), "
-        'fixed:NAME (same as drafter=NAME), or fixed:none / "none" (no speculation)',
+        description="not per request: the selection policy is the server's (--policy); "
+        'name a drafter instead, or drafter "none" for no speculation',
     )
     user: str | None = None
     # OpenAI fields spinserve cannot honour: allowed only when off (see unsupported_field).

@@ -10,4 +10,9 @@ class ModelLoadError(SpinserveError):
 
 
 class InvalidRequestError(SpinserveError, ValueError):
-    """A request asks for something the engine cannot do (too long a prompt, bad values)."""
+    """A request asks for something the engine cannot do (too long a prompt, bad values).
+    ``param``: the request field at fault, when one is (the server's 400 names it)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param

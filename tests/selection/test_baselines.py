@@ -82,7 +82,7 @@ def test_build_and_choose(policy, k, expected):
 
 
 def test_build_errors():
-    with pytest.raises(ValueError, match=r"fixed:smollm: no such drafter loaded \(qwen"):
+    with pytest.raises(ValueError, match=r"fixed:smollm: unknown drafter .smollm.; loaded"):
         build_policy(SelectionConfig("fixed:smollm"), DRAFTERS, 4)
     with pytest.raises(ValueError, match="never drafts"):
         build_policy(SelectionConfig("fixed:ngram"), DRAFTERS, 0)

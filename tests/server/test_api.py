@@ -21,7 +21,8 @@ def tokenizer(tiny_folders) -> Tokenizer:
 
 
 def complete(live, prompt=PROMPT, **kw):
-    extra = {k: kw.pop(k) for k in ("drafter", "policy", "ignore_eos", "top_k") if k in kw}
+    fields = ("drafter", "num_draft_tokens", "ignore_eos", "top_k")
+    extra = {k: kw.pop(k) for k in fields if k in kw}
     return live.client().completions.create(
         model=MODEL, prompt=prompt, extra_body=extra or None, **kw
     )
@@ -63,13 +64,19 @@ def test_requests_naming_no_drafter_are_left_to_the_policy(live):
     assert {label.split("@")[0] for label in info["choices"]} <= loaded
 
 
-@pytest.mark.parametrize(("policy", "drafter"), [("fixed:ngram", "ngram"), ("none", None)])
-def test_per_request_policy(live, policy, drafter):
-    """A request may fix its drafter through ``policy`` (or turn speculation off)."""
-    info = complete(live, policy=policy, **GREEDY).choices[0].model_extra["spinserve"]
-    assert info["drafter"] == drafter and info["choices"] is None
+@pytest.mark.parametrize(("drafter", "shown"), [("ngram", "ngram"), ("none", None)])
+def test_a_request_may_name_its_drafter(live, drafter, shown):
+    """A request fixes its drafter with ``drafter`` ("none": no speculation); the policy then
+    makes no choice for it."""
+    info = complete(live, drafter=drafter, **GREEDY).choices[0].model_extra["spinserve"]
+    assert info["drafter"] == shown and info["choices"] is None
     baseline = complete(live, drafter="none", **GREEDY).choices[0].text
-    assert complete(live, policy=policy, **GREEDY).choices[0].text == baseline
+    assert complete(live, drafter=drafter, **GREEDY).choices[0].text == baseline
+
+
+def test_num_draft_tokens_zero_means_no_speculation(live):
+    info = complete(live, num_draft_tokens=0, **GREEDY).choices[0].model_extra["spinserve"]
+    assert info["drafter"] is None and info["choices"] is None
 
 
 def test_responses_carry_the_request_id(live):
