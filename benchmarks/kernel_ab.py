@@ -53,7 +53,6 @@ from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
 
 OLD_NAMESPACE = "spinserve_ab_old"
-KERNELS = ("block_matmul", "small_blocks", "row_attention", "decoder_layers")  # load order
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,7 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_old(rev: str) -> None:
-    """Build and load the kernels of ``rev`` under `OLD_NAMESPACE`."""
+    """Build and load the kernels of ``rev`` under `OLD_NAMESPACE`: every ``.cpp`` of its
+    ``spinserve/ops/csrc`` in one library (a revision with one library per file builds too:
+    each file registers its own ops, and they meet in the one namespace)."""
     try:
         archive = subprocess.run(
             ["git", "archive", "--format=tar", rev, "spinserve/ops/csrc"],
@@ -102,9 +103,7 @@ def build_old(rev: str) -> None:
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
     source = folder / "spinserve" / "ops" / "csrc"
-    flags = [*native._FLAGS, f"-DSPINSERVE_OPS={OLD_NAMESPACE}"]
-    for kernel in KERNELS:
-        torch.ops.load_library(str(native._build(source / f"{kernel}.cpp", flags)))
+    torch.ops.load_library(str(native.build_library(source, native.flags(OLD_NAMESPACE))))
 
 
 def load_model(name: str, args: argparse.Namespace):
@@ -148,8 +147,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     real_load = native.load
     use_old = {"on": False}
 
-    def load(kernel: str = "block_matmul", variant: str = "native") -> str:
-        return OLD_NAMESPACE if use_old["on"] else real_load(kernel, variant)
+    def load(variant: str = "native") -> str:
+        return OLD_NAMESPACE if use_old["on"] else real_load(variant)
 
     native.load = load
     try:

@@ -207,7 +207,7 @@ class LayerStack:
         self.weights, self.kinds = weights, kinds
         self.heads, self.kv_heads = c.num_heads, c.num_kv_heads
         self.eps, self.scale = c.rms_norm_eps, c.softmax_scale
-        self.op = getattr(torch.ops, native.load("decoder_layers")).decoder_layers
+        self.op = getattr(torch.ops, native.load()).decoder_layers
 
     @staticmethod
     def of(model: Decoder) -> LayerStack | None:
@@ -221,7 +221,7 @@ class LayerStack:
             or c.hidden_act != "silu"
             or any(map(c.is_sliding, layers))
             or len(model._rope) != 1
-            or not native.available("decoder_layers")
+            or not native.available()
         ):
             return None
         none = torch.empty(0)

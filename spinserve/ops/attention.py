@@ -138,7 +138,7 @@ def row_attention(
     """[num_tokens, num_heads, head_dim]: every query row against exactly its keys, in one
     call of our kernel (``csrc/row_attention.cpp``): the same bits for a row whatever rows
     share the step, like `ragged_attention` with ``row_keys``, without a Python loop per row."""
-    ops = getattr(torch.ops, native.load("row_attention"))
+    ops = getattr(torch.ops, native.load())
     return ops.row_attention(q, k_cache, v_cache, rows.slots, rows.offsets, scale)
 
 

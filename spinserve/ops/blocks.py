@@ -2,8 +2,8 @@
 
 `BlockWeight` holds a linear weight's GGUF blocks byte for byte (each output row is
 ``in / block size`` blocks); `block_linear` multiplies by it with our C++ kernels:
-``csrc/block_matmul.cpp`` for the 256-weight k-quant super-blocks (Q4_K, Q6_K) and
-``csrc/small_blocks.cpp`` for the 32-weight blocks (Q8_0, Q5_0, Q4_0, Q4_1). Both read and
+``csrc/k_quant_matmul.cpp`` for the 256-weight k-quant super-blocks (Q4_K, Q6_K) and
+``csrc/small_matmul.cpp`` for the 32-weight blocks (Q8_0, Q5_0, Q4_0, Q4_1). Both read and
 unpack each block once for all the rows of a call, so verifying k draft tokens costs far less
 than k decodes (docs/benchmarks.md). Activations are rounded to int8 per row and per block of
 columns, as llama.cpp does for the same blocks; every output value depends only on its own row
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from spinserve.ops import interleave, native
+from spinserve.ops.formats import FORMATS, BlockFormat
 
 
 @dataclass(frozen=True)
@@ -25,38 +26,29 @@ class BlockType:
     name: str
     weights: int  # per block
     bytes: int  # per block
-    kernel: str  # the native library (and op) that multiplies it
+    op: str  # our kernel's op that multiplies it
     rows: int = 1  # weight rows per row of the blocks tensor (8: interleaved, `interleave`)
     # Whether `--weights auto` uses our kernel for it (else torch's int4 kernel). Every type
-    # here does since Q4_0/Q4_1 got the interleaved layout (session 10: SmolLM2-135M's Q4_1
-    # decode 0.72x and 9 tokens 0.57x the time of torch's int4 kernel, call for call;
-    # before, with the row layout, they ran faster on torch's, docs/benchmarks.md).
+    # here does since Q4_0/Q4_1 got the interleaved layout (SmolLM2-135M's Q4_1 decode and 9
+    # tokens ran faster on it than on torch's int4 kernel, call for call; before, with the
+    # row layout, they ran faster on torch's, docs/benchmarks.md).
     default: bool = True
 
 
-# ggml type number -> its block layout and our kernel for it
+def _op(fmt: BlockFormat) -> str:
+    """The k-quant super-blocks (256 weights) have one kernel, the 32-weight blocks another."""
+    return "block_matmul" if fmt.weights == 256 else "small_block_matmul"
+
+
+# ggml type number (or ours, interleaved: `interleave`) -> its block layout and our kernel
 BLOCK_TYPES = {
-    2: BlockType("Q4_0", 32, 18, "small_blocks"),
-    3: BlockType("Q4_1", 32, 20, "small_blocks"),
-    6: BlockType("Q5_0", 32, 22, "small_blocks"),
-    8: BlockType("Q8_0", 32, 34, "small_blocks"),
-    12: BlockType("Q4_K", 256, 144, "block_matmul"),
-    14: BlockType("Q6_K", 256, 210, "block_matmul"),
-    # ours: the same blocks with 8 weight rows interleaved (bytes per row and block)
-    interleave.Q4_0_X8: BlockType("Q4_0x8", 32, 18, "small_blocks", rows=8),
-    interleave.Q4_1_X8: BlockType("Q4_1x8", 32, 20, "small_blocks", rows=8),
-    interleave.Q5_0_X8: BlockType("Q5_0x8", 32, 22, "small_blocks", rows=8),
-    interleave.Q8_0_X8: BlockType("Q8_0x8", 32, 34, "small_blocks", rows=8),
-    interleave.Q4_K_X8: BlockType("Q4_Kx8", 256, 148, "block_matmul", rows=8),
-    interleave.Q6_K_X8: BlockType("Q6_Kx8", 256, 210, "block_matmul", rows=8),
+    f.id: BlockType(f.name, f.weights, f.bytes, _op(f), rows=f.rows) for f in FORMATS.values()
 }
-_OPS = {"small_blocks": "small_block_matmul", "block_matmul": "block_matmul"}
-_WIDE_OPS = {"small_blocks": "small_block_wide", "block_matmul": "block_matmul_wide"}
 
 
 def kernels_available() -> bool:
     """Whether our block kernels build and load here (else torch's kernels run instead)."""
-    return all(native.available(kernel) for kernel in _OPS)
+    return native.available()
 
 
 def set_wide_passes(on: bool | None) -> bool:
@@ -67,11 +59,7 @@ def set_wide_passes(on: bool | None) -> bool:
     side-by-side timing. Returns whether they were on (always False for a build without
     AVX-512)."""
     mode = -1 if on is None else int(on)
-    before = [
-        getattr(getattr(torch.ops, native.load(kernel)), op)(mode)
-        for kernel, op in _WIDE_OPS.items()
-    ]
-    return any(before)
+    return bool(getattr(torch.ops, native.load()).wide_passes(mode))
 
 
 @dataclass(frozen=True)
@@ -138,7 +126,6 @@ def block_linear(x: torch.Tensor, weight: BlockWeight) -> torch.Tensor:
     """``x @ W.T`` for x of shape [..., in], in x's dtype."""
     out_features, in_features = weight.shape
     rows = x.reshape(-1, in_features).float()
-    kernel = BLOCK_TYPES[weight.qtype].kernel
-    op = getattr(getattr(torch.ops, native.load(kernel)), _OPS[kernel])
+    op = getattr(getattr(torch.ops, native.load()), BLOCK_TYPES[weight.qtype].op)
     y = op(rows, weight.blocks, weight.qtype, out_features, False)
     return y.to(x.dtype).reshape(*x.shape[:-1], out_features)

@@ -6,9 +6,9 @@ ordered so that each 32-byte load holds 4 consecutive weights of each of the 8 r
 unsigned x signed 4-byte dot product (AVX512-VNNI's dpbusd) then advances 8 output columns
 at once; the sub-block scales are per row in the same lanes, so they are applied once per
 sub-block as exact integer products, and no horizontal sum is left at the end
-(``csrc/block_matmul.cpp``; docs/design.md, "Interleaved rows"). The 32-weight blocks
+(``csrc/k_quants_x8.h``; docs/design.md, "Interleaved rows"). The 32-weight blocks
 (Q5_0, Q8_0: the Qwen2.5-Coder-0.5B's 896-wide matrices; Q4_0, Q4_1) get the same treatment
-(``csrc/small_blocks.cpp``): a chunk is one block of 8 rows, and a row's 32 products are one
+(``csrc/small_blocks_x8.h``): a chunk is one block of 8 rows, and a row's 32 products are one
 exact integer before its scale is applied, where the row layout needed a float multiply-add
 per 4 weights and a horizontal sum.
 
@@ -40,22 +40,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from spinserve.ops.formats import FORMATS, ID
+
 ROWS = 8  # weight rows per chunk
-Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K = 2, 3, 6, 8, 12, 14  # ggml's type numbers
-# ours: the same blocks interleaved (1000 + the ggml number)
-Q4_0_X8, Q4_1_X8, Q5_0_X8, Q8_0_X8, Q4_K_X8, Q6_K_X8 = 1002, 1003, 1006, 1008, 1012, 1014
-BASE = {
-    Q4_0_X8: Q4_0,
-    Q4_1_X8: Q4_1,
-    Q5_0_X8: Q5_0,
-    Q8_0_X8: Q8_0,
-    Q4_K_X8: Q4_K,
-    Q6_K_X8: Q6_K,
-}
+# ggml's type numbers, and ours for the same blocks interleaved (1000 + the ggml number):
+# both from the one table of formats (`spinserve.ops.formats`, csrc/formats.h)
+Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K = (
+    ID[n] for n in ("Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K")
+)
+Q4_0_X8, Q4_1_X8, Q5_0_X8, Q8_0_X8, Q4_K_X8, Q6_K_X8 = (
+    ID[n] for n in ("Q4_0x8", "Q4_1x8", "Q5_0x8", "Q8_0x8", "Q4_Kx8", "Q6_Kx8")
+)
+BASE = {f.id: f.base for f in FORMATS.values() if f.rows == ROWS}
 INTERLEAVED = {base: mixed for mixed, base in BASE.items()}
-GGUF_BYTES = {Q4_0: 18, Q4_1: 20, Q5_0: 22, Q8_0: 34, Q4_K: 144, Q6_K: 210}
-CHUNK_BYTES = {mixed: 8 * GGUF_BYTES[base] for mixed, base in BASE.items()}
-CHUNK_BYTES[Q4_K_X8] = 8 * 148  # the 6-bit scales and mins as whole bytes
+GGUF_BYTES = {base: FORMATS[base].bytes for base in INTERLEAVED}
+# Q4_Kx8: 4 bytes per row more than Q4_K's 144, the 6-bit scales and mins as whole bytes
+CHUNK_BYTES = {mixed: ROWS * FORMATS[mixed].bytes for mixed in BASE}
 
 
 def can_interleave(qtype: int, out_features: int) -> bool:

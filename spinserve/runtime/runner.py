@@ -41,7 +41,7 @@ class ModelRunner:
         self._row_kernel = (
             model.dtype == torch.float32
             and kv_dtype in (torch.float32, torch.float16)
-            and native.available("row_attention")
+            and native.available()
         )
 
     @property

@@ -24,9 +24,7 @@ from spinserve.ops.blocks import set_wide_passes
 from spinserve.runtime.runner import ModelRunner
 from spinserve.types.batch import SeqChunk, StepBatch
 
-pytestmark = pytest.mark.skipif(
-    not native.available("decoder_layers"), reason="our kernels do not build here"
-)
+pytestmark = pytest.mark.skipif(not native.available(), reason="our kernels do not build here")
 IDS = list(range(5, 45))
 FORMS = [
     ("llama", Q.Q4_K, "auto"),  # Q4_K and Q6_K blocks, our kernels
@@ -95,7 +93,7 @@ def test_every_build_of_the_stack_gives_the_same_bits(folders, quant, variant):
     assert stack is not None
     chunk = SeqChunk("a", IDS, 0, [6, 2, 4, 0, 1], len(IDS))
     native_bits = logits(model, [chunk])
-    stack.op = getattr(torch.ops, native.load("decoder_layers", variant=variant)).decoder_layers
+    stack.op = getattr(torch.ops, native.load(variant)).decoder_layers
     assert torch.equal(logits(model, [chunk]), native_bits)
 
 
@@ -116,7 +114,7 @@ def test_the_wide_passes_give_the_stack_the_same_bits(folders, quant):
 
 
 def test_the_kernel_names_a_malformed_call():
-    ops = getattr(torch.ops, native.load("decoder_layers"))
+    ops = getattr(torch.ops, native.load())
     cache = torch.zeros(8, 1, 4)
     with pytest.raises(RuntimeError, match="weights and 7 kinds per layer"):
         ops.decoder_layers(
@@ -166,5 +164,5 @@ def test_every_build_of_the_stack_gives_the_same_bits_on_a_float16_cache(folders
     assert stack is not None
     chunk = SeqChunk("a", IDS, 0, [6, 2, 4, 0, 1], len(IDS))
     native_bits = logits(model, [chunk], torch.float16)
-    stack.op = getattr(torch.ops, native.load("decoder_layers", variant=variant)).decoder_layers
+    stack.op = getattr(torch.ops, native.load(variant)).decoder_layers
     assert torch.equal(logits(model, [chunk], torch.float16), native_bits)

@@ -188,7 +188,7 @@ def test_per_row_attention_gives_a_query_the_same_bits_in_any_chunk(window):
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(4, 4), (6, 1)])
 def test_row_attention_kernel_matches_reference(seqs, layout, window, num_heads, num_kv_heads):
     """Our kernel: every row of every span against its keys, one call (`RowKeys`)."""
-    assert native.available("row_attention")
+    assert native.available()
     q, k_cache, v_cache, spans, scale, expected = build_case(
         SEQS[seqs], layout, window, num_heads, num_kv_heads, per_row=True, head_dim=20
     )
@@ -272,7 +272,7 @@ def test_row_attention_kernel_is_accurate_over_long_contexts(heads, kv_heads, di
 def test_row_attention_every_build_gives_the_same_bits(variant):
     """Built without AVX-512, and without AVX2 (the 8-float vectors as two SSE halves): not
     one bit differs."""
-    build = getattr(torch.ops, native.load("row_attention", variant=variant))
+    build = getattr(torch.ops, native.load(variant))
     q, k_cache, v_cache, rows, _ = _long_case(7, 300, 6, 2, 72, seed=1)
     vector = row_attention(q, k_cache, v_cache, rows, 0.1)
     assert torch.equal(
@@ -288,7 +288,7 @@ def test_row_attention_on_a_float16_cache_is_the_float32_kernel_on_its_values(
     """A float16 cache's values are read as the floats they are: the bits of a float32 cache
     holding the same (rounded) values, in every build; and close to the unrounded cache."""
     q, k_cache, v_cache, rows, _ = _long_case(7, 300, heads, kv_heads, dim, seed=2)
-    build = getattr(torch.ops, native.load("row_attention", variant=variant))
+    build = getattr(torch.ops, native.load(variant))
     half = build.row_attention(
         q, k_cache.half(), v_cache.half(), rows.slots, rows.offsets, dim**-0.5
     )

@@ -25,6 +25,7 @@ from spinserve.ops.blocks import (
     kernels_available,
     set_wide_passes,
 )
+from spinserve.ops.formats import FORMATS
 
 Q4_K, Q6_K = GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K
 SMALL = [
@@ -130,10 +131,9 @@ def test_same_bits_with_one_thread_or_two(quant):
 
 
 def _build_op(quant, variant: str):
-    """Kernel `quant`'s op from the build `variant` (spinserve.ops.native.VARIANTS)."""
-    kernel = BLOCK_TYPES[int(quant)].kernel
-    build = getattr(torch.ops, native.load(kernel, variant=variant))
-    return getattr(build, "block_matmul" if kernel == "block_matmul" else "small_block_matmul")
+    """The op for `quant` from the build `variant` (spinserve.ops.native.VARIANTS)."""
+    build = getattr(torch.ops, native.load(variant))
+    return getattr(build, BLOCK_TYPES[int(quant)].op)
 
 
 BUILDS = ["avx2", "portable"]
@@ -182,7 +182,7 @@ def _assert_one_call_is_each_call(op, weights: list[BlockWeight], rows: int) -> 
 def test_several_weights_in_one_call_are_the_same_bits_as_one_call_each():
     """block_matmul_many (one rounding of x, one parallel loop over every output column: the
     q, k, v and gate, up projections of a layer) gives each weight's own call's bits."""
-    op = getattr(torch.ops, native.load("block_matmul")).block_matmul_many
+    op = getattr(torch.ops, native.load()).block_matmul_many
     weights = [
         _weight(Q4_K, 40, 512, seed=5),
         _weight(Q6_K, 8, 512, seed=6),
@@ -200,7 +200,7 @@ def test_several_32_weight_blocks_in_one_call_are_the_same_bits_as_one_call_each
     """small_block_matmul_many (x rounded once per distinct weight offset: Q5_0's and Q8_0's
     differ; one parallel loop over every output column) gives each weight's own call's bits,
     interleaved or not, with the wide passes on (from 4 rows) and off."""
-    op = getattr(torch.ops, native.load("small_blocks")).small_block_matmul_many
+    op = getattr(torch.ops, native.load()).small_block_matmul_many
     q5_x8, q8_x8, q4_1_x8 = SMALL_X8[1], SMALL_X8[0], SMALL_X8[3]
     weights = [
         _weight(q5_x8, 64, 512, seed=5),
@@ -272,20 +272,38 @@ def test_misshapen_blocks_are_a_clear_error():
         BlockWeight(blocks, int(GGMLQuantizationType.Q5_K), (4, 256))
     with pytest.raises(ValueError, match="out % 8"):
         BlockWeight(torch.zeros(1, 8 * 148, dtype=torch.uint8), Q4_K_X8, (12, 256))
-    op = getattr(torch.ops, native.load("block_matmul")).block_matmul
+    op = getattr(torch.ops, native.load()).block_matmul
     with pytest.raises(RuntimeError, match="multiple of 8"):
         op(torch.randn(1, 256), torch.zeros(1, 8 * 148, dtype=torch.uint8), Q4_K_X8, 12, False)
 
 
 def test_build_failure_is_a_clear_kernel_unavailable(monkeypatch, tmp_path):
     monkeypatch.setenv("SPINSERVE_CACHE", str(tmp_path))
-    source = tmp_path / "broken.cpp"
-    source.write_text("this is not C++\n")
+    source = tmp_path / "csrc"
+    source.mkdir()
+    (source / "fine.cpp").write_text("int fine() { return 1; }\n")
+    (source / "broken.cpp").write_text("this is not C++\n")
     with pytest.raises(native.KernelUnavailable, match=r"compiling broken\.cpp failed"):
-        native._build(source, ["-shared"])
+        native.build_library(source, [])
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(native.KernelUnavailable, match="no C\\+\\+ compiler"):
-        native._build(source, ["-shared"])
+        native.build_library(source, [])
+
+
+def test_python_and_the_compiled_kernels_share_one_format_table():
+    """csrc/formats.h as the library compiled it (its ``formats`` op) is the table Python reads
+    (`spinserve.ops.formats`), and every other Python table of ids and sizes follows it."""
+    compiled = getattr(torch.ops, native.load()).formats()
+    ours = [f"{f.name} {f.id} {f.base} {f.weights} {f.bytes} {f.rows}" for f in FORMATS.values()]
+    assert compiled == ours
+    assert len(ours) == 12 and FORMATS[int(Q4_K)].bytes == 144 and Q4_K_X8 == 1012
+    for qtype, kind in BLOCK_TYPES.items():
+        assert (kind.name, kind.weights, kind.bytes, kind.rows) == (
+            FORMATS[qtype].name, FORMATS[qtype].weights, FORMATS[qtype].bytes, FORMATS[qtype].rows
+        )  # fmt: skip
+    for mixed, base in interleave.BASE.items():
+        assert interleave.CHUNK_BYTES[mixed] == 8 * FORMATS[mixed].bytes
+        assert interleave.GGUF_BYTES[base] == FORMATS[base].bytes
 
 
 @pytest.mark.parametrize("quant", [Q4_K_X8, Q6_K_X8, *SMALL_X8], ids=_name)

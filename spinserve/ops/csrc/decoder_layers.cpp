@@ -9,9 +9,8 @@
 //   x = x + attention(q, cache) Wo^T
 //   h = rms_norm(x) ; x = x + (silu(h Wg^T) * (h Wu^T)) Wd^T
 //
-// The matrix products and the attention are our other kernels (block_matmul,
-// small_block_matmul, row_attention; block_matmul_many or small_block_matmul_many for q, k, v
-// and for gate, up, which share an input), called through torch's dispatcher, or torch's int4/int8
+// The matrix products and the attention are the library's other kernels (block_matmul_many or
+// small_block_matmul_many, and row_attention; kernels.h), called directly, or torch's int4/int8
 // kernels for weights kept in their forms. The vector operations here compute each row on its
 // own, in a fixed order (8 float lanes summed in a fixed tree), so a row's result does not
 // depend on the rows beside it (batch invariance: docs/design.md).
@@ -25,17 +24,16 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_weight_int4pack_mm_for_cpu.h>
 #include <ATen/ops/_weight_int8pack_mm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/linear.h>
 #include <c10/util/Half.h>
-#include <torch/library.h>
 
+#include "formats.h"
+#include "kernels.h"
 #include "lanes.h"
-#include "namespace.h"
 #include "vec8.h"
 
 #include <algorithm>
@@ -43,11 +41,12 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
-#include <string>
 #include <vector>
 
 namespace {
 
+using SPINSERVE_OPS::block_matmul_many;
+using SPINSERVE_OPS::small_block_matmul_many;
 using spinserve_lanes::sum_lanes;
 
 constexpr int kLanes = 8;
@@ -57,21 +56,6 @@ constexpr int kLinears = 7;  // q, k, v, o, gate, up, down
 constexpr int kPerLayer = 2 + 2 * kLinears + 3;
 enum Linear { kQ, kK, kV, kO, kGate, kUp, kDown };
 
-#define SPINSERVE_STR2(x) #x
-#define SPINSERVE_STR(x) SPINSERVE_STR2(x)
-
-using MatmulOp = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, bool);
-using ManyOp = std::vector<at::Tensor>(const at::Tensor&, at::TensorList, at::IntArrayRef,
-                                       at::IntArrayRef, bool);
-using AttentionOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const at::Tensor&, const at::Tensor&, double);
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  const std::string full = std::string(SPINSERVE_STR(SPINSERVE_OPS)) + "::" + name;
-  return c10::Dispatcher::singleton().findSchemaOrThrow(full.c_str(), "").typed<Signature>();
-}
-
 // Turns oneDNN off for a scope, as `spinserve.ops.quant.rowwise_linear` does.
 struct MkldnnOff {
   bool was = at::globalContext().userEnabledMkldnn();
@@ -79,16 +63,11 @@ struct MkldnnOff {
   ~MkldnnOff() { at::globalContext().setUserEnabledMkldnn(was); }
 };
 
-// Q4_K = 12, Q6_K = 14, and the same blocks with 8 weight rows interleaved (1012, 1014:
-// ops/interleave.py), whose tensor has a row of blocks per 8 output features; so have the
-// 32-weight blocks' Q4_0x8 ... Q8_0x8 (1002, 1003, 1006, 1008: small_block_matmul's).
-bool is_interleaved(int64_t kind) {
-  return kind == 1002 || kind == 1003 || kind == 1006 || kind == 1008 || kind == 1012 ||
-         kind == 1014;
-}
-bool is_k_quant(int64_t kind) { return kind == 12 || kind == 14 || kind == 1012 || kind == 1014; }
+// A block format's weight (formats.h) has a row of blocks per output feature, or an
+// interleaved one a row of chunks per 8.
+bool is_k_quant(int64_t kind) { return spinserve_formats::k_quant(kind); }
 int64_t out_features(const at::Tensor& blocks, int64_t kind) {
-  return is_interleaved(kind) ? 8 * blocks.size(0) : blocks.size(0);
+  return spinserve_formats::interleaved(kind) ? 8 * blocks.size(0) : blocks.size(0);
 }
 
 // y = x W^T for one linear of the layer (a, b: its tensors, kind: its form).
@@ -104,10 +83,8 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
     return at::linear(x.to(a.scalar_type()), a).to(at::kFloat);
   }
   // GGUF blocks: the k-quant super-blocks or the 32-weight blocks
-  static const auto k_quant = find_op<MatmulOp>("block_matmul");
-  static const auto small = find_op<MatmulOp>("small_block_matmul");
-  const auto& op = is_k_quant(kind) ? k_quant : small;
-  return op.call(x, a, kind, out_features(a, kind), false);
+  const auto& many = is_k_quant(kind) ? block_matmul_many : small_block_matmul_many;
+  return many(x, {a}, {kind}, {out_features(a, kind)}, false)[0];
 }
 
 // The linears `which` of one layer on the same input: one call of block_matmul_many (one
@@ -115,8 +92,6 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
 // small_block_matmul_many when all are 32-weight blocks, else one call each.
 std::vector<at::Tensor> linears(const at::Tensor& x, const at::Tensor* w, const int64_t* kind,
                                 std::initializer_list<int> which) {
-  static const auto k_quant_many = find_op<ManyOp>("block_matmul_many");
-  static const auto small_many = find_op<ManyOp>("small_block_matmul_many");
   bool all_k_quant = true, all_small = true;
   std::vector<at::Tensor> blocks;
   std::vector<int64_t> qtypes, n_outs;
@@ -129,8 +104,8 @@ std::vector<at::Tensor> linears(const at::Tensor& x, const at::Tensor* w, const 
       n_outs.push_back(out_features(w[2 + 2 * i], kind[i]));
     }
   }
-  if (all_k_quant) return k_quant_many.call(x, blocks, qtypes, n_outs, false);
-  if (all_small) return small_many.call(x, blocks, qtypes, n_outs, false);
+  if (all_k_quant) return block_matmul_many(x, blocks, qtypes, n_outs, false);
+  if (all_small) return small_block_matmul_many(x, blocks, qtypes, n_outs, false);
   std::vector<at::Tensor> out;
   for (int j : which) out.push_back(linear(x, w[2 + 2 * j], w[3 + 2 * j], kind[j]));
   return out;
@@ -241,13 +216,16 @@ void check_float(const at::Tensor& t, int64_t numel, const char* what) {
               " must be a contiguous float32 tensor of ", numel, " values");
 }
 
+}  // namespace
+
+namespace SPINSERVE_OPS {
+
 at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
                           at::TensorList k_caches, at::TensorList v_caches,
                           const at::Tensor& slot_mapping, const at::Tensor& slots,
                           const at::Tensor& offsets, at::TensorList weights,
                           at::IntArrayRef kinds, int64_t heads, int64_t kv_heads, double eps,
                           double scale) {
-  static const auto attention = find_op<AttentionOp>("row_attention");
   TORCH_CHECK(hidden.dim() == 2 && hidden.scalar_type() == at::kFloat,
               "hidden must be [rows, hidden] float32");
   const int64_t layers = static_cast<int64_t>(k_caches.size());
@@ -313,7 +291,7 @@ at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const
                   kv_width);
     }
     const at::Tensor attended =
-        attention.call(q.view({rows, heads, head_dim}), k_cache, v_cache, slots, offsets, scale);
+        row_attention(q.view({rows, heads, head_dim}), k_cache, v_cache, slots, offsets, scale);
     add_into(xp, lin(attended.view({rows, heads * head_dim}), kO));
 
     rms_norm(xp, w[1].data_ptr<float>(), rows, dim, feps, hp);
@@ -327,11 +305,4 @@ at::Tensor decoder_layers(const at::Tensor& hidden, const at::Tensor& cos, const
   return x;
 }
 
-}  // namespace
-
-SPINSERVE_FRAGMENT(SPINSERVE_OPS, m) {
-  m.def("decoder_layers(Tensor hidden, Tensor cos, Tensor sin, Tensor[] k_caches, "
-        "Tensor[] v_caches, Tensor slot_mapping, Tensor slots, Tensor offsets, Tensor[] weights, "
-        "int[] kinds, int heads, int kv_heads, float eps, float scale) -> Tensor");
-  m.impl("decoder_layers", c10::DispatchKey::CPU, &decoder_layers);
-}
+}  // namespace SPINSERVE_OPS

@@ -1,4 +1,4 @@
-// The argument checks of block_matmul_many and small_block_matmul_many (two kernel libraries).
+// The argument checks of block_matmul_many and small_block_matmul_many (k_quant_matmul.cpp, small_matmul.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>

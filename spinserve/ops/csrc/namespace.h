@@ -1,11 +1,9 @@
-// The torch.ops namespace our kernels register in. A build flag (-DSPINSERVE_OPS=...) can
-// change it, so a second build of the same source (the portable one, in tests) loads beside
-// the first. Each kernel file registers its ops with SPINSERVE_FRAGMENT(SPINSERVE_OPS, m).
+// The namespace our kernels live in, C++ and torch.ops alike. A build flag
+// (-DSPINSERVE_OPS=...) can change it, so a second build of the same source (the AVX2 and
+// portable ones, in tests; an old revision, in benchmarks/kernel_ab.py) loads beside the first
+// with none of its symbols or ops shared.
 #pragma once
-
-#include <torch/library.h>
 
 #ifndef SPINSERVE_OPS
 #define SPINSERVE_OPS spinserve
 #endif
-#define SPINSERVE_FRAGMENT(ns, m) TORCH_LIBRARY_FRAGMENT(ns, m)

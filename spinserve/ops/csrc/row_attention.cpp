@@ -24,10 +24,9 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Half.h>
-#include <torch/library.h>
 
+#include "kernels.h"
 #include "lanes.h"
-#include "namespace.h"
 #include "vec8.h"
 
 #include <algorithm>
@@ -385,40 +384,6 @@ template <typename T>
 void attend(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, const int64_t* slot,
             const int64_t* off, float s, at::Tensor& out);
 
-at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                         const at::Tensor& slots, const at::Tensor& offsets, double scale) {
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat, "q must be [rows, heads, dim] f32");
-  const auto kind = k_cache.scalar_type();
-  TORCH_CHECK(k_cache.dim() == 3 && (kind == at::kFloat || kind == at::kHalf) &&
-                  v_cache.sizes() == k_cache.sizes() && v_cache.scalar_type() == kind,
-              "k_cache and v_cache must be [slots, kv_heads, dim], both float32 or both float16");
-  TORCH_CHECK(slots.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong,
-              "slots and offsets must be int64");
-  const int64_t rows = q.size(0), heads = q.size(1), dim = q.size(2);
-  const int64_t kv_heads = k_cache.size(1), num_slots = k_cache.size(0);
-  TORCH_CHECK(k_cache.size(2) == dim && heads % kv_heads == 0, "head shapes do not match");
-  TORCH_CHECK(offsets.numel() == rows + 1, "offsets must have rows + 1 entries");
-  const at::Tensor qc = q.contiguous(), kc = k_cache.contiguous(), vc = v_cache.contiguous();
-  const at::Tensor sc = slots.contiguous(), oc = offsets.contiguous();
-  const int64_t* slot = sc.data_ptr<int64_t>();
-  const int64_t* off = oc.data_ptr<int64_t>();
-  TORCH_CHECK(off[0] == 0 && off[rows] == slots.numel(), "offsets do not cover the slots");
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(off[r + 1] > off[r], "every row needs at least one key");
-  }
-  for (int64_t i = 0; i < slots.numel(); ++i) {
-    TORCH_CHECK(slot[i] >= 0 && slot[i] < num_slots, "slot ", slot[i], " outside the cache");
-  }
-  at::Tensor out = at::empty({rows, heads, dim}, q.options());
-  const float s = static_cast<float>(scale);
-  if (kind == at::kHalf) {
-    attend<at::Half>(qc, kc, vc, slot, off, s, out);
-  } else {
-    attend<float>(qc, kc, vc, slot, off, s, out);
-  }
-  return out;
-}
-
 template <typename T>
 void attend(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, const int64_t* slot,
             const int64_t* off, float s, at::Tensor& out) {
@@ -519,8 +484,40 @@ void attend(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& vc, co
 
 }  // namespace
 
-SPINSERVE_FRAGMENT(SPINSERVE_OPS, m) {
-  m.def("row_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor offsets, "
-        "float scale) -> Tensor");
-  m.impl("row_attention", c10::DispatchKey::CPU, &row_attention);
+namespace SPINSERVE_OPS {
+
+at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                         const at::Tensor& slots, const at::Tensor& offsets, double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat, "q must be [rows, heads, dim] f32");
+  const auto kind = k_cache.scalar_type();
+  TORCH_CHECK(k_cache.dim() == 3 && (kind == at::kFloat || kind == at::kHalf) &&
+                  v_cache.sizes() == k_cache.sizes() && v_cache.scalar_type() == kind,
+              "k_cache and v_cache must be [slots, kv_heads, dim], both float32 or both float16");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong,
+              "slots and offsets must be int64");
+  const int64_t rows = q.size(0), heads = q.size(1), dim = q.size(2);
+  const int64_t kv_heads = k_cache.size(1), num_slots = k_cache.size(0);
+  TORCH_CHECK(k_cache.size(2) == dim && heads % kv_heads == 0, "head shapes do not match");
+  TORCH_CHECK(offsets.numel() == rows + 1, "offsets must have rows + 1 entries");
+  const at::Tensor qc = q.contiguous(), kc = k_cache.contiguous(), vc = v_cache.contiguous();
+  const at::Tensor sc = slots.contiguous(), oc = offsets.contiguous();
+  const int64_t* slot = sc.data_ptr<int64_t>();
+  const int64_t* off = oc.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[rows] == slots.numel(), "offsets do not cover the slots");
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(off[r + 1] > off[r], "every row needs at least one key");
+  }
+  for (int64_t i = 0; i < slots.numel(); ++i) {
+    TORCH_CHECK(slot[i] >= 0 && slot[i] < num_slots, "slot ", slot[i], " outside the cache");
+  }
+  at::Tensor out = at::empty({rows, heads, dim}, q.options());
+  const float s = static_cast<float>(scale);
+  if (kind == at::kHalf) {
+    attend<at::Half>(qc, kc, vc, slot, off, s, out);
+  } else {
+    attend<float>(qc, kc, vc, slot, off, s, out);
+  }
+  return out;
 }
+
+}  // namespace SPINSERVE_OPS

@@ -5,11 +5,11 @@
 // two of either (twice the multiply-adds). So the choice is measured once per process: the
 // multiply-adds a second of 512-bit against 256-bit dpbusd in a loop of nothing else (~0.2 ms),
 // wide where it does at least 1.5x. SPINSERVE_WIDE_KERNELS=0 or 1 overrides the measurement;
-// tests switch it with each library's `*_wide` op.
+// tests switch it with the `wide_passes` op. The one switch for the library is library.cpp's
+// (`wide_mode` in kernels.h); this file has the measurement and the passes' shared pieces.
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstdint>
@@ -21,8 +21,6 @@
 #include <immintrin.h>
 #endif
 
-// Internal linkage: each kernel library keeps its own mode (an inline function's static would
-// otherwise be one object across the libraries a process loads, by symbol interposition).
 namespace spinserve_wide {
 namespace {
 
@@ -108,41 +106,6 @@ inline const uint8_t* first_prefetch_base(const uint8_t* first, int64_t offset, 
   return first + (offset + ahead < group_bytes ? 0 : 2 * group_bytes);
 }
 #endif
-
-inline std::atomic<int>& mode_ref() {
-  static std::atomic<int> mode{kUnknown};
-  return mode;
-}
-
-// 1 if the wide passes run, 0 if not; decided on the first call (see the top of the file).
-inline int mode() {
-  int m = mode_ref().load(std::memory_order_relaxed);
-  if (m != kUnknown) return m;
-#if defined(SPINSERVE_WIDE)
-  const char* env = std::getenv(kEnvVar);
-  if (env != nullptr && (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0)) {
-    m = env[0] - '0';
-  } else {
-    m = wide_pays() ? 1 : 0;
-  }
-#else
-  m = 0;  // built without AVX-512: there are no wide passes
-#endif
-  mode_ref().store(m, std::memory_order_relaxed);
-  return m;
-}
-
-// Set the mode (0 or 1; kUnknown: measure again on the next use); returns the mode before.
-// Where the build has no wide passes, 1 reads back as 0.
-inline int set_mode(int m) {
-  const int before = mode();
-#if defined(SPINSERVE_WIDE)
-  mode_ref().store(m, std::memory_order_relaxed);
-#else
-  (void)m;
-#endif
-  return before;
-}
 
 }  // namespace
 }  // namespace spinserve_wide
