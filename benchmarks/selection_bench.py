@@ -119,6 +119,9 @@ from spinserve.speculative.registry import MODEL_FREE, build_drafter
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+NO_GATE = "-nogate"  # a configuration's suffix: spin with SelectionConfig.step_gate off
+
+
 class ChoiceRecorder:
     """A selection policy passed through, writing down each request's choice at every step
     as runs: ``{request_id: [[label, steps], ...]}``."""
@@ -143,6 +146,24 @@ class ChoiceRecorder:
 
     def finish(self, request_id: str) -> None:
         self.policy.finish(request_id)
+
+    def gate(self, request_id: str, lookups, choice: Choice, num_running: int) -> Choice:
+        """spin's step gate, its choice written over the one `choose` recorded."""
+        gated = self.policy.gate(request_id, lookups, choice, num_running)
+        runs = self.trace[request_id]
+        if runs and gated != choice:
+            runs[-1][1] -= 1
+            if not runs[-1][1]:
+                runs.pop()
+            if runs and runs[-1][0] == gated.label:
+                runs[-1][1] += 1
+            else:
+                runs.append([gated.label, 1])
+        return gated
+
+    def __getattr__(self, name: str):
+        """Everything else (step-gate switches, learning, costs) is the policy's own."""
+        return getattr(self.policy, name)
 
 
 # ---------------------------------------------------------------- one timing
@@ -225,7 +246,13 @@ class Bench:
         self.start = time.monotonic()
         self.runtime = RuntimeConfig(weights=args.weights, num_threads=args.threads)
         self.levels = [BATCH1, f"c{args.concurrency}"]
-        self.configs = [TARGET, *(f"fixed:{d}" for d in args.drafters), "random", SPIN, ORACLE]
+        self.configs = args.configs or [
+            TARGET,
+            *(f"fixed:{d}" for d in args.drafters),
+            "random",
+            SPIN,
+            ORACLE,
+        ]
         prompts = sample_prompts(args.spec_bench, args.data_cache, args.per_category, args.seed)
         prompts = [p for p in prompts if p.category in args.categories]
         self.prompts = {f"{p.category}:{p.prompt_id}": p for p in prompts}
@@ -284,9 +311,10 @@ class Bench:
             runtime=self.runtime,
             speculative=self.speculative(),
             selection=SelectionConfig(
-                policy="fixed:none" if name == TARGET else name,
+                policy="fixed:none" if name == TARGET else name.removesuffix(NO_GATE),
                 policy_seed=args.policy_seed,
                 oracle_table=oracle,
+                step_gate=not name.endswith(NO_GATE),
             ),
         )
         drafters = {
@@ -465,6 +493,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=64, help="most new tokens per prompt")
     p.add_argument("--num-draft-tokens", type=int, default=4, help="k of fixed and random")
     p.add_argument("--per-category", type=int, default=2, help="prompts per category")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        help=f"configurations in order (default: target, fixed:each, random, spin, oracle); "
+        f"spin{NO_GATE} is spin without its step gate",
+    )
     p.add_argument(
         "--categories", nargs="+", choices=CATEGORIES, default=list(CATEGORIES), help="a subset"
     )

@@ -53,6 +53,8 @@ HELP = {
     "round-robin, oracle",
     "draft_lengths": "the k the spin policy may choose among (repeatable; default 1,2,3,4)",
     "policy_seed": "seed of the random and spin policies",
+    "step_gate": "spin: each step, play the lookup draft (n-gram, suffix) and length its "
+    "predicted pass chances say pays, or none, learning from every lookup's draft",
     "oracle_table": "JSON file of per-request choices for the oracle policy",
 }
 
@@ -76,8 +78,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ..
         kind, repeatable = _flag_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         help_text = HELP.get(f.name, "")
-        if kind is bool:
-            group.add_argument(flag, action="store_true", default=f.default, help=help_text)
+        if kind is bool:  # a switch; one that is on by default also gets --no-NAME
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            group.add_argument(flag, action=action, default=f.default, help=help_text)
         elif repeatable:
             group.add_argument(flag, action="append", type=kind, default=None, help=help_text)
         else:

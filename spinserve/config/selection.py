@@ -21,12 +21,15 @@ DEFAULT_POLICY = "spin"
 class SelectionConfig:
     """How requests get their drafter. ``policy``: a name above. ``draft_lengths``: the k
     `spin` may choose among (empty: 1, 2, 3, 4). ``policy_seed``: seeds the random
-    choices of ``random`` and ``spin``. ``oracle_table``: the file ``oracle`` reads."""
+    choices of ``random`` and ``spin``. ``oracle_table``: the file ``oracle`` reads.
+    ``step_gate``: `spin` picks the lookup draft and its length per step from predicted pass
+    chances (`spinserve.selection.step_gate`); off, the request's rates alone choose."""
 
     policy: str = DEFAULT_POLICY
     draft_lengths: tuple[int, ...] = ()
     policy_seed: int = 0
     oracle_table: str | None = None
+    step_gate: bool = True
 
     def __post_init__(self) -> None:
         kind, _ = parse_policy(self.policy)
@@ -74,6 +77,8 @@ class SpinParams:
     - ``output_tokens``: a request's expected output length before any has finished (the
       horizon a drafter's catch-up is shared over).
     - ``seed``: of the Thompson draws.
+    - ``step_gate``: per step, the lookup draft and length to play come from the drafts'
+      predicted pass chances (`spinserve.selection.step_gate`), not from the rates alone.
 
     The alternatives these were measured against (other exploration rules, every drafter x k
     its own arm, streaks, a cap after a rejection, exploring under load, no shared prior) are
@@ -88,6 +93,7 @@ class SpinParams:
     change_threshold: float = 6.5
     output_tokens: float = 64.0
     seed: int = 0
+    step_gate: bool = True
 
     def __post_init__(self) -> None:
         lengths = self.draft_lengths

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spinserve.selection.policy import Choice
+from spinserve.selection.step_gate import Lookup
 from spinserve.speculative.drafter import Draft
 from spinserve.speculative.verify import VerifyResult
 from spinserve.types.batch import SeqChunk
@@ -29,7 +30,7 @@ class Proposal:
     drafts these are (None when no drafter was called for it this step: it does not
     speculate, had no room, or its drafter failed); ``draft``: the tokens proposed, before
     the scheduler's budget may cut them; ``draft_seconds``: this request's share of its
-    drafter's call.
+    drafter's call (of every lookup's, when the step was gated).
     """
 
     request_id: str
@@ -37,6 +38,7 @@ class Proposal:
     drafter: str | None = None
     draft: Draft = EMPTY_DRAFT
     draft_seconds: float = 0.0
+    lookups: tuple[Lookup, ...] = ()  # every lookup's draft, when the policy gated the step
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import NO_DRAFTER, SpecParams, unknown_drafter
 from spinserve.engine.drafter_guard import DrafterGuard
+from spinserve.engine.lookup_gate import LookupGate
 from spinserve.engine.messages import Proposal, Verified
 from spinserve.engine.request import Request
 from spinserve.selection.policy import (
@@ -53,6 +54,7 @@ class Speculator:
         self.max_model_len = max_model_len
         self.stats: dict[str, SpecStats] = {name: SpecStats() for name in drafters}
         self.choice_counts: dict[str, int] = defaultdict(int)
+        self.lookups = LookupGate(self)
 
     def replace_drafter(self, name: str, drafter: Drafter) -> None:
         old = self.guards[name]
@@ -92,9 +94,14 @@ class Speculator:
     def propose(self, running: Sequence[Request], num_waiting: int) -> dict[str, Proposal]:
         """request id -> `Proposal` for every decoding request of ``running``."""
         decoding = [r for r in running if r.is_decoding]
-        plan = self._plan(decoding, LoadView(len(running), num_waiting)) if decoding else {}
+        if not decoding:
+            return {}
+        plan = self._plan(decoding, LoadView(len(running), num_waiting))
+        gated = self._gated(decoding, plan)
         groups: dict[str, list[DraftRequest]] = defaultdict(list)
         for request in decoding:
+            if request.request_id in gated:
+                continue
             choice = plan[request.request_id].choice
             drafter = choice.drafter if choice is not None else request.drafter
             k = self._draft_budget(request, choice)
@@ -109,6 +116,9 @@ class Speculator:
                 )
         for name, draft_requests in groups.items():
             plan.update(self._draft(name, draft_requests, plan))
+        if gated:
+            plan.update(self.lookups.gate(list(gated.values()), plan, len(running)))
+        self._count(decoding, plan)
         return plan
 
     def _plan(self, decoding: list[Request], load: LoadView) -> dict[str, Proposal]:
@@ -117,13 +127,31 @@ class Speculator:
         choices = self._choose(managed, load) if managed else []
         plan = {r.request_id: Proposal(r.request_id, None, None) for r in decoding}
         for request, choice in zip(managed, choices, strict=True):
+            plan[request.request_id] = Proposal(request.request_id, choice, None)
+        return plan
+
+    def _gated(self, decoding: list[Request], plan: dict[str, Proposal]) -> dict[str, Request]:
+        """The requests whose draft the policy picks from every lookup's, step by step: those
+        it manages, unless it chose a model drafter for them."""
+        if not self.lookups.active:
+            return {}
+        return {
+            r.request_id: r
+            for r in decoding
+            if r.policy_managed and not self.lookups.is_model(plan[r.request_id].choice)
+        }
+
+    def _count(self, decoding: list[Request], plan: dict[str, Proposal]) -> None:
+        """Count the policy's choices as played (after the gate)."""
+        for request in decoding:
+            choice = plan[request.request_id].choice
+            if not request.policy_managed or choice is None:
+                continue
             request.choice_counts[choice.label] = request.choice_counts.get(choice.label, 0) + 1
             request.last_drafter = choice.drafter
             self.choice_counts[choice.label] += 1
             if choice.drafter is not None:
                 request.drafters_used.add(choice.drafter)
-            plan[request.request_id] = Proposal(request.request_id, choice, None)
-        return plan
 
     def _choose(self, managed: list[Request], load: LoadView) -> list[Choice]:
         """The policy's choices; no speculation this step if the policy fails."""
@@ -146,6 +174,10 @@ class Speculator:
     def _draft_budget(self, request: Request, choice: Choice | None) -> int:
         """k for this step: the request's or the policy's, never past max_tokens or the context."""
         k = choice.num_draft_tokens if choice is not None else request.num_draft_tokens
+        return self.draft_budget(request, k)
+
+    def draft_budget(self, request: Request, k: int) -> int:
+        """``k``, cut to what max_tokens and the context leave room for."""
         room_output = request.params.max_tokens - request.num_output_tokens - 1
         room_context = self.max_model_len - request.num_tokens - 1
         return max(0, min(k, room_output, room_context))
@@ -203,6 +235,8 @@ class Speculator:
                     proposal.draft_seconds,
                 )
             )
+            if proposal.lookups:
+                self._learn(proposal, outcome)
         if feedback:
             try:
                 self.policy.observe(feedback, timing)
@@ -210,6 +244,19 @@ class Speculator:
                 logger.exception(
                     "selection policy %s failed to learn from a step", self.policy.name
                 )
+
+    def _learn(self, proposal: Proposal, outcome: Verified) -> None:
+        """Score every lookup draft of a gated step against what the target emitted."""
+        try:
+            self.policy.learn_lookups(  # type: ignore[attr-defined]
+                proposal.request_id,
+                proposal.lookups,
+                outcome.result.token_ids,  # type: ignore[union-attr]
+                outcome.num_drafted,
+                outcome.num_accepted,
+            )
+        except Exception:
+            logger.exception("policy %s failed to learn from lookups", self.policy.name)
 
     def charge_verify_time(
         self, request: Request, proposal: Proposal | None, seconds: float

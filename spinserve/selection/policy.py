@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from spinserve.config.speculative import MAX_DRAFT_TOKENS, NO_DRAFTER
+from spinserve.selection.step_gate import Lookup
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,37 @@ class DraftTiming:
             raise ValueError(f"num_tokens must be >= 1, got {self.num_tokens}")
         if self.seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {self.seconds}")
+
+
+@runtime_checkable
+class StepGatedPolicy(Protocol):
+    """A policy that also decides, per step, which lookup draft to play and how far.
+
+    The engine asks every lookup drafter for a draft for each request the policy manages
+    (unless it chose a model drafter for it), then `gate` picks one (cut to k) or none; after
+    verification `learn_lookups` scores every one of them against the emitted tokens, played
+    or not (full information). ``gates_steps`` False turns that off."""
+
+    gates_steps: bool
+
+    def gate(
+        self, request_id: str, lookups: Sequence[Lookup], choice: Choice, num_running: int
+    ) -> Choice:
+        """The lookup draft to play (drafter and k) or `NO_SPECULATION`; ``choice`` is what
+        `choose` said for the request this step."""
+        ...
+
+    def learn_lookups(
+        self,
+        request_id: str,
+        lookups: Sequence[Lookup],
+        emitted: Sequence[int],
+        num_drafted: int,
+        num_accepted: int,
+    ) -> None:
+        """The step's lookup drafts, the tokens the target emitted, and the played draft's
+        outcome."""
+        ...
 
 
 class SelectionPolicy(Protocol):

@@ -13,6 +13,7 @@ With no drafter loaded there is nothing to choose: every policy but ``oracle`` a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -58,9 +59,9 @@ def _fixed(ctx: _Context) -> SelectionPolicy:
 
 
 def _spin(ctx: _Context) -> SelectionPolicy:
-    params = SpinParams(seed=ctx.config.policy_seed)
+    params = SpinParams(seed=ctx.config.policy_seed, step_gate=ctx.config.step_gate)
     if ctx.config.draft_lengths:
-        params = SpinParams(draft_lengths=ctx.config.draft_lengths, seed=ctx.config.policy_seed)
+        params = dataclasses.replace(params, draft_lengths=ctx.config.draft_lengths)
     return SpinPolicy(ctx.drafters, params)
 
 

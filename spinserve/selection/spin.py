@@ -50,6 +50,12 @@ from spinserve.selection.policy import (
     StepTiming,
 )
 from spinserve.selection.prior import SharedPrior
+from spinserve.selection.step_gate import (
+    Lookup,
+    RequestMemory,
+    StepPredictor,
+    best_draft,
+)
 
 __all__ = ["SpinParams", "SpinPolicy"]
 
@@ -75,6 +81,9 @@ class SpinPolicy:
         self.shared = Shared(p, ForwardCost(), DraftCost(), horizon, prior, random.Random(p.seed))
         self.model = arms(drafters, self.shared)
         self._requests: dict[str, RequestState] = {}
+        self.predictor = StepPredictor()
+        self.gates_steps = p.step_gate
+        self._memory: dict[str, RequestMemory] = {}
 
     def _state(self, request_id: str) -> RequestState:
         state = self._requests.get(request_id)
@@ -141,7 +150,42 @@ class SpinPolicy:
                 self.shared.draft.add(d, state.bucket, k, fb.draft_seconds)
             self.model.record(state, fb, timing)
 
+    def gate(
+        self, request_id: str, lookups: Sequence[Lookup], choice: Choice, num_running: int
+    ) -> Choice:
+        """The lookup draft and k of the highest expected tokens per second this step, or
+        none (`step_gate`): the request's own rates chose among drafters and none, the step's
+        drafts and their scores decide whether and how far a lookup pays now."""
+        memory = self._memory.setdefault(request_id, RequestMemory())
+        options = {
+            lk.drafter: self.predictor.pass_probs(lk, [o for o in lookups if o is not lk], memory)
+            for lk in lookups
+        }
+        forward = self.shared.forward
+        drafter, k, _ = best_draft(options, lambda n: forward.share(num_running, n))
+        gated = NO_SPECULATION if drafter is None else Choice(drafter, k)
+        state = self._requests.get(request_id)
+        if state is not None and gated != choice:
+            state.chose(gated)
+        return gated
+
+    def learn_lookups(
+        self,
+        request_id: str,
+        lookups: Sequence[Lookup],
+        emitted: Sequence[int],
+        num_drafted: int,
+        num_accepted: int,
+    ) -> None:
+        memory = self._memory.setdefault(request_id, RequestMemory())
+        for lk in lookups:
+            others = [o for o in lookups if o is not lk]
+            self.predictor.learn(lk, others, memory, emitted)
+        memory.learned(lookups, emitted)
+        memory.observed(num_drafted, num_accepted)
+
     def finish(self, request_id: str) -> None:
+        self._memory.pop(request_id, None)
         state = self._requests.pop(request_id, None)
         if state is None:
             return

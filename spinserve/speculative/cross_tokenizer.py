@@ -59,6 +59,8 @@ def retokenize(text: str, target: Tokenizer, num_tokens: int) -> list[int]:
 
 
 class CrossTokenizerDrafter:
+    is_lookup = False
+
     def __init__(
         self,
         name: str,

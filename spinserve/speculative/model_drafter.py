@@ -73,6 +73,8 @@ def to_target_probs(out: DraftOutput, target_vocab: int) -> torch.Tensor | None:
 class ModelDrafter:
     """A same-tokenizer model drafter."""
 
+    is_lookup = False
+
     def __init__(
         self,
         name: str,

@@ -32,12 +32,19 @@ def ngram_propose(
 ) -> list[int]:
     """Up to ``num_draft_tokens`` tokens that followed the most recent earlier occurrence of the
     longest n-gram (``min_n <= n <= max_n``) ending ``token_ids``; [] when none occurs."""
+    return ngram_match(token_ids, num_draft_tokens, min_n, max_n)[0]
+
+
+def ngram_match(
+    token_ids: Sequence[int], num_draft_tokens: int, min_n: int = 1, max_n: int = 4
+) -> tuple[list[int], int]:
+    """`ngram_propose`'s tokens and the length n of the n-gram matched (0: none)."""
     _check_ngram_range(min_n, max_n)
     if num_draft_tokens < 0:
         raise ValueError(f"num_draft_tokens must be >= 0, got {num_draft_tokens}")
     num_tokens = len(token_ids)
     if num_draft_tokens == 0 or num_tokens <= min_n:
-        return []
+        return [], 0
     data = struct.pack(f"<{num_tokens}i", *token_ids)
     # An earlier occurrence must end before the last token, so it has a token after it.
     search_end = (num_tokens - 1) * _WORD
@@ -45,8 +52,8 @@ def ngram_propose(
         start = _rfind_aligned(data, data[-n * _WORD :], search_end)
         if start >= 0:
             begin = start + n
-            return list(token_ids[begin : begin + num_draft_tokens])
-    return []
+            return list(token_ids[begin : begin + num_draft_tokens]), n
+    return [], 0
 
 
 def _rfind_aligned(data: bytes, pattern: bytes, end: int) -> int:
@@ -70,6 +77,7 @@ class NgramDrafter:
     """The model-free drafter over `ngram_propose`; holds nothing between steps."""
 
     name = "ngram"
+    is_lookup = True
 
     def __init__(self, min_n: int = 1, max_n: int = 4) -> None:
         _check_ngram_range(min_n, max_n)
@@ -77,10 +85,13 @@ class NgramDrafter:
         self.max_n = max_n
 
     def propose(self, requests: list[DraftRequest]) -> list[Draft]:
-        return [
-            Draft(ngram_propose(r.token_ids, r.num_draft_tokens, self.min_n, self.max_n))
-            for r in requests
-        ]
+        return [self._propose_one(r) for r in requests]
+
+    def _propose_one(self, request: DraftRequest) -> Draft:
+        token_ids, n = ngram_match(
+            request.token_ids, request.num_draft_tokens, self.min_n, self.max_n
+        )
+        return Draft(token_ids, scores=(n / self.max_n,) * len(token_ids))
 
     def finish(self, request_id: str, token_ids: Sequence[int]) -> None:
         pass

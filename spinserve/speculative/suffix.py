@@ -14,12 +14,12 @@ thing seen after ``1 2 3``) with probability 1/2 * 1/1:
 >>> match_len, trie.count(node)
 (2, 2)
 >>> greedy_continuation(trie, node, max_tokens=4, min_confidence=0.3)
-([3, 1], 1.0)
+([3, 1], [0.5, 0.5])
 
 The draft stops where the product of the probabilities would fall below ``min_confidence``,
 or where the trie ends (a path holds at most ``depth`` tokens, match included). The second
-value is the draft's score: the sum of those products, its expected number of accepted tokens
-under the counts.
+value is each token's path probability under the counts (the draft's scores); their sum is
+its expected number of accepted tokens under the counts, which picks between the two tries.
 
 `SuffixDrafter` keeps two tries: one per live request over its own last ``max_request_tokens``
 tokens (updated as it grows, dropped on `finish`), and one global over the last
@@ -223,14 +223,15 @@ def longest_match(trie: SuffixTrie, context: Sequence[int]) -> tuple[int, int]:
 
 def greedy_continuation(
     trie: SuffixTrie, node: int, max_tokens: int, min_confidence: float
-) -> tuple[list[int], float]:
+) -> tuple[list[int], list[float]]:
     """Follow the most frequent child (ties: the smaller token id) while the product of the
     empirical probabilities ``count(child) / num_continued(node)`` stays >= ``min_confidence``.
 
-    Returns the tokens and their score, the sum of the running products (the expected number
-    of tokens accepted if the target behaved like the counts)."""
+    Returns the tokens and the running products (their sum is the expected number of tokens
+    accepted if the target behaved like the counts)."""
     token_ids: list[int] = []
-    prob, score = 1.0, 0.0
+    path_probs: list[float] = []
+    prob = 1.0
     while len(token_ids) < max_tokens:
         child = trie.best_child(node)
         if child == NO_NODE:
@@ -239,18 +240,18 @@ def greedy_continuation(
         if prob < min_confidence:
             break
         token_ids.append(trie.token(child))
-        score += prob
+        path_probs.append(prob)
         node = child
-    return token_ids, score
+    return token_ids, path_probs
 
 
 def propose_from(
     trie: SuffixTrie, context: Sequence[int], max_tokens: int, min_confidence: float
-) -> tuple[list[int], float]:
-    """`greedy_continuation` after the `longest_match` of ``context``; ([], 0.0) without one."""
+) -> tuple[list[int], list[float]]:
+    """`greedy_continuation` after the `longest_match` of ``context``; ([], []) without one."""
     _, node = longest_match(trie, context)
     if node == NO_NODE:
-        return [], 0.0
+        return [], []
     return greedy_continuation(trie, node, max_tokens, min_confidence)
 
 
@@ -344,6 +345,7 @@ class SuffixDrafter:
     keeps whichever draft scores higher (ties: the request's own)."""
 
     name = "suffix"
+    is_lookup = True
 
     def __init__(self, config: SuffixConfig | None = None) -> None:
         self.config = config or SuffixConfig()
@@ -362,17 +364,18 @@ class SuffixDrafter:
         return len(self._requests)
 
     def propose(self, requests: list[DraftRequest]) -> list[Draft]:
-        return [Draft(self._propose_one(r)) for r in requests]
+        return [self._propose_one(r) for r in requests]
 
-    def _propose_one(self, request: DraftRequest) -> list[int]:
+    def _propose_one(self, request: DraftRequest) -> Draft:
         index = self._sync(request.request_id, request.token_ids)
         if request.num_draft_tokens <= 0:
-            return []
+            return Draft([])
         cfg = self.config
         context = index.token_ids[-cfg.max_match_len :]
         own = propose_from(index.trie, context, request.num_draft_tokens, cfg.min_confidence)
         seen = propose_from(self.global_trie, context, request.num_draft_tokens, cfg.min_confidence)
-        return own[0] if own[1] >= seen[1] else seen[0]
+        token_ids, path_probs = own if sum(own[1]) >= sum(seen[1]) else seen
+        return Draft(token_ids, scores=tuple(path_probs))
 
     def _sync(self, request_id: str, token_ids: Sequence[int]) -> RequestIndex:
         """The request's index, caught up with ``token_ids`` (rebuilt if they diverged)."""

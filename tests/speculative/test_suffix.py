@@ -145,14 +145,15 @@ CONTINUATION_CASES = [
 def test_greedy_continuation(seqs, context, k, min_conf, tokens, score):
     trie = trie_of(6, *seqs)
     _, node = longest_match(trie, context)
-    got_tokens, got_score = greedy_continuation(trie, node, k, min_conf)
+    got_tokens, path_probs = greedy_continuation(trie, node, k, min_conf)
     assert got_tokens == tokens
-    assert got_score == pytest.approx(score)
+    assert sum(path_probs) == pytest.approx(score)
+    assert path_probs == sorted(path_probs, reverse=True)  # a running product of ratios <= 1
     assert propose_from(trie, context, k, min_conf)[0] == tokens
 
 
 def test_propose_from_without_a_match_is_empty():
-    assert propose_from(trie_of(4, [1, 2]), [3], 4, 0.1) == ([], 0.0)
+    assert propose_from(trie_of(4, [1, 2]), [3], 4, 0.1) == ([], [])
 
 
 # --- RequestIndex ----------------------------------------------------------------------------
