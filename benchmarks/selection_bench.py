@@ -163,6 +163,8 @@ class ChoiceRecorder:
 
     def __getattr__(self, name: str):
         """Everything else (step-gate switches, learning, costs) is the policy's own."""
+        if name.startswith("__") or name == "policy":  # copying: no policy yet
+            raise AttributeError(name)
         return getattr(self.policy, name)
 
 
@@ -273,6 +275,7 @@ class Bench:
         self.level_seconds: dict[str, float] = defaultdict(float)
         self.level_start: dict[str, float] = {}
         self.report: dict = {
+            "command": " ".join([".venv/bin/python benchmarks/selection_bench.py", *sys.argv[1:]]),
             "machine": machine_info(args.threads),
             "settings": settings(args, self.runtime),
             "sample": [{"category": p.category, "prompt_id": p.prompt_id} for p in prompts],

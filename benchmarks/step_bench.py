@@ -162,16 +162,19 @@ def measure_bandwidth(args: argparse.Namespace, warmup: int = 3, repeats: int = 
 
 
 def machine_info(threads: int) -> dict:
-    cpu_model, flags = "unknown", set()
+    cpu_model, family, flags = "unknown", "", set()
     with open("/proc/cpuinfo") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key.strip() == "model name" and cpu_model == "unknown":
                 cpu_model = value.strip()
+            elif key.strip() == "cpu family" and not family:
+                family = value.strip()  # AMD: 25 Zen 3/4, 26 Zen 5
             elif key.strip() == "flags" and not flags:
                 flags = set(value.split())
     return {
         "cpu_model": cpu_model,
+        "cpu_family": family,
         "cpu_flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}),
         "cores": os.cpu_count(),
         "threads": threads,

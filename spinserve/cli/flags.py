@@ -46,6 +46,8 @@ HELP = {
     "num_threads": "CPU threads for torch (0: torch's default)",
     "num_draft_tokens": "draft tokens per step (k) of a drafter; 0 turns speculation off",
     "drafter_kv_cache_gib": "KV cache pool of each model drafter, in GiB",
+    "draft_timeout_s": "seconds a drafter's call may take before its drafts are given up for "
+    "the step (generous: a model drafter's first call catches up on the whole prompt)",
     "drafter_kv_cache_dtype": "model drafters' cached keys and values: float16 (half the "
     "memory and the bytes a drafting step reads; a drafter's numerics change only its "
     "acceptance, never the output) or auto (their compute dtype)",

@@ -64,10 +64,10 @@ class SpinParams:
     - ``draft_lengths``: the k a step may ask for. Up to 4: on the 2-core CPU a 9-token
       forward costs 3-4 decodes, and the acceptance model (a rate for every later token)
       overrates long lookup drafts, whose copies pass or fail as a whole; replaying real
-      drafts, (1, 2, 3, 4) gave 1.26x the target's speed against 1.23x with 6 and 8 too.
+      drafts chose (1, 2, 3, 4) over adding 6 and 8 (docs/design.md, "Drafter selection").
       Where verification is nearly free (a GPU) longer drafts pay: pass them.
     - ``exploration``: Thompson sampling draws from the beliefs with their spread times
-      this (0.35: replaying real drafts 1.26x the target against 1.24x with 0.5).
+      this (0.35: what replaying real drafts chose).
     - ``discount``: weight per step of a request's older observations (1: keep all).
     - ``change_threshold``: CUSUM level at which a request's statistics restart because its
       text changed (0: off).

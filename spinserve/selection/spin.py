@@ -111,8 +111,8 @@ class SpinPolicy:
         forward, only if its posterior means would take it too. Under load a draft token
         must be accepted far more often to pay, so a draw the means would not take rarely
         finds an arm that does, and the rates come from batch 1 through the shared prior
-        instead: on the real models, 8 concurrent requests, side by side, this was 1.005-1.10x
-        the exploring form's throughput in three rounds out of three (docs/design.md)."""
+        instead: on the real models under 8 concurrent requests this beat exploring in every
+        round measured (docs/design.md, "Drafter selection")."""
         choice, score = self.model.best(state, num_running)
         if score <= no_spec:
             return NO_SPECULATION

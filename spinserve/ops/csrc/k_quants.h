@@ -94,7 +94,7 @@ void quantize_block(const float* x, ActBlock& out) {
 
 // Q4_K's 12 bytes of 6-bit (scale, min) pairs -> 8 scales then 8 mins, as four little-endian
 // words of bytes (llama.cpp's bit layout). Always inlined: a call here, in the kernels' block
-// loop, went through the stack and stalled the vector load after it (2.5x slower, measured).
+// loop, went through the stack and stalled the vector load after it.
 __attribute__((always_inline)) inline void q4_k_scale_words(const uint8_t* s, uint32_t* out) {
   uint32_t u[3];
   std::memcpy(u, s, 12);
@@ -263,8 +263,8 @@ void q4_k_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stride
   for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_load_ps(lanes + kLanes * r);
   for (int64_t blk = 0; blk < nb; ++blk) {
     const uint8_t* b = w + blk * kQ4KBytes;
-    // 8 scales, 8 mins. Decoded in vector registers for up to 4 rows (1 row: 3-5% faster),
-    // in scalar ones for more (the vector form measured 1-4% slower at 8 rows, A/B per call).
+    // 8 scales, 8 mins. Decoded in vector registers for up to 4 rows, in scalar ones for
+    // more: with 8 rows' accumulators live, the vector form competes for registers.
     __m128i words;
     if constexpr (ROWS <= 4) {
       words = q4_k_scales_avx2(b + 4);

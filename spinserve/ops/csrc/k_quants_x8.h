@@ -85,10 +85,9 @@ inline __m256i pair_of(const int16_t* sums) {
 }
 
 // Software prefetch for the interleaved kernels: at 3 or more rows a pass is bound by its
-// multiplies, and the hardware prefetcher alone left it waiting on memory between them (a
-// 256 MB stream of Q4_Kx8 chunks at 8 rows, 2 threads: 18.1 ms, 12.2 with this). At 1-2 rows
-// it was level or a few percent slower on Zen 4 and 0.84-0.91x the time of a decode on Zen 5,
-// so every pass prefetches. Each call asks for `lines` cache lines of the chunk
+// multiplies, and the hardware prefetcher alone left it waiting on memory between them. At 1-2
+// rows it helps on some CPUs and costs nothing measurable on others, so every pass
+// prefetches (docs/design.md, "Weights on CPU"). Each call asks for `lines` cache lines of the chunk
 // kPrefetchChunks on, starting `offset` bytes into it; a kernel spreads the calls over its loop
 // (prefetching past the weight's end is harmless: a prefetch never faults). 4 chunks on
 // measured best of 2, 4, 6, 8, 12 (and of 4 and 8 for the wide passes).
@@ -159,8 +158,7 @@ void q6_kx8_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stri
   for (int64_t blk = 0; blk < nb; ++blk) {
     const uint8_t* c = w + blk * kQ6KX8Bytes;
     // The offsets' sums (csum) beside the products for up to 4 rows, after them for more:
-    // there they would hold 8 registers through the loop and spill (5-8% faster at 1-2 rows
-    // in the loop, 4-10% at 8 rows after it; call for call, the 1.5B's down and lm_head).
+    // in the loop 8 rows' sums would hold 8 registers through it and spill.
     constexpr bool late = ROWS > 4;
     __m256i isum[ROWS], csum[ROWS];
     for (int r = 0; r < ROWS; ++r) isum[r] = csum[r] = zero;
@@ -180,8 +178,8 @@ void q6_kx8_rows(const uint8_t* w, int64_t nb, const ActBlock* act, int64_t stri
         q6_k_values(l0, l1, h, q);
         for (int r = 0; r < ROWS; ++r) {
           const int8_t* x = act[r * stride + blk].q + 16 * j;
-          // one chain of 4 products per row: no zeroed second chain, no add (10% faster hot
-          // than two chains of 2, in the wide pass; exact in int32 either way)
+          // one chain of 4 products per row: no zeroed second chain and no add to merge two
+          // (exact in int32 either way)
           const __m256i t = dot4(dot4(dot4(dot4(zero, q[0], x), q[2], x + 8), q[1], x + 4), q[3], x + 12);
           isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(t, sc));
         }

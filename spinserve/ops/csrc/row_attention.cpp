@@ -235,10 +235,9 @@ inline void dot8(const float* q, const T* const* keys, int64_t dim, float s, flo
   store(scores, sum_lanes8(folded) * splat(s));
 }
 
-// dot8 for two queries at once (each key's vectors loaded once for both): the same bits. The
-// op alone at 8 rows x 1,032 keys, one thread: 0.91x the time on the 0.5B's shape, 0.96x on
-// the 1.5B's, level on SmolLM2's (3 heads a kv head: a pair and one alone). (One template
-// for 1 and 2 queries, acc[Q][8], measured 4-6% slower for both: kept apart.)
+// dot8 for two queries at once (each key's vectors loaded once for both): the same bits; it
+// pays where a kv head serves several query heads at long contexts. One template for 1 and 2
+// queries (acc[Q][8]) was measured slower for both, so the two stay apart.
 template <typename T>
 inline void dot8_two(const float* q0, const float* q1, const T* const* keys, int64_t dim,
                      float s, float* scores0, float* scores1) {

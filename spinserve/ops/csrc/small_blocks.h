@@ -88,8 +88,8 @@ constexpr int32_t offset(int64_t qtype) {
 // A row's 32 rounded activations with their scale, their sum, and where the integer dots
 // start: per lane of 4 columns, -offset x their sum, and for a whole block -offset x the sum.
 // Q4_1's min term is m x (d x sum) for each weight's min m, so d x sum (rounded once) is kept
-// too: one fused multiply-add per block and row in every path (d x (m x sum) took a
-// conversion, a broadcast and two products more; SmolLM2's 8-token step 0.96x the time).
+// too: one fused multiply-add per block and row in every path (d x (m x sum) takes a
+// conversion, a broadcast and two products more).
 struct alignas(32) Act {
   int8_t q[kQK];
   int32_t base[kLanes];
@@ -232,11 +232,10 @@ inline __m256i dot_avx2(__m256i u, const Act& a) {
 // the blocks (its own function, so that they stay there): through memory each block's add
 // waited on the last one's store, and one row of the 0.5B's 4864x896 Q5_0 product ran at
 // ~12 GB/s (15 here). Each (column, row) adds its blocks in order, as the portable code does.
-// (Two columns at a time, for two independent chains, measured slower: 0.40 against 0.20 ms.)
-// Prefetches reach 8 KiB ahead: against 2 KiB, the 0.5B's step 0.93x the time for a decode and
-// 0.95x for 8 tokens, SmolLM2's 0.95x and 0.99x (kernel_ab, Zen 5; 4 KiB 0.94-0.98x, 16 KiB
-// 0.97-1.01x): with 8 rows a pass spends longer on each block, and 2 KiB ahead no longer
-// kept enough of the weight in flight to cover the memory's latency.
+// (Two columns at a time, for two independent chains, measured slower.)
+// Prefetches reach 8 KiB ahead: with 8 rows a pass spends longer on each block, and 2 KiB
+// ahead no longer kept enough of the weight in flight to cover the memory's latency (the
+// distances tried are in docs/design.md).
 constexpr int64_t kPrefetchBytes = 8192;
 template <int64_t QTYPE, int ROWS>
 __attribute__((noinline)) void rows_avx2(const Act* act, int64_t nb, const uint8_t* w,
