@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 .venv/bin/ruff check spinserve research tests benchmarks
 .venv/bin/ruff format --check spinserve research tests benchmarks
+.venv/bin/python benchmarks/report.py --check  # docs/benchmarks.md and README's table
 .venv/bin/python -m pytest "$@"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spinserve.config.speculative import MAX_DRAFT_TOKENS
+from spinserve.config.speculative import check_draft_lengths
 
 POLICY_KINDS = ("fixed", "random", "round-robin", "spin", "oracle")
 TAKES_ARG = frozenset({"fixed"})
@@ -35,9 +35,8 @@ class SelectionConfig:
         kind, _ = parse_policy(self.policy)
         if kind == "oracle" and not self.oracle_table:
             raise ValueError("policy 'oracle' needs oracle_table (see OraclePolicy.save)")
-        bad = [k for k in self.draft_lengths if not 1 <= k <= MAX_DRAFT_TOKENS]
-        if bad:
-            raise ValueError(f"draft_lengths must be in [1, {MAX_DRAFT_TOKENS}], got {bad}")
+        if self.draft_lengths:
+            check_draft_lengths("draft_lengths", self.draft_lengths, minimum=1)
 
 
 def parse_policy(name: str) -> tuple[str, str | None]:
@@ -97,8 +96,7 @@ class SpinParams:
 
     def __post_init__(self) -> None:
         lengths = self.draft_lengths
-        if not lengths or not all(1 <= k <= MAX_DRAFT_TOKENS for k in lengths):
-            raise ValueError(f"draft_lengths must be in [1, {MAX_DRAFT_TOKENS}], got {lengths}")
+        check_draft_lengths("draft_lengths", lengths, minimum=1)
         if self.exploration < 0:
             raise ValueError(f"exploration must be >= 0, got {self.exploration}")
         if not 0.0 < self.discount <= 1.0:

@@ -11,6 +11,18 @@ NO_DRAFTER = "none"  # a request that asks for this drafter does not speculate
 MAX_DRAFT_TOKENS = 16
 
 
+def check_draft_lengths(name: str, lengths: Sequence[int], minimum: int = 0) -> None:
+    """The one check of draft lengths: integers in [minimum, MAX_DRAFT_TOKENS].
+
+    >>> check_draft_lengths("draft_lengths", (1, 0), minimum=1)
+    Traceback (most recent call last):
+    ValueError: draft_lengths must be in [1, 16], got [0]
+    """
+    bad = [k for k in lengths if not (isinstance(k, int) and minimum <= k <= MAX_DRAFT_TOKENS)]
+    if bad or not lengths:
+        raise ValueError(f"{name} must be in [{minimum}, {MAX_DRAFT_TOKENS}], got {bad or lengths}")
+
+
 @dataclass(frozen=True)
 class SpeculativeConfig:
     """Which drafters the engine loads, and the defaults requests inherit.
@@ -33,10 +45,7 @@ class SpeculativeConfig:
     draft_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.num_draft_tokens <= MAX_DRAFT_TOKENS:
-            raise ValueError(
-                f"num_draft_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {self.num_draft_tokens}"
-            )
+        check_draft_lengths("num_draft_tokens", [self.num_draft_tokens])
         if len(set(self.drafters)) != len(self.drafters):
             raise ValueError(f"drafters listed twice: {list(self.drafters)}")
         if NO_DRAFTER in self.drafters:
@@ -74,5 +83,5 @@ class SpecParams:
 
     def __post_init__(self) -> None:
         k = self.num_draft_tokens
-        if k is not None and not 0 <= k <= MAX_DRAFT_TOKENS:
-            raise ValueError(f"num_draft_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {k}")
+        if k is not None:
+            check_draft_lengths("num_draft_tokens", [k])

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from spinserve.config.speculative import MAX_DRAFT_TOKENS, NO_DRAFTER
+from spinserve.config.speculative import NO_DRAFTER, check_draft_lengths
 from spinserve.selection.step_gate import Lookup
 
 
@@ -41,11 +41,9 @@ class Choice:
             return
         if self.drafter in ("", NO_DRAFTER):
             raise ValueError(f"drafter name {self.drafter!r}: use NO_SPECULATION instead")
-        if not 1 <= self.num_draft_tokens <= MAX_DRAFT_TOKENS:
-            raise ValueError(
-                f"num_draft_tokens of drafter {self.drafter!r} must be in "
-                f"[1, {MAX_DRAFT_TOKENS}], got {self.num_draft_tokens}"
-            )
+        check_draft_lengths(
+            f"num_draft_tokens of drafter {self.drafter!r}", [self.num_draft_tokens], 1
+        )
 
     @property
     def speculates(self) -> bool:

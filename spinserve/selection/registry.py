@@ -26,7 +26,7 @@ from spinserve.config.selection import (  # noqa: F401 (re-exported: the policie
     SpinParams,
     parse_policy,
 )
-from spinserve.config.speculative import MAX_DRAFT_TOKENS, NO_DRAFTER, unknown_drafter
+from spinserve.config.speculative import NO_DRAFTER, check_draft_lengths, unknown_drafter
 from spinserve.selection.baselines import (
     FixedPolicy,
     OraclePolicy,
@@ -90,8 +90,7 @@ def build_policy(
     """The policy ``config`` names, over the loaded ``drafters``; ``num_draft_tokens`` is the
     k of the fixed, random and round-robin policies (0: they never speculate)."""
     kind, arg = parse_policy(config.policy)
-    if not 0 <= num_draft_tokens <= MAX_DRAFT_TOKENS:
-        raise ValueError(f"num_draft_tokens must be in [0, {MAX_DRAFT_TOKENS}]")
+    check_draft_lengths("num_draft_tokens", [num_draft_tokens])
     nothing_to_draft = not drafters or (num_draft_tokens == 0 and kind != "spin")
     if kind in NEEDS_DRAFTERS and nothing_to_draft:
         return FixedPolicy(NO_SPECULATION)
