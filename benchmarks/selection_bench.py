@@ -75,6 +75,7 @@ from pathlib import Path
 import torch
 from selection_report import (
     BATCH1,
+    NO_GATE,
     ORACLE,
     REFERENCE,
     SPIN,
@@ -117,9 +118,6 @@ from spinserve.speculative.drafter import Drafter
 from spinserve.speculative.registry import MODEL_FREE, build_drafter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-NO_GATE = "-nogate"  # a configuration's suffix: spin with SelectionConfig.step_gate off
 
 
 class ChoiceRecorder:

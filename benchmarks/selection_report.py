@@ -31,6 +31,7 @@ SPIN = "spin"
 ORACLE = "oracle"
 REFERENCE = f"{BATCH1}/{TARGET}"  # every output is compared with this configuration's
 NO_DRAFTER = "none"
+NO_GATE = "-nogate"  # spin without its step gate (selection_bench --configs spin-nogate)
 
 
 def level_label(level: str) -> str:
@@ -157,6 +158,8 @@ def throughput_table(report: dict, summary: dict, level: str) -> str:
     spin, oracle, target = (f"{level}/{n}" for n in (SPIN, ORACLE, TARGET))
     ratios = [(f"spin / {label}", by_col, False) for label, by_col in best.items()]
     ratios += [("spin / oracle", oracle, False), ("spin / target", target, True)]
+    if f"{level}/{SPIN}{NO_GATE}" in summary:  # the step gate's own contribution
+        ratios.append((f"spin / spin{NO_GATE}", f"{level}/{SPIN}{NO_GATE}", False))
     for label, other, mark in ratios:
         cells = [
             _ratio(
