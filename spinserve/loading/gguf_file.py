@@ -30,6 +30,7 @@ from spinserve.loading.gguf_checks import (
 )
 from spinserve.loading.gguf_layout import check_layout
 from spinserve.loading.gguf_names import hf_tensor_name
+from spinserve.models.embedding import EMBEDDING
 from spinserve.ops.blocks import BLOCK_TYPES, BlockWeight
 from spinserve.ops.quant import Int4Weight
 from spinserve.types.errors import ModelLoadError
@@ -158,14 +159,19 @@ def iter_tensors(
     head_from_embedding = "lm_head.weight" in blocks and not _has_tensor(reader, "output.weight")
     for t in reader.tensors:
         name = hf_tensor_name(t.name, arch)
+        head = None
         if head_from_embedding and t.name == "token_embd.weight":
-            yield "lm_head.weight", _block_weight(t, arch, hf)
+            head = _block_weight(t, arch, hf)
+            yield "lm_head.weight", head
         if only is not None and name not in only:
             continue
         qtype = GGMLQuantizationType(t.tensor_type)
         heads = _permuted_heads(t, arch, hf)
         if name in blocks and int(qtype) in BLOCK_TYPES:
-            yield name, _block_weight(t, arch, hf)
+            # An embedding is only looked up, a row at a time, which its rows as stored serve
+            # best; tied to a head kept in blocks, it shares the head's: one copy.
+            lookups_only = name == EMBEDDING and head is None
+            yield name, head if head is not None else _block_weight(t, arch, hf, lookups_only)
             continue
         if name in int4 and qtype in INT4_TYPES:
             parts = int4_blocks(t.data, qtype, int(t.shape[-1]))
@@ -188,16 +194,17 @@ def iter_tensors(
         yield name, torch.from_numpy(np.require(data, np.float32, ["C", "W"]))
 
 
-def _block_weight(t, arch: str, hf: dict[str, Any]) -> BlockWeight:
+def _block_weight(t, arch: str, hf: dict[str, Any], as_stored: bool = False) -> BlockWeight:
     """GGUF tensor ``t`` as a `BlockWeight` of its own bytes (rows in Hugging Face order), Q5_0,
     Q8_0, Q4_K and Q6_K with 8 rows interleaved (`BlockWeight.interleaved`: the same bytes
-    rearranged)."""
+    rearranged) unless ``as_stored``."""
     raw = np.asarray(t.data).view(np.uint8).reshape(int(t.shape[-1]), -1)
     if (heads := _permuted_heads(t, arch, hf)) is not None:
         raw = _unpermute(raw, heads)
     own = torch.from_numpy(np.array(raw))  # a copy: the reader's map is read-only
     shape = (int(t.shape[-1]), int(t.shape[0]))
-    return BlockWeight(own, int(t.tensor_type), shape).interleaved()
+    weight = BlockWeight(own, int(t.tensor_type), shape)
+    return weight if as_stored else weight.interleaved()
 
 
 def _permuted_heads(t, arch: str, hf: dict[str, Any]) -> int | None:

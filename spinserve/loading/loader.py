@@ -28,6 +28,7 @@ from spinserve.loading.hf_folder import iter_safetensors, read_config
 from spinserve.loading.packed import is_current, packed_path, read_packed, write_packed
 from spinserve.loading.tokenizer import Tokenizer
 from spinserve.models.decoder import Decoder
+from spinserve.models.embedding import EMBEDDING
 from spinserve.ops.blocks import kernels_available
 from spinserve.ops.quant import Int8Weight, QuantizedWeight
 from spinserve.types.errors import ModelLoadError
@@ -158,9 +159,13 @@ def _gguf_weights(
 ) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
     """Every weight of the GGUF in the run-time ``form``: blocks our kernels multiply kept
     (``blocks``), 4-bit blocks for torch's int4 kernel, the other linear weights in the
-    model's linear dtype (per-row int8 for ``int8``), the rest in fp32 as dequantized."""
+    model's linear dtype (per-row int8 for ``int8``), a quantized embedding in its blocks
+    (`QuantizedEmbedding`; but for ``float32``, the reference), the rest in fp32 as
+    dequantized."""
     linears = model.linear_weight_names()
     kept = block_names(reader, linears) if blocks else frozenset()
+    if form != "float32":
+        kept |= block_names(reader, frozenset({EMBEDDING}))
     quantized = form in ("auto", "int4", "int8")
     int4 = int4_names(reader, linears - kept) if quantized else frozenset()
     for name, tensor in iter_tensors(reader, hf, int4, blocks=kept):

@@ -2,8 +2,9 @@
 
 Reading a GGUF's tensors, interleaving the blocks our kernels multiply, packing 4-bit blocks
 into torch's int4 layout, casting the other linear weights to bfloat16 and dequantizing the
-rest (embedding, norms, biases) to fp32 takes tens of seconds for a 1.5B model; the result goes
-into ``<folder>/packed/weights-<form>-torch-<version>.safetensors`` (torch's int4 layout may
+rest (norms, biases; the token embedding stays in its blocks, `QuantizedEmbedding`) to fp32
+takes tens of seconds for a 1.5B model; the result goes into
+``<folder>/packed/weights-<form>-torch-<version>.safetensors`` (torch's int4 layout may
 change between versions, hence the name) and later loads memory-map it: the file holds every
 tensor a load of that form needs, so no other copy of the weights is kept. It is written under
 a temporary name and renamed, so a half-written one is never read; failing to write it only
@@ -35,9 +36,13 @@ _ALIGNMENT = 64
 # 2 = a tied lm_head in blocks is saved as its own entry (see `gguf_file.block_names`);
 # 3 = Q4_K and Q6_K blocks with 8 rows interleaved (`spinserve.ops.interleave`);
 # 4 = Q5_0 and Q8_0 blocks too;
-# 5 = every tensor, not only the linear weights (named ``weights-*``, no longer ``linears-*``).
-PACKING_VERSION = 5
+# 5 = every tensor, not only the linear weights (named ``weights-*``, no longer ``linears-*``);
+# 6 = the token embedding in its GGUF blocks, shared with a tied lm_head kept in blocks.
+PACKING_VERSION = 6
 _VERSION_KEY = "spinserve_packing"
+# Names whose weight is another's (a tied lm_head and the embedding): saved once, as
+# ``alias=name`` pairs joined by commas.
+_SHARED_KEY = "spinserve_shared"
 log = logging.getLogger(__name__)
 
 Weights = dict[str, "torch.Tensor | QuantizedWeight"]
@@ -47,7 +52,8 @@ def packed_path(folder: Path, form: str = "int4") -> Path:
     """Where the weights of ``form`` are saved: ``gguf`` (GGUF blocks as they are for our
     kernels, the other linear weights bfloat16), ``gguf-int8`` (those per-row int8), ``int4``
     and ``int8`` (4-bit blocks for torch's int4 kernel, the other linear weights bfloat16 /
-    int8), ``bfloat16`` (every linear weight bfloat16); in each the rest is fp32."""
+    int8), ``bfloat16`` (every linear weight bfloat16); in each the embedding is in its GGUF
+    blocks where it is quantized, the rest fp32."""
     kind = "" if form == "int4" else f"{form}-"
     version = torch.__version__.split("+")[0]
     return folder / PACKED_DIR / f"weights-{kind}torch-{version}.safetensors"
@@ -64,30 +70,50 @@ def is_current(path: Path) -> bool:
 
 
 def read_packed(path: Path) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
-    """The saved linear weights: quantized ones as `Int4Weight`/`Int8Weight`, the rest as the
-    tensors they were saved as."""
+    """The saved weights: quantized ones as `Int4Weight`, `Int8Weight` or `BlockWeight`, the
+    rest as the tensors they were saved as; a weight saved once for two names under both."""
     with safe_open(path, framework="pt") as f:
-        keys = list(f.keys())
-        for key in keys:
-            if key.endswith((_SCALES, _INT8_SCALES)):
-                continue
-            if key.endswith(_PACKED):
-                name = key.removesuffix(_PACKED)
-                packed = _aligned(f.get_tensor(key))
-                shape = (packed.shape[0], 2 * packed.shape[1])
-                yield name, Int4Weight(packed, _aligned(f.get_tensor(name + _SCALES)), shape)
-            elif key.endswith(tuple(_BLOCKS)):
-                name, _, suffix = key.rpartition(".")
-                blocks = f.get_tensor(key)
-                rows = BLOCK_TYPES[_BLOCKS["." + suffix]].rows
-                shape = (blocks.shape[0] * rows, _in_features(f, key))
-                yield name, BlockWeight(blocks, _BLOCKS["." + suffix], shape)
-            elif key.endswith(_INT8):
-                name = key.removesuffix(_INT8)
-                weight = _aligned(f.get_tensor(key))
-                yield name, Int8Weight(weight, _aligned(f.get_tensor(name + _INT8_SCALES)))
-            else:
-                yield key, f.get_tensor(key)
+        shared = _parse_shared((f.metadata() or {}).get(_SHARED_KEY, ""))
+        kept: dict[str, torch.Tensor | QuantizedWeight] = {}
+        for name, weight in _read_entries(f):
+            if name in shared.values():
+                kept[name] = weight
+            yield name, weight
+        for alias, name in shared.items():
+            if name not in kept:
+                raise ValueError(f"{alias!r} shares the weight of {name!r}, which is not saved")
+            yield alias, kept[name]
+
+
+def _parse_shared(text: str) -> dict[str, str]:
+    """``"a=b,c=d"`` -> {a: b, c: d} (`_SHARED_KEY`)."""
+    pairs = [pair.partition("=") for pair in text.split(",") if pair]
+    return {alias: name for alias, _, name in pairs}
+
+
+def _read_entries(f) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+    """Each weight the file holds, once."""
+    keys = list(f.keys())
+    for key in keys:
+        if key.endswith((_SCALES, _INT8_SCALES)):
+            continue
+        if key.endswith(_PACKED):
+            name = key.removesuffix(_PACKED)
+            packed = _aligned(f.get_tensor(key))
+            shape = (packed.shape[0], 2 * packed.shape[1])
+            yield name, Int4Weight(packed, _aligned(f.get_tensor(name + _SCALES)), shape)
+        elif key.endswith(tuple(_BLOCKS)):
+            name, _, suffix = key.rpartition(".")
+            blocks = f.get_tensor(key)
+            rows = BLOCK_TYPES[_BLOCKS["." + suffix]].rows
+            shape = (blocks.shape[0] * rows, _in_features(f, key))
+            yield name, BlockWeight(blocks, _BLOCKS["." + suffix], shape)
+        elif key.endswith(_INT8):
+            name = key.removesuffix(_INT8)
+            weight = _aligned(f.get_tensor(key))
+            yield name, Int8Weight(weight, _aligned(f.get_tensor(name + _INT8_SCALES)))
+        else:
+            yield key, f.get_tensor(key)
 
 
 def _in_features(f, key: str) -> int:
@@ -108,9 +134,17 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def write_packed(path: Path, weights: Weights) -> None:
-    """Save ``weights`` at ``path`` (temporary name, then rename); log and go on on failure."""
+    """Save ``weights`` at ``path`` (temporary name, then rename); log and go on on failure.
+    A weight given under two names (a tied lm_head and the embedding, in blocks) is saved
+    once."""
     flat: dict[str, torch.Tensor] = {}
+    first_name: dict[int, str] = {}  # id of a weight -> the name it is saved under
+    shared: list[str] = []
     for name, w in weights.items():
+        if id(w) in first_name:
+            shared.append(f"{name}={first_name[id(w)]}")
+            continue
+        first_name[id(w)] = name
         if isinstance(w, Int4Weight):
             flat[name + _PACKED], flat[name + _SCALES] = w.packed, w.scales_zeros
         elif isinstance(w, Int8Weight):
@@ -122,7 +156,8 @@ def write_packed(path: Path, weights: Weights) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(exist_ok=True)
-        save_file(flat, tmp, metadata={"format": "pt", _VERSION_KEY: str(PACKING_VERSION)})
+        metadata = {"format": "pt", _VERSION_KEY: str(PACKING_VERSION)}
+        save_file(flat, tmp, metadata={**metadata, _SHARED_KEY: ",".join(shared)})
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from spinserve.config.model import ModelConfig
+from spinserve.models.embedding import EMBEDDING, QuantizedEmbedding
 from spinserve.models.kv_cache import KVCache
 from spinserve.models.layers import DecoderLayer, Linear, RMSNorm
 from spinserve.ops import native
@@ -20,10 +21,16 @@ from spinserve.ops.rope import RopeTable
 class DecoderBody(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, device="meta")
-        self.embed_tokens.requires_grad_(False)
+        # an fp32 table, or a `QuantizedEmbedding` when the weights give the GGUF's blocks
+        self.embed_tokens: nn.Embedding | QuantizedEmbedding = dense_embedding(config)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_weight_offset)
+
+
+def dense_embedding(config: ModelConfig) -> nn.Embedding:
+    """The embedding as a table to fill (on the meta device until `Decoder.load_weights`)."""
+    embedding = nn.Embedding(config.vocab_size, config.hidden_size, device="meta")
+    return embedding.requires_grad_(False)
 
 
 class Decoder(nn.Module):
@@ -32,7 +39,8 @@ class Decoder(nn.Module):
     Parameters start on the meta device and are filled by `load_weights`, so a model never
     holds two copies of its weights. ``dtype`` is the activations' and KV cache's dtype;
     ``linear_dtype`` that of dense linear weights (default: ``dtype``). A linear weight given as
-    a quantized weight (`Int4Weight`, `Int8Weight`) is kept as it is.
+    a quantized weight (`Int4Weight`, `Int8Weight`) is kept as it is; so is an embedding given
+    as GGUF blocks (`QuantizedEmbedding`: each lookup dequantizes its rows).
     """
 
     def __init__(
@@ -66,6 +74,7 @@ class Decoder(nn.Module):
         Raises ValueError naming any unknown, missing or misshapen tensor.
         """
         self._stack, self._stack_built = None, False  # built again from the new weights
+        self.model.embed_tokens = dense_embedding(self.config)  # until the weights say
         params = dict(self.named_parameters(remove_duplicate=False))
         linears = self.linear_weight_names()
         if self.config.tie_word_embeddings:
@@ -89,7 +98,9 @@ class Decoder(nn.Module):
                     f"tensor {name!r} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(params[name].shape)}"
                 )
-            if isinstance(tensor, Int4Weight | Int8Weight | BlockWeight):
+            if name == EMBEDDING and isinstance(tensor, BlockWeight):
+                self.model.embed_tokens = QuantizedEmbedding(tensor, self.dtype)
+            elif isinstance(tensor, Int4Weight | Int8Weight | BlockWeight):
                 if name not in linears:
                     raise ValueError(f"tensor {name!r} cannot be kept quantized")
                 self.get_submodule(name.rpartition(".")[0]).set_quantized(tensor)
@@ -102,12 +113,19 @@ class Decoder(nn.Module):
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
         if self.config.tie_word_embeddings and not head_blocks:
-            self.lm_head.quantized = None
-            embedding = self.model.embed_tokens.weight
-            if self.linear_dtype == embedding.dtype:
-                self.lm_head.weight = embedding
-            else:
-                self._set_param("lm_head.weight", embedding.to(self.linear_dtype))
+            self._tie_dense_head()
+
+    def _tie_dense_head(self) -> None:
+        """A tied lm_head kept dense: the embedding's table itself where the dtypes agree, else
+        a copy in the linear dtype (made from the blocks of a `QuantizedEmbedding`)."""
+        self.lm_head.quantized = None
+        embed = self.model.embed_tokens
+        if isinstance(embed, QuantizedEmbedding):
+            self._set_param("lm_head.weight", embed.dequantize().to(self.linear_dtype))
+        elif self.linear_dtype == embed.weight.dtype:
+            self.lm_head.weight = embed.weight
+        else:
+            self._set_param("lm_head.weight", embed.weight.to(self.linear_dtype))
 
     def linear_weight_names(self) -> frozenset[str]:
         """Names of the weights that linear layers multiply by (``lm_head.weight`` included)."""

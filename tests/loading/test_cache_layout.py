@@ -15,6 +15,8 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType
 from rich.filesize import decimal
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tiny_models import write_zoo_folder
 
 from spinserve.config.engine import WEIGHT_FORMS, RuntimeConfig
@@ -22,16 +24,19 @@ from spinserve.loading import zoo
 from spinserve.loading.loader import load
 from spinserve.loading.packed import PACKED_DIR, packed_path
 from spinserve.models.decoder import Decoder
+from spinserve.models.embedding import QuantizedEmbedding
+from spinserve.ops.blocks import kernels_available
 from spinserve.types.errors import ModelLoadError
 
 NAME = "smollm2-135m-instruct"
 
 
 def weights_of(model: Decoder) -> dict[str, torch.Tensor]:
-    """Every tensor the model computes with: parameters and the parts of quantized weights."""
+    """Every tensor the model computes with: parameters and the parts of quantized weights
+    (an embedding's blocks included)."""
     found = {name: p for name, p in model.named_parameters(remove_duplicate=False)}
     for name, module in model.named_modules():
-        quantized = getattr(module, "quantized", None)
+        quantized = getattr(module, "quantized", getattr(module, "table", None))
         for part, value in (vars(quantized) if quantized is not None else {}).items():
             if isinstance(value, torch.Tensor):
                 found[f"{name}.{part}"] = value
@@ -77,6 +82,35 @@ def test_a_file_packed_before_every_tensor_was_kept_is_replaced(tmp_path):
     assert not legacy.exists() and packed_path(folder, "gguf").is_file()
 
 
+def test_the_embedding_is_packed_in_its_blocks_once_with_a_tied_head(tmp_path):
+    """No fp32 table in the packed file: gemma3's tied lm_head and its embedding are one
+    entry of blocks (one copy on disk and in memory), read back as one weight."""
+    folder = as_fetched(write_zoo_folder("gemma3", tmp_path, GGMLQuantizationType.Q8_0))
+    packed = load(str(folder)).model
+    again = load(str(folder)).model  # from the packed file
+    assert_same_weights(again, packed)
+    embedding = again.model.embed_tokens
+    assert isinstance(embedding, QuantizedEmbedding)
+    assert (embedding.table is again.lm_head.quantized) == kernels_available()
+    (path,) = (folder / PACKED_DIR).iterdir()
+    with safe_open(path, framework="pt") as f:
+        tables = [k for k in f.keys() if k.startswith(("model.embed_tokens.", "lm_head."))]  # noqa: SIM118
+        assert len(tables) == 1 and tables[0].endswith("_blocks")
+        assert f.get_slice(tables[0]).get_dtype() == "U8"
+
+
+def test_a_packed_file_naming_a_shared_weight_it_lacks_is_a_clear_error(tmp_path):
+    folder = as_fetched(write_zoo_folder("gemma3", tmp_path, GGMLQuantizationType.Q8_0))
+    load(str(folder))
+    (path,) = (folder / PACKED_DIR).iterdir()
+    with safe_open(path, framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        metadata = f.metadata()
+    save_file(tensors, path, metadata={**metadata, "spinserve_shared": "lm_head.weight=gone"})
+    with pytest.raises(ModelLoadError, match=r"cannot read .*'gone'.*delete it"):
+        load(str(folder))
+
+
 def test_a_folder_without_weights_or_gguf_is_a_clear_error(tmp_path):
     folder = as_fetched(write_zoo_folder("llama", tmp_path, GGMLQuantizationType.Q4_1))
     (tmp_path / "gguf" / "m.gguf").unlink()
@@ -117,6 +151,8 @@ def test_fetch_and_default_load_keep_the_gguf_and_the_run_time_form(tmp_path, sm
     auto = load(NAME, cache_dir=cache, fetch_missing=False).model
 
     (packed,) = (folder / PACKED_DIR).iterdir()
+    # the GGUF's blocks interleaved, the embedding's shared with the tied head: no fp32 table
+    assert packed.stat().st_size < 1.1 * smollm2_gguf.stat().st_size
     assert {p.suffix for p in folder.iterdir() if p.is_file()} <= {".json", ".jinja"}
     small = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     assert small < 10_000_000  # config and tokenizer
