@@ -44,7 +44,7 @@ from spinserve.loading.catalog import (  # noqa: F401 (re-exported: the zoo's na
     default_drafters,
     lookup,
 )
-from spinserve.loading.wheels import (  # noqa: F401 (pip_download re-exported)
+from spinserve.loading.wheels import (
     assemble,
     is_intact,
     pip_download,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from spinserve import __version__
+from spinserve.loading import wheels as wheel_files
 from spinserve.loading import zoo
 from spinserve.loading.zoo import (
     MARKER_FILE,
@@ -80,7 +81,7 @@ def make_source(sha256: str | None = None) -> ModelSource:
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(zoo, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(wheel_files, "CHUNK_BYTES", 1024)
 
 
 @pytest.fixture
