@@ -73,4 +73,7 @@ BENCH=("$PY" -m spinserve.cli.main bench)
     --out "$OUT/peers_humaneval_spinserve.json"
 "${BENCH[@]}" quality --base-url http://127.0.0.1:8001/v1 --num-prompts "$NUM_HUMANEVAL" \
     --out "$OUT/peers_humaneval_llamacpp.json"
-echo "results: $OUT/peers_serve.json $OUT/peers_serve.png $OUT/peers_humaneval_*.json"
+"$PY" benchmarks/peers_manifest.py "$OUT" "NUM_PROMPTS=$NUM_PROMPTS MAX_TOKENS=$MAX_TOKENS \
+NUM_HUMANEVAL=$NUM_HUMANEVAL THREADS=$THREADS bash benchmarks/peers.sh"
+rm -f "$OUT/peers_serve.json" "$OUT"/peers_humaneval_*.json
+echo "results: $OUT/peers.json (for benchmarks/report.py), $OUT/peers_serve.png, $OUT/*.log"

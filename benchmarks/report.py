@@ -36,7 +36,61 @@ class Section:
     render: Callable[[dict], str]
 
 
+def peers_markdown(report: dict) -> str:
+    """bench serve --compare of spinserve and llama.cpp's server on the same GGUF, with the
+    ratios to llama.cpp plain, and both HumanEval pass@1 figures."""
+    ratio = {(c["config"], c["load"]): c for c in report.get("comparisons", [])}
+    lines = [
+        "| load | configuration | ok/n | output tokens/s | TTFT p50 ms | ITL p50 ms | "
+        "E2E p50 s | tokens/s vs first | same text as first |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["summaries"]:
+        if row["category"] != "all":
+            continue
+        c = ratio.get((row["config"], row["load"]))
+        ok = row["num_requests"] - row["num_failed"]
+        cells = [
+            row["load"],
+            row["config"],
+            f"{ok}/{row['num_requests']}",
+            f"{row['output_tokens_per_s']:.2f}",
+            _ms(row["ttft"].get("50")),
+            _ms(row["itl"].get("50")),
+            _num(row["e2e"].get("50")),
+            f"{c['tokens_per_s_ratio']:.2f}x" if c else "1.00x",
+            f"{c['num_identical']}/{c['num_compared']}" if c else "",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    quality = report.get("humaneval", {})
+    passes = [
+        f"{name} {q['num_passed']}/{q['num_problems']} = {q['pass_at_1']:.1%}"
+        for name, q in quality.items()
+    ]
+    tail = f"\n\nHumanEval pass@1 (greedy): {'; '.join(passes)}." if passes else ""
+    return "\n".join(lines) + tail
+
+
+def _ms(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 SECTIONS = (
+    Section(
+        "peers.json",
+        "Served side by side with llama.cpp's server on the same GGUF",
+        "spinserve (its default: spin with the step gate; and its target alone, drafter "
+        "none) and llama.cpp's OpenAI server (llama-cpp-python, plain and with its prompt "
+        "lookup of 3 tokens), the Qwen2.5-Coder-1.5B Q4_K_M GGUF, 2 threads each, Spec-Bench "
+        "prompts through `spinserve bench serve --compare` (configurations interleaved per "
+        "round, never two servers at once); ratios against llama.cpp plain; then HumanEval "
+        "pass@1 through `spinserve bench quality`.",
+        peers_markdown,
+    ),
     Section(
         "selection_bench.json",
         "Drafter selection: spin against the target alone and fixed drafters",
