@@ -150,7 +150,7 @@ def task(
     if progress is None:
         yield lambda _n: None
         return
-    task = progress.addtask(description, total=total, unit=unit)
-    yield partial(progress.advance, task)
+    task_id = progress.add_task(description, total=total, unit=unit)
+    yield partial(progress.advance, task_id)
     done = total or 1
-    progress.update(task, total=done, completed=done)
+    progress.update(task_id, total=done, completed=done)

