@@ -75,7 +75,7 @@ from pathlib import Path
 import torch
 from selection_report import (
     BATCH1,
-    NO_GATE,
+    GATE,
     ORACLE,
     REFERENCE,
     SPIN,
@@ -312,10 +312,10 @@ class Bench:
             runtime=self.runtime,
             speculative=self.speculative(),
             selection=SelectionConfig(
-                policy="fixed:none" if name == TARGET else name.removesuffix(NO_GATE),
+                policy="fixed:none" if name == TARGET else name.removesuffix(GATE),
                 policy_seed=args.policy_seed,
                 oracle_table=oracle,
-                step_gate=not name.endswith(NO_GATE),
+                step_gate=name.endswith(GATE),
             ),
         )
         drafters = {
@@ -499,7 +499,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=None,
         help=f"configurations in order (default: target, fixed:each, random, spin, oracle); "
-        f"spin{NO_GATE} is spin without its step gate",
+        f"spin{GATE} is spin with its step gate",
     )
     p.add_argument(
         "--categories", nargs="+", choices=CATEGORIES, default=list(CATEGORIES), help="a subset"

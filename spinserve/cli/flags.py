@@ -56,7 +56,8 @@ HELP = {
     "draft_lengths": "the k the spin policy may choose among (repeatable; default 1,2,3,4)",
     "policy_seed": "seed of the random and spin policies",
     "step_gate": "spin: each step, play the lookup draft (n-gram, suffix) and length its "
-    "predicted pass chances say pays, or none, learning from every lookup's draft",
+    "predicted pass chances say pays, or none, learning from every lookup's draft "
+    "(experimental: measured, it does not pay yet)",
     "oracle_table": "JSON file of per-request choices for the oracle policy",
 }
 

@@ -23,13 +23,14 @@ class SelectionConfig:
     `spin` may choose among (empty: 1, 2, 3, 4). ``policy_seed``: seeds the random
     choices of ``random`` and ``spin``. ``oracle_table``: the file ``oracle`` reads.
     ``step_gate``: `spin` picks the lookup draft and its length per step from predicted pass
-    chances (`spinserve.selection.step_gate`); off, the request's rates alone choose."""
+    chances (`spinserve.selection.step_gate`); off (the default: measured, it does not pay
+    yet, docs/design.md), the request's rates alone choose."""
 
     policy: str = DEFAULT_POLICY
     draft_lengths: tuple[int, ...] = ()
     policy_seed: int = 0
     oracle_table: str | None = None
-    step_gate: bool = True
+    step_gate: bool = False
 
     def __post_init__(self) -> None:
         kind, _ = parse_policy(self.policy)
@@ -77,7 +78,8 @@ class SpinParams:
       horizon a drafter's catch-up is shared over).
     - ``seed``: of the Thompson draws.
     - ``step_gate``: per step, the lookup draft and length to play come from the drafts'
-      predicted pass chances (`spinserve.selection.step_gate`), not from the rates alone.
+      predicted pass chances (`spinserve.selection.step_gate`), not from the rates alone
+      (off by default: side by side it did not pay, docs/design.md).
 
     The alternatives these were measured against (other exploration rules, every drafter x k
     its own arm, streaks, a cap after a rejection, exploring under load, no shared prior) are
@@ -92,7 +94,7 @@ class SpinParams:
     change_threshold: float = 6.5
     output_tokens: float = 64.0
     seed: int = 0
-    step_gate: bool = True
+    step_gate: bool = False
 
     def __post_init__(self) -> None:
         lengths = self.draft_lengths

@@ -66,7 +66,10 @@ def answers(tiny_loaded):
 
 def test_the_gate_learns_to_play_good_lookups_and_drop_bad_ones(tiny_loaded, answers):
     drafters = {"knowing": Knowing("knowing", answers), "wrong": Wrong()}
-    engine = build_engine(tiny_loaded["llama"], EngineConfig(), drafters=drafters)
+    selection = SelectionConfig(step_gate=True)
+    engine = build_engine(
+        tiny_loaded["llama"], EngineConfig(selection=selection), drafters=drafters
+    )
     first = engine.generate(PROMPTS[:3], GREEDY)
     later = engine.generate(PROMPTS, GREEDY)
     assert [o.token_ids for o in first + later] == [
@@ -89,11 +92,9 @@ def test_the_gate_learns_to_play_good_lookups_and_drop_bad_ones(tiny_loaded, ans
 
 
 def test_without_the_gate_spin_plays_its_own_choice(tiny_loaded, answers):
+    """The default: the step gate is off."""
     drafters = {"knowing": Knowing("knowing", answers), "wrong": Wrong()}
-    selection = SelectionConfig(step_gate=False)
-    engine = build_engine(
-        tiny_loaded["llama"], EngineConfig(selection=selection), drafters=drafters
-    )
+    engine = build_engine(tiny_loaded["llama"], EngineConfig(), drafters=drafters)
     outs = engine.generate(PROMPTS, GREEDY)
     assert [o.token_ids for o in outs] == [answers[tuple(p)] for p in PROMPTS]
     assert engine.speculator.policy.gates_steps is False
