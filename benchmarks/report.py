@@ -40,10 +40,12 @@ def peers_markdown(report: dict) -> str:
     """bench serve --compare of spinserve and llama.cpp's server on the same GGUF, with the
     ratios to llama.cpp plain, and both HumanEval pass@1 figures."""
     ratio = {(c["config"], c["load"]): c for c in report.get("comparisons", [])}
+    same_as_plain = _same_as_plain(report)
     lines = [
         "| load | configuration | ok/n | output tokens/s | TTFT p50 ms | ITL p50 ms | "
-        "E2E p50 s | tokens/s vs first | same text as first |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "E2E p50 s | tokens/s vs first | same text as first | same text as without "
+        "speculation |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["summaries"]:
         if row["category"] != "all":
@@ -60,6 +62,7 @@ def peers_markdown(report: dict) -> str:
             _num(row["e2e"].get("50")),
             f"{c['tokens_per_s_ratio']:.2f}x" if c else "1.00x",
             f"{c['num_identical']}/{c['num_compared']}" if c else "",
+            same_as_plain.get((row["config"], row["load"]), ""),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     quality = report.get("humaneval", {})
@@ -69,6 +72,26 @@ def peers_markdown(report: dict) -> str:
     ]
     tail = f"\n\nHumanEval pass@1 (greedy): {'; '.join(passes)}." if passes else ""
     return "\n".join(lines) + tail
+
+
+# a speculating configuration of peers.sh -> the same server without speculation
+PLAIN = {"spinserve": "spinserve-target", "llamacpp-lookup": "llamacpp"}
+
+
+def _same_as_plain(report: dict) -> dict[tuple[str, str], str]:
+    """(config, load) -> "n/m" greedy texts equal to the same server without speculation."""
+    texts: dict[tuple[str, str], dict[str, str]] = {}
+    for run in report.get("runs", []):
+        texts[(run["config"], run["load"])] = {
+            r["prompt_id"]: r["text"] for r in run["requests"] if r.get("error") is None
+        }
+    out = {}
+    for (config, load), mine in texts.items():
+        plain = texts.get((PLAIN.get(config, ""), load))
+        if plain is not None:
+            both = [p for p in mine if p in plain]
+            out[(config, load)] = f"{sum(mine[p] == plain[p] for p in both)}/{len(both)}"
+    return out
 
 
 def _ms(seconds: float | None) -> str:
@@ -83,21 +106,22 @@ SECTIONS = (
     Section(
         "peers.json",
         "Served side by side with llama.cpp's server on the same GGUF",
-        "spinserve (its default: spin with the step gate; and its target alone, drafter "
-        "none) and llama.cpp's OpenAI server (llama-cpp-python, plain and with its prompt "
-        "lookup of 3 tokens), the Qwen2.5-Coder-1.5B Q4_K_M GGUF, 2 threads each, Spec-Bench "
-        "prompts through `spinserve bench serve --compare` (configurations interleaved per "
-        "round, never two servers at once); ratios against llama.cpp plain; then HumanEval "
-        "pass@1 through `spinserve bench quality`.",
+        "spinserve (its default, `spin` over the 0.5B, SmolLM2, n-gram and suffix drafters; "
+        "and its target alone, drafter none) and llama.cpp's OpenAI server (llama-cpp-python, "
+        "plain and with its prompt lookup of 3 tokens), the Qwen2.5-Coder-1.5B Q4_K_M GGUF, "
+        "2 threads each, Spec-Bench prompts through `spinserve bench serve --compare` "
+        "(configurations interleaved per round, never two servers at once); ratios against "
+        "llama.cpp plain; then HumanEval pass@1 through `spinserve bench quality`. "
+        "llama-cpp-python's server runs one request at a time.",
         peers_markdown,
     ),
     Section(
         "selection_bench.json",
         "Drafter selection: spin against the target alone and fixed drafters",
-        "The served default (`spin` with its step gate) against the target alone, each "
-        "lookup drafter at a fixed k, and `spin` without the step gate (`spin-nogate`), in "
-        "one engine per configuration on the real Qwen pair, at batch 1 (prompts one at a "
-        "time) and 8 concurrent. Every output is compared with the target alone's.",
+        "The served default (`spin`) against the target alone, each lookup drafter at a "
+        "fixed k, and `spin` with its experimental step gate (`spin-gate`), in one engine "
+        "per configuration on the real Qwen pair, at batch 1 (prompts one at a time) and 8 "
+        "concurrent. Every output is compared with the target alone's.",
         selection_report.markdown,
     ),
 )
@@ -128,11 +152,44 @@ def render_doc(results: dict[str, dict]) -> str:
 
 
 def headline(results: dict[str, dict]) -> str:
-    """README's table: tokens/s of the served default against the target alone and the best
-    fixed drafter, at batch 1 and under load, from the selection run."""
-    report = results.get("selection_bench.json")
-    if report is None:
-        return "(no results yet: run the command in docs/benchmarks.md)"
+    """README's tables: served against llama.cpp's server (peers.json), and spin against the
+    target alone and the best fixed drafter (selection_bench.json)."""
+    parts = [peers_headline(results["peers.json"])] if "peers.json" in results else []
+    if "selection_bench.json" in results:
+        parts.append(selection_headline(results["selection_bench.json"]))
+    return "\n\n".join(parts) or "(no results yet: run the commands in docs/benchmarks.md)"
+
+
+def peers_headline(report: dict) -> str:
+    rows = {(r["config"], r["load"]): r for r in report["summaries"] if r["category"] == "all"}
+    loads = list(dict.fromkeys(load for _, load in rows))
+    names = ("llamacpp", "llamacpp-lookup", "spinserve-target", "spinserve")
+    labels = ("llama.cpp server", "llama.cpp + its lookup", "spinserve, target alone",
+              "spinserve default")  # fmt: skip
+    head = " | ".join(
+        f"{load.replace('concurrency=', '')} at once: tokens/s, TTFT p50" for load in loads
+    )
+    lines = [f"| Qwen2.5-Coder-1.5B Q4_K_M, served | {head} |", "|---|" + "---:|" * len(loads)]
+    for name, label in zip(names, labels, strict=True):
+        cells = []
+        for load in loads:
+            r = rows.get((name, load))
+            cells.append(
+                f"{r['output_tokens_per_s']:.1f}, {_ms(r['ttft'].get('50'))} ms" if r else ""
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    quality = report.get("humaneval", {})
+    passes = ", ".join(
+        f"{name} {q['num_passed']}/{q['num_problems']}" for name, q in quality.items()
+    )
+    return "\n".join(lines) + (
+        f"\n\nHumanEval pass@1 on the same sample: {passes}." if passes else ""
+    )
+
+
+def selection_headline(report: dict) -> str:
+    """Tokens/s of the served default against the target alone and the best fixed drafter,
+    at batch 1 and under load."""
     summary = report["summary"]
     lines = [
         "| Qwen2.5-Coder-1.5B (Q4_K_M), greedy | target alone | best fixed drafter | "
