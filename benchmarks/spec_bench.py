@@ -101,7 +101,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGET = "qwen2.5-coder-1.5b-instruct"
 DEFAULT_DRAFTERS = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "ngram", "suffix")
 DEFAULT_HF_ASSISTANTS = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
-SPEC_BENCH = REPO_ROOT.parent / "shared" / "data" / "spec_bench" / "question_dev.jsonl"
+SPEC_BENCH = REPO_ROOT / "spinserve" / "bench" / "data" / "spec_bench" / "question_dev.jsonl"
 HF_PLAIN = "hf/plain"
 
 

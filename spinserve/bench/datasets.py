@@ -34,8 +34,7 @@ SHAREGPT = "sharegpt"
 DATASETS = (SPEC_BENCH, HUMANEVAL, MT_BENCH, SHAREGPT)
 SPEC_BENCH_CATEGORIES = ("translation", "summarization", "qa", "math_reasoning", "rag")
 SPEC_BENCH_FILE = Path("spec_bench") / "question_dev.jsonl"
-# Where a checkout keeps the Spec-Bench dev file: ../shared/data beside the repository.
-_CHECKOUT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+_PACKAGE_DATA = Path(__file__).resolve().parent / "data"  # shipped (Apache-2.0, see there)
 HUMANEVAL_TEMPLATE = "Complete this Python function:\n```python\n{prompt}\n```"
 
 Message = dict[str, str]
@@ -99,9 +98,9 @@ def _round_robin(pools: list[list[BenchPrompt]]) -> Iterator[BenchPrompt]:
 
 
 def spec_bench_path(cache_dir: Path) -> Path:
-    """The Spec-Bench dev file: in the cache (``<cache>/data/spec_bench/``) or the checkout's
-    ``../shared/data``. It ships with no package, so it is looked for, not downloaded."""
-    candidates = [cache_dir / "data" / SPEC_BENCH_FILE, _CHECKOUT_DATA / SPEC_BENCH_FILE]
+    """The Spec-Bench dev file: one put in the cache (``<cache>/data/spec_bench/``), else the
+    copy spinserve ships (it is in no package registry)."""
+    candidates = [cache_dir / "data" / SPEC_BENCH_FILE, _PACKAGE_DATA / SPEC_BENCH_FILE]
     for path in candidates:
         if path.is_file():
             return path
