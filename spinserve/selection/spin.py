@@ -155,12 +155,18 @@ class SpinPolicy:
     ) -> Choice:
         """The lookup draft and k of the highest expected tokens per second this step, or
         none (`step_gate`): the request's own rates chose among drafters and none, the step's
-        drafts and their scores decide whether and how far a lookup pays now."""
+        drafts and their scores decide whether and how far a lookup pays now. Under load the
+        request's own check stands (no speculation stays none; see `_choose_one`) and drafts
+        are at most spin's longest k: there a draft token must pass far more often to pay,
+        and the predictor's errors cost every request in the forward."""
+        if num_running > 1 and not choice.speculates:
+            return choice
         memory = self._memory.setdefault(request_id, RequestMemory())
-        options = {
-            lk.drafter: self.predictor.pass_probs(lk, [o for o in lookups if o is not lk], memory)
-            for lk in lookups
-        }
+        longest = max(self.params.draft_lengths) if num_running > 1 else None
+        options = {}
+        for lk in lookups:
+            probs = self.predictor.pass_probs(lk, [o for o in lookups if o is not lk], memory)
+            options[lk.drafter] = probs[:longest]
         forward = self.shared.forward
         drafter, k, _ = best_draft(options, lambda n: forward.share(num_running, n))
         gated = NO_SPECULATION if drafter is None else Choice(drafter, k)

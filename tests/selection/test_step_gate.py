@@ -97,3 +97,16 @@ def test_memory_tracks_the_last_step_and_first_passes():
     for _ in range(30):
         memory.learned([_lookup(0.5, 2)], [1, 2])
     assert memory.first_pass["suffix"] > 0.95
+
+
+def test_spin_gate_respects_spins_load_check():
+    from spinserve.selection.policy import NO_SPECULATION, Choice
+    from spinserve.selection.spin import SpinPolicy
+
+    spin = SpinPolicy(["ngram", "suffix"])
+    sure = [Lookup("suffix", tuple(range(1, 9)), (0.99,) * 8)]
+    alone = spin.gate("a", sure, NO_SPECULATION, num_running=1)
+    assert alone.drafter == "suffix" and alone.num_draft_tokens == 8  # rows look free here
+    assert spin.gate("b", sure, NO_SPECULATION, num_running=4) == NO_SPECULATION
+    loaded = spin.gate("c", sure, Choice("suffix", 2), num_running=4)
+    assert loaded.drafter == "suffix" and loaded.num_draft_tokens == 4  # spin's longest k
