@@ -301,8 +301,8 @@ def _q6_k(x: np.ndarray) -> np.ndarray:
 
 
 def write_zoo_folder(arch: str, root: Path, quant: GGMLQuantizationType) -> Path:
-    """A folder laid out as the zoo converts one: fp32 shards, tokenizer, and a marker naming
-    the GGUF kept in ``../../gguf``."""
+    """A folder in the zoo's older layout (cache format 2, still read as it is): an fp32 copy,
+    tokenizer, and a marker naming the GGUF kept in ``../../gguf``."""
     (root / "gguf").mkdir(parents=True)
     reader = open_gguf(write_gguf(arch, root / "gguf" / "m.gguf", quant))
     # for its config and tokenizer
