@@ -174,23 +174,24 @@ class LLMEngine:
         batch = self.scheduler.schedule({r: p.draft.token_ids for r, p in proposals.items()})
         if not batch:
             return []
-        verified, timing = self._execute_and_verify(batch, proposals)
+        requests = {rid: t.request for rid, t in self._tracked.items()}
+        verified, timing = self._execute_and_verify(batch, proposals, requests)
         self.scheduler.update(batch, {v.request_id: v.num_rejected for v in verified})
-        self.speculator.observe(self._requests(), proposals, verified, timing)
+        self.speculator.observe(requests, proposals, verified, timing)
         return [self._commit(v) for v in verified]
 
     def _execute_and_verify(
-        self, batch: StepBatch, proposals: dict[str, Proposal]
+        self, batch: StepBatch, proposals: dict[str, Proposal], requests: dict[str, Request]
     ) -> tuple[list[Verified], StepTiming]:
         """One forward of the target over ``batch``, then every request's verification."""
         start = time.perf_counter()
         logits = self.runner.execute(batch)  # [batch.num_logits, vocab]
-        verified = verify_step(batch, proposals, logits, self._requests(), self.generators)
+        verified = verify_step(batch, proposals, logits, requests, self.generators)
         seconds = time.perf_counter() - start
         for chunk in batch.chunks:
             share = seconds * chunk.num_tokens / batch.num_tokens
-            request = self._tracked[chunk.request_id].request
-            self.speculator.charge_verify_time(request, proposals.get(chunk.request_id), share)
+            proposal = proposals.get(chunk.request_id)
+            self.speculator.charge_verify_time(requests[chunk.request_id], proposal, share)
         # a prefill chunk's tokens beyond those that get logits are prompt tokens
         prefill = sum(c.num_tokens - c.num_logits for c in batch.chunks)
         timing = StepTiming(seconds, batch.num_tokens, len(batch.chunks), prefill)
@@ -216,9 +217,6 @@ class LLMEngine:
         tracked.request.finish(FinishReason.ERROR)
         self._retire(tracked.request)
         return output(tracked, [], "", error)
-
-    def _requests(self) -> dict[str, Request]:
-        return {rid: t.request for rid, t in self._tracked.items()}
 
     def _retire(self, request: Request) -> None:
         self.scheduler.remove(request)

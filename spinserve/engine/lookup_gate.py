@@ -10,7 +10,6 @@ none, and after verification learns from all of them (`Speculator.observe`).
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Protocol
@@ -26,7 +25,6 @@ from spinserve.selection.policy import (
 )
 from spinserve.selection.step_gate import MAX_LOOKUP_DRAFT, Lookup
 from spinserve.speculative.drafter import Draft, DraftRequest
-from spinserve.speculative.stats import SpecStats
 
 logger = logging.getLogger("spinserve.engine")
 
@@ -35,10 +33,11 @@ class _Owner(Protocol):
     """What the gate reads of its `Speculator` (which it must not import: a cycle)."""
 
     guards: dict[str, DrafterGuard]
-    stats: dict[str, SpecStats]
     policy: SelectionPolicy
 
     def draft_budget(self, request: Request, k: int) -> int: ...
+
+    def call(self, name: str, requests: list[DraftRequest]) -> tuple[list[Draft] | None, float]: ...
 
 
 class LookupGate:
@@ -114,12 +113,7 @@ class LookupGate:
         if not asks:
             return found, seconds
         for name in self.names():
-            start = time.perf_counter()
-            guard = self.s.guards[name]
-            drafts = guard.propose(asks)
-            took = time.perf_counter() - start
-            self.s.stats[name].num_failed_calls = guard.num_failures
-            self.s.stats[name].draft_seconds += took
+            drafts, took = self.s.call(name, asks)
             if drafts is None:
                 continue
             for ask, draft in zip(asks, drafts, strict=True):

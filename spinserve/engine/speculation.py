@@ -186,15 +186,10 @@ class Speculator:
         self, name: str, requests: list[DraftRequest], plan: dict[str, Proposal]
     ) -> Iterable[tuple[str, Proposal]]:
         """One batched call of drafter ``name``; nothing when it failed."""
-        start = time.perf_counter()
-        guard = self.guards[name]
-        drafts = guard.propose(requests)
-        self.stats[name].num_failed_calls = guard.num_failures
+        drafts, seconds = self.call(name, requests)
         if drafts is None:
             return ()
-        seconds = time.perf_counter() - start
         share = seconds / len(requests)
-        self.stats[name].draft_seconds += seconds
         out = []
         for request, draft in zip(requests, drafts, strict=True):
             old = plan[request.request_id]
@@ -203,6 +198,17 @@ class Speculator:
             proposal = Proposal(old.request_id, old.choice, name, Draft(cut, probs), share)
             out.append((request.request_id, proposal))
         return out
+
+    def call(self, name: str, requests: list[DraftRequest]) -> tuple[list[Draft] | None, float]:
+        """Drafter ``name``'s drafts for ``requests`` (None: it failed) and the call's seconds,
+        both counted in its statistics (a failed call's time was spent too)."""
+        guard = self.guards[name]
+        start = time.perf_counter()
+        drafts = guard.propose(requests)
+        seconds = time.perf_counter() - start
+        self.stats[name].num_failed_calls = guard.num_failures
+        self.stats[name].draft_seconds += seconds
+        return drafts, seconds
 
     def observe(
         self,

@@ -177,7 +177,9 @@ def verify_each(
     return results  # type: ignore[return-value]
 
 
-def _each_or_alone(reqs: list[int], batched: Callable[[list[int]], list[T]]):
+def _each_or_alone(
+    reqs: list[int], batched: Callable[[list[int]], list[T]]
+) -> list[tuple[int, T | Exception]]:
     """``(i, batched([...])[j])`` for the requests ``reqs``, from one batched call, or when
     it raises, from one call per request (an exception in place of a failed one's value)."""
     if not reqs:

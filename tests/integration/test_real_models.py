@@ -161,9 +161,9 @@ def test_smollm2_fast_forms_track_the_fp32_reference(request, smollm2, form):
     32 columns on our kernels, bf16 on torch's int4 kernel): teacher-forced on the fp32
     model's own greedy continuations, they pick the same next token nearly always, where they
     do not it is a near-tie of the reference (its choice within 2% of the logit scale of the
-    reference's best: SmolLM2 at 4 bits has many; on the Zen 5 of session 11 our kernels
-    agreed on 93 of 100, every miss the reference's second choice by 0.02-0.30 of ~37), and
-    their logits stay close."""
+    reference's best: SmolLM2 at 4 bits has many; on a Zen 5 our kernels agreed on 93 of
+    100, every miss the reference's second choice by 0.02-0.30 of ~37), and their logits
+    stay close."""
     fast = request.getfixturevalue(f"smollm2_{form}")
     assert_tracks(
         smollm2,
