@@ -11,6 +11,8 @@ fade (``memory`` requests), so the prior follows a drifting workload.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -32,6 +34,9 @@ class ArmPrior:
 
 # A request that tried an arm fewer times than this counts proportionally less.
 FULL_WEIGHT_STEPS = 4
+
+# One `SharedPrior.learn` call: (key, count, total, total_sq, drafted).
+Learned = tuple[Hashable, int, float, float, float]
 
 
 @dataclass
@@ -73,6 +78,11 @@ class SharedPrior:
         self._keep = 1.0 - 1.0 / memory
         self._sums: dict[Hashable, _Sums] = {}
         self._cache: dict[Hashable, ArmPrior] = {}  # priors change only when a request ends
+        # What `learn` was told since the last `take_journal`, kept only once asked for (by
+        # a fleet of servers that merges what each learned); a lock because the fleet reads
+        # and replaces the sums from another thread than the engine's.
+        self._journal: list[Learned] | None = None
+        self._lock = threading.Lock()
 
     def learn(
         self, key: Hashable, count: int, total: float, total_sq: float, drafted: float
@@ -80,6 +90,14 @@ class SharedPrior:
         """A finished request's undiscounted sums of its ``count`` steps on arm ``key``."""
         if count < 1:
             return
+        with self._lock:
+            if self._journal is not None:
+                self._journal.append((key, count, total, total_sq, drafted))
+            self._learn(key, count, total, total_sq, drafted)
+
+    def _learn(
+        self, key: Hashable, count: int, total: float, total_sq: float, drafted: float
+    ) -> None:
         self._cache.pop(key, None)
         s = self._sums.setdefault(key, _Sums())
         for name in vars(s):
@@ -98,9 +116,41 @@ class SharedPrior:
         """The learned prior blended with the default as one pseudo-request (and its noise as
         two pseudo-steps), the spread floored so the prior never outweighs ``max_weight``
         of the request's own steps."""
-        if key not in self._cache:
-            self._cache[key] = self._compute(key)
-        return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = self._compute(key)
+            return self._cache[key]
+
+    # --- sharing what was learned (a fleet of servers) ------------------------------------
+
+    def take_journal(self) -> list[Learned]:
+        """What `learn` was told since the last call (the first call starts the journal)."""
+        with self._lock:
+            taken, self._journal = self._journal or [], []
+            return taken
+
+    def replay(self, journal: list[Learned]) -> None:
+        """Learn from finished requests in order, as if told one by one."""
+        with self._lock:
+            for entry in journal:
+                self._learn(*entry)
+
+    def state(self) -> dict[Hashable, tuple[float, ...]]:
+        """The learned sums per arm, plain data to send to another process."""
+        with self._lock:
+            return {key: dataclasses.astuple(s) for key, s in self._sums.items()}
+
+    def load(self, state: dict[Hashable, tuple[float, ...]]) -> None:
+        """Replace what was learned by ``state`` (from `state`, of this or another prior)."""
+        with self._lock:
+            self._sums = {key: _Sums(*values) for key, values in state.items()}
+            self._cache.clear()
+
+    @property
+    def total_weight(self) -> float:
+        """The discounted weight of the finished requests behind the prior, summed over arms."""
+        with self._lock:
+            return sum(s.weight for s in self._sums.values())
 
     def _compute(self, key: Hashable) -> ArmPrior:
         d = self._default(key)

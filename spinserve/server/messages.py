@@ -70,6 +70,7 @@ class SubRequest:
     max_tokens: int | None
     arrival_time: float
     prompt_param: str = "prompt"  # the request field the prompt came from, for errors
+    stream: bool = False  # the client reads the text as it comes (nothing can be retried)
 
 
 def tokenized(

@@ -114,6 +114,7 @@ def subrequests(
             max_tokens=max_tokens,
             arrival_time=arrival,
             prompt_param=prompt_param,
+            stream=bool(request.stream),
         )
         for p, prompt in enumerate(prompts)
         for i in range(n)
