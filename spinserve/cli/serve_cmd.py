@@ -3,6 +3,7 @@
     spinserve serve --drafter qwen2.5-coder-0.5b-instruct
     spinserve serve --model smollm2-135m-instruct --drafter ngram --port 8001
     spinserve serve --config serve.json --port 9000     # flags override the file
+    spinserve serve --model smollm2-135m-instruct --replicas 2   # on Ray Serve (spinserve[ray])
 
 The config file is a JSON object whose keys are the flag names (``"num-draft-tokens": 4``
 or ``"num_draft_tokens": 4``; ``"drafter": ["ngram", "suffix"]``). Precedence: flags, then
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -39,8 +41,10 @@ from spinserve.loading import zoo
 from spinserve.loading.loader import load, resolve
 from spinserve.server.app import build_app
 from spinserve.server.config import ServerConfig
+from spinserve.server.fleet.config import FleetConfig, threads_per_replica
 from spinserve.server.http_server import serve
 from spinserve.speculative.registry import MODEL_FREE, build_drafter
+from spinserve.types.errors import SpinserveError
 
 # The default of every flag (None for the repeatable one, which appends to its default):
 # tells "not given" from "given the default value".
@@ -68,15 +72,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cache-dir", default=None, help="model cache folder")
     parser.add_argument("--config", default=None, metavar="FILE", help="JSON file of flag values")
-    _add_server_flags(parser)
+    _add_server_flags(parser, ServerConfig, "server")
+    _add_server_flags(parser, FleetConfig, "fleet (Ray Serve)")
     add_engine_flags(parser)
 
 
-def _add_server_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags from `ServerConfig`'s fields, with the help texts kept in its field metadata."""
-    group = parser.add_argument_group("server")
-    hints = typing.get_type_hints(ServerConfig)
-    for f in dataclasses.fields(ServerConfig):
+def _add_server_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """Flags from ``cls``'s fields, with the help texts kept in its field metadata."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         kind, _ = _flag_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:
@@ -88,7 +93,7 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 def _dests() -> list[str]:
     names = ["model", "cache_dir", "config", "drafters"]
-    for cls in (*ENGINE_CONFIGS, ServerConfig):
+    for cls in (*ENGINE_CONFIGS, ServerConfig, FleetConfig):
         names += [f.name for f in dataclasses.fields(cls) if f.name != "drafters"]
     return names
 
@@ -100,12 +105,38 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    fleet = from_flags(FleetConfig, ns)
+    if fleet.enabled:
+        _serve_fleet(ns, config, server, fleet)
+        return 0
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
     engine = _load(ns.model, ns.cache_dir, config)
     app = build_app(engine, server.served_model_name or ns.model, server)
     serve(app, server)
     return 0
+
+
+def _serve_fleet(
+    ns: argparse.Namespace, config: EngineConfig, server: ServerConfig, fleet: FleetConfig
+) -> None:
+    """Serve on Ray Serve: each replica loads its own engine (with its share of the cores)."""
+    try:
+        from spinserve.server.fleet.deploy import serve_fleet
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "ray":
+            raise
+        raise SpinserveError(
+            "--replicas, --ray-address and autoscaling run on Ray Serve, which is not "
+            "installed: pip install 'spinserve[ray]'"
+        ) from None
+    threads = threads_per_replica(
+        config.runtime.num_threads, os.cpu_count() or 1, fleet.most_replicas
+    )
+    runtime = dataclasses.replace(config.runtime, num_threads=threads)
+    config = dataclasses.replace(config, runtime=runtime)
+    make_engine = functools.partial(_load, ns.model, ns.cache_dir, config)
+    serve_fleet(make_engine, server.served_model_name or ns.model, server, fleet, threads)
 
 
 def server_config(ns: argparse.Namespace) -> ServerConfig:

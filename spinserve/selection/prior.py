@@ -75,6 +75,7 @@ class SharedPrior:
             raise ValueError(f"memory must be >= 1 request, got {memory}")
         self._default = default
         self.max_weight = max_weight
+        self.memory = memory
         self._keep = 1.0 - 1.0 / memory
         self._sums: dict[Hashable, _Sums] = {}
         self._cache: dict[Hashable, ArmPrior] = {}  # priors change only when a request ends

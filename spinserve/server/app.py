@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
@@ -54,11 +54,7 @@ def build_app(engine: LLMEngine, model_name: str, config: ServerConfig | None = 
         yield
         await async_engine.stop()
 
-    docs = DOCS_PATHS if config.enable_docs else dict.fromkeys(DOCS_PATHS)
-    app = FastAPI(title="spinserve", version=__version__, lifespan=lifespan, **docs)
-    app.state.metrics = metrics
-    app.state.config = config
-    app.state.context = ServerContext(
+    context = ServerContext(
         engine=async_engine,
         model_name=model_name,
         drafters=drafters,
@@ -67,7 +63,27 @@ def build_app(engine: LLMEngine, model_name: str, config: ServerConfig | None = 
         created=int(time.time()),
         policy=engine.policy.name,
     )
+    return serving_app(config, lifespan, context, metrics)
+
+
+def serving_app(
+    config: ServerConfig,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    context: ServerContext | None,
+    metrics: ServerMetrics | None,
+    routes: APIRouter | None = None,
+) -> FastAPI:
+    """The API's routes, error shapes and middleware around a context, which the lifespan
+    may set (``app.state.context``) when it is known only once the app starts. ``routes``
+    come before the API's own and win where both have a path (a fleet's /health)."""
+    docs = DOCS_PATHS if config.enable_docs else dict.fromkeys(DOCS_PATHS)
+    app = FastAPI(title="spinserve", version=__version__, lifespan=lifespan, **docs)
+    app.state.metrics = metrics
+    app.state.config = config
+    app.state.context = context
     install_error_handlers(app)
+    if routes is not None:
+        app.include_router(routes)
     app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
     if config.api_key is not None:  # added last: runs first

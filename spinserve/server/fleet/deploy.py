@@ -1,0 +1,124 @@
+"""Starting and stopping a fleet: the board actor, the replicas, the ingress, on Ray Serve.
+
+    ray.init(...)  ->  FleetBoard actor  ->  EngineReplica x N (router: AffinityRouter)
+                                         ->  FleetIngress (HTTP, the OpenAI API)
+
+`start_fleet` joins the Ray cluster at ``ray_address`` (or starts a Ray instance of this
+machine on loopback), starts Ray Serve's HTTP proxy on the server's host and port and
+deploys the application; `serve_fleet` does that and waits for SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+import ray
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+from spinserve.engine.engine import LLMEngine
+from spinserve.server.config import ServerConfig
+from spinserve.server.fleet.board import FleetBoard
+from spinserve.server.fleet.config import FleetConfig
+from spinserve.server.fleet.ingress import FleetIngress
+from spinserve.server.fleet.replica import EngineReplica
+from spinserve.server.fleet.router import AffinityRouter
+
+logger = logging.getLogger("spinserve.fleet")
+APP_NAME = "spinserve"
+NAMESPACE = "spinserve"
+OBJECT_STORE_BYTES = 200 * 1024 * 1024  # requests and updates are small
+
+
+def board_name(app_name: str) -> str:
+    return f"{app_name}-board"
+
+
+def fleet_application(
+    make_engine: Callable[[], LLMEngine],
+    model_name: str,
+    server: ServerConfig,
+    fleet: FleetConfig,
+    num_threads: int,
+    app_name: str = APP_NAME,
+) -> serve.Application:
+    """The Ray Serve application; Ray must be running."""
+    board = (
+        ray.remote(FleetBoard)
+        .options(name=board_name(app_name), namespace=NAMESPACE, num_cpus=0, get_if_exists=True)
+        .remote()
+    )
+    scaling: dict = (
+        {"autoscaling_config": fleet.autoscaling_config()}
+        if fleet.autoscaling
+        else {"num_replicas": fleet.replicas}
+    )
+    cpus = fleet.replica_cpus if fleet.replica_cpus is not None else num_threads
+    replicas = serve.deployment(EngineReplica, name="EngineReplica").options(
+        **scaling,
+        max_ongoing_requests=server.max_queue,
+        ray_actor_options={"num_cpus": cpus},
+        request_router_config=RequestRouterConfig(
+            request_router_class=AffinityRouter,
+            request_router_kwargs={"slack": fleet.affinity_slack},
+        ),
+        health_check_period_s=2.0,
+        graceful_shutdown_timeout_s=server.shutdown_timeout + 5,
+    )
+    ingress = serve.deployment(FleetIngress, name="Ingress").options(
+        num_replicas=1,
+        max_ongoing_requests=max(1000, 4 * server.max_queue * fleet.most_replicas),
+        ray_actor_options={"num_cpus": 0},
+    )
+    app = replicas.bind(make_engine, model_name, server, fleet, num_threads, board)
+    return ingress.bind(app, board, server)
+
+
+def start_fleet(
+    make_engine: Callable[[], LLMEngine],
+    model_name: str,
+    server: ServerConfig,
+    fleet: FleetConfig,
+    num_threads: int,
+    app_name: str = APP_NAME,
+) -> str:
+    """Deploy and return the URL; Ray is started (or joined) if it is not running."""
+    if not ray.is_initialized():
+        local = {} if fleet.ray_address else _local_ray()
+        ray.init(address=fleet.ray_address, namespace=NAMESPACE, **local)
+    serve.start(http_options={"host": server.host, "port": server.port})
+    app = fleet_application(make_engine, model_name, server, fleet, num_threads, app_name)
+    serve.run(app, name=app_name, route_prefix="/")
+    return f"http://{server.host}:{server.port}"
+
+
+def _local_ray() -> dict:
+    return {
+        "num_cpus": os.cpu_count(),
+        "include_dashboard": False,
+        "object_store_memory": OBJECT_STORE_BYTES,
+        "_node_ip_address": "127.0.0.1",
+    }
+
+
+def serve_fleet(
+    make_engine: Callable[[], LLMEngine],
+    model_name: str,
+    server: ServerConfig,
+    fleet: FleetConfig,
+    num_threads: int,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut Ray Serve down (replicas drain first)."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    url = start_fleet(make_engine, model_name, server, fleet, num_threads)
+    logger.info("serving %s on %s with Ray Serve", model_name, url)
+    stop.wait()
+    logger.info("shutting down the fleet")
+    serve.shutdown()
+    ray.shutdown()
