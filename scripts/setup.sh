@@ -3,6 +3,7 @@
 # Idempotent: a re-run with unchanged pyproject.toml does nothing but check a stamp.
 #   bash scripts/setup.sh          # runtime dependencies
 #   bash scripts/setup.sh test     # plus the test tools
+#   bash scripts/setup.sh test,ray # extras as pip spells them: plus Ray Serve
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
