@@ -32,6 +32,9 @@ HELP = {
     "max_model_len": "context length cap (default: the model's)",
     "block_size": "tokens per KV cache block",
     "kv_cache_gib": "KV cache pool size in GiB",
+    "prefix_caching": "keep full KV blocks after their request and reuse them for every "
+    "prompt that starts the same (earlier turns, shared documents); outputs are identical "
+    "either way",
     "dtype": "compute dtype of the model",
     "weights": "form of the target's linear weights: auto (GGUF blocks as they are on our "
     "kernels: Q4_K, Q6_K, Q8_0, Q5_0, Q4_0, Q4_1; other formats bfloat16; models without a "

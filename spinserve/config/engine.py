@@ -14,10 +14,14 @@ class CacheConfig:
     """The KV cache: a pool of fixed-size blocks shared by all running requests.
 
     The pool is reserved (not touched) up front; memory is committed as blocks fill.
+    ``prefix_caching``: full blocks outlive their request, and a request whose prompt starts
+    with blocks already in the pool (an earlier turn of its conversation, a shared document
+    or system prompt) takes them instead of computing them (`spinserve.runtime.block_manager`).
     """
 
     block_size: int = 16
     kv_cache_gib: float = 1.0
+    prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

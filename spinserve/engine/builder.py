@@ -55,7 +55,9 @@ def build_engine(
         num_blocks * block_size,  # a request must fit in the pool alone
     )
     if drafters is None:
-        drafters = build_drafters(config.speculative, loaded, config.runtime, cache_dir)
+        drafters = build_drafters(
+            config.speculative, loaded, config.runtime, cache_dir, config.cache.prefix_caching
+        )
     policy = build_policy(config.selection, list(drafters), config.speculative.num_draft_tokens)
     speculator = Speculator(
         drafters,
@@ -68,7 +70,12 @@ def build_engine(
         config,
         loaded.tokenizer,
         runner,
-        BlockManager(num_blocks, block_size),
+        BlockManager(
+            num_blocks,
+            block_size,
+            prefix_caching=config.cache.prefix_caching,
+            salt=f"{loaded.name}|{config.runtime.weights}|{kv_dtype}",
+        ),
         speculator,
         max_model_len,
         frozenset(loaded.tokenizer.eos_token_ids),

@@ -28,7 +28,7 @@ from spinserve.engine.messages import Proposal, Verified
 from spinserve.engine.output_processor import Tracked, advance, output
 from spinserve.engine.outputs import RequestOutput
 from spinserve.engine.request import FinishReason, Request, check_prompt
-from spinserve.engine.scheduler import Scheduler
+from spinserve.engine.scheduler import PrefixCacheStats, Scheduler
 from spinserve.engine.speculation import Speculator
 from spinserve.engine.verification import verify_step, why
 from spinserve.loading.tokenizer import Tokenizer
@@ -157,6 +157,11 @@ class LLMEngine:
     def running_request_ids(self) -> list[str]:
         """Ids of the requests the next step may run (those in the scheduler's running set)."""
         return [r.request_id for r in self.scheduler.running]
+
+    @property
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """Prompt tokens looked up in the prefix cache and found, since start."""
+        return self.scheduler.prefix_stats
 
     @property
     def num_running(self) -> int:

@@ -70,6 +70,7 @@ def output(
         token_ids=list(r.output_ids),
         text=detok.text if r.is_finished else detok.text[: detok.num_emitted],
         num_prompt_tokens=r.num_prompt_tokens,
+        num_cached_tokens=r.num_cached_tokens or 0,
         finished=r.is_finished,
         finish_reason=r.finish_reason.value if r.finish_reason else None,
         arrival_time=r.arrival_time,

@@ -21,6 +21,7 @@ class RequestOutput:
     token_ids: list[int]
     text: str
     num_prompt_tokens: int
+    num_cached_tokens: int  # prompt tokens whose KV came from the prefix cache
     finished: bool
     finish_reason: str | None
     arrival_time: float

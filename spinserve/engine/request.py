@@ -41,6 +41,9 @@ class Request:
     output_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)  # of its full blocks, in order
+    num_registered_blocks: int = 0  # leading blocks offered to the prefix cache
+    num_cached_tokens: int | None = None  # prompt tokens found cached when first admitted
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0

@@ -12,17 +12,34 @@ before the step. They are scheduled as extra tokens of their request, under the 
 (cut when it runs short), and ask for one logits row each plus one; the chunk carries them
 apart from the request's own tokens (`SeqChunk.draft_ids`). After verification, `update`
 rolls each request back past its rejected drafts. Drafts are never stored on a request.
+
+Prefix caching (`spinserve.runtime.block_manager`): a request admitted with nothing computed
+(new, or back after preemption) first takes the cached blocks of its longest cached prefix and
+starts computing after them, so it costs only its uncached tokens in the budget and in free
+blocks; at least its last token is always computed, for its logits. After each step the full
+blocks of committed tokens are registered for others to reuse. Cached blocks nobody holds
+count as free, so they are reclaimed before any running request is preempted.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from spinserve.config.engine import SchedulerConfig
 from spinserve.engine.request import Request, RequestStatus
 from spinserve.runtime.block_manager import BlockManager
 from spinserve.types.batch import SeqChunk, StepBatch
+
+
+@dataclass
+class PrefixCacheStats:
+    """Prompt tokens looked up in the prefix cache and found there, since start (a request
+    counts once, at its first admission)."""
+
+    queries: int = 0
+    hits: int = 0
 
 
 class Scheduler:
@@ -31,6 +48,7 @@ class Scheduler:
         self.blocks = blocks
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.prefix_stats = PrefixCacheStats()
 
     @property
     def num_unfinished(self) -> int:
@@ -73,15 +91,41 @@ class Scheduler:
             and len(self.running) < self.config.max_num_seqs
         ):
             request = self.waiting[0]
-            num_new = min(request.num_uncomputed_tokens, budget)
-            if not self.blocks.can_hold(request.block_ids, request.num_computed_tokens + num_new):
+            hits = self._cached_prefix(request)
+            num_cached = request.num_computed_tokens or len(hits) * self.blocks.block_size
+            num_new = min(request.num_tokens - num_cached, budget)
+            needed = self.blocks.num_missing(hits, num_cached + num_new)
+            if needed + self.blocks.num_unheld(hits) > self.blocks.num_free_blocks:
                 break
             self.waiting.popleft()
+            if hits:
+                self.blocks.acquire(request.block_ids, hits)
+                request.num_computed_tokens = num_cached
+                request.num_registered_blocks = len(hits)
+            self._count_lookup(request, num_cached)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             chunks.append(self._chunk(request, num_new))
             budget -= num_new
         return StepBatch(chunks)
+
+    def _cached_prefix(self, request: Request) -> list[int]:
+        """Cached blocks ``request`` can start from (not yet taken): none unless nothing of it
+        is computed; never all its tokens, since the last one must run for its logits."""
+        if not self.blocks.prefix_caching or request.num_computed_tokens:
+            return []
+        bs = self.blocks.block_size
+        tokens = request.token_slice(0, request.num_tokens)
+        hashes = self.blocks.hashes(tokens, request.block_hashes, request.num_tokens // bs)
+        return self.blocks.cached_prefix(hashes[: (request.num_tokens - 1) // bs])
+
+    def _count_lookup(self, request: Request, num_cached: int) -> None:
+        if request.num_cached_tokens is not None:
+            return  # back after preemption: its prompt was counted when it first came
+        request.num_cached_tokens = min(num_cached, request.num_prompt_tokens)
+        if self.blocks.prefix_caching:
+            self.prefix_stats.queries += request.num_prompt_tokens
+            self.prefix_stats.hits += request.num_cached_tokens
 
     def _make_room(self, request: Request, num_new: int) -> bool:
         """Preempt from the back until ``request`` fits; False if it had to go itself."""
@@ -96,6 +140,7 @@ class Scheduler:
         self.running.remove(request)
         self.blocks.free(request.block_ids)
         request.num_computed_tokens = 0
+        request.num_registered_blocks = 0
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
@@ -115,7 +160,8 @@ class Scheduler:
 
     def update(self, batch: StepBatch, num_rejected: Mapping[str, int] | None = None) -> None:
         """Record that the batch's tokens are in the KV cache, except rejected drafts, which
-        are rolled back (their blocks beyond the kept tokens are freed)."""
+        are rolled back (their blocks beyond the kept tokens are freed); then offer the newly
+        filled blocks to the prefix cache."""
         by_id = {r.request_id: r for r in self.running}
         for chunk in batch.chunks:
             request = by_id.get(chunk.request_id)
@@ -125,3 +171,19 @@ class Scheduler:
             request.num_computed_tokens = chunk.end_pos - rejected
             if rejected:
                 self.blocks.shrink(request.block_ids, request.num_computed_tokens)
+            if self.blocks.prefix_caching:
+                self._register(request)
+
+    def _register(self, request: Request) -> None:
+        """Register the full blocks of ``request``'s computed tokens: they are committed
+        (prompt, or output that verification kept), so their content is final. Drafts just
+        accepted are computed but not yet appended to the output; their blocks wait a step."""
+        computed = min(request.num_computed_tokens, request.num_tokens)
+        num_full = computed // self.blocks.block_size
+        start = request.num_registered_blocks
+        if num_full <= start:
+            return
+        tokens = request.token_slice(0, num_full * self.blocks.block_size)
+        hashes = self.blocks.hashes(tokens, request.block_hashes, num_full)
+        self.blocks.register(request.block_ids, hashes[:num_full], start)
+        request.num_registered_blocks = num_full

@@ -28,9 +28,13 @@ class ModelBackend(Protocol):
         A chunk appends its tokens at ``start_pos``; whatever the backend holds for that
         request at positions ``>= start_pos`` is void from then on. That is how KV is
         truncated: speculation's rollback of rejected drafts (the next chunk starts right
-        after the kept tokens) and recompute after preemption (``start_pos`` 0) need no other
-        call. A row's logits must not depend on which other rows share the step (see
-        docs/design.md, batch invariance): greedy speculation is lossless only then.
+        after the kept tokens) and recompute after preemption (``start_pos`` 0, or the end of
+        its cached prefix) need no other call. Position ``p`` of a chunk lives in slot
+        ``p % block_size`` of block ``block_ids[p // block_size]``, and the positions before
+        ``start_pos`` are read from there: with prefix caching a request's first blocks may
+        have been computed by another request, which shares them. A row's logits must not
+        depend on which other rows share the step (see docs/design.md, batch invariance):
+        greedy speculation, and a cached prefix, are exact only then.
         """
         ...
 

@@ -68,9 +68,15 @@ class CrossTokenizerDrafter:
         target_tokenizer: Tokenizer,
         kv_cache_gib: float,
         kv_cache_dtype: str = "float16",
+        prefix_caching: bool = True,
     ) -> None:
         self.name = name
-        self._model = DraftModel(drafter.model, kv_cache_gib, kv_cache_dtype=kv_cache_dtype)
+        self._model = DraftModel(
+            drafter.model,
+            kv_cache_gib,
+            kv_cache_dtype=kv_cache_dtype,
+            prefix_caching=prefix_caching,
+        )
         self._drafter_tok = drafter.tokenizer
         self._target_tok = target_tokenizer
         self._stop_ids = frozenset(drafter.tokenizer.eos_token_ids)

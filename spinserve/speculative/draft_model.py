@@ -6,6 +6,13 @@ the sequence it is given: the common prefix stays, the rest (rejected drafts, re
 text) is rolled back, and the new tail is fed in the first drafting round. Round r then decodes
 one more token for every sequence that still wants one, so k draft tokens cost k batched
 forwards of the drafter whatever the batch size.
+
+With prefix caching its pool keeps full blocks as the target's does: a sequence it has not
+seen starts from the cached blocks of its longest cached prefix (an earlier turn of the same
+conversation, a shared document), so its first call does not catch up on them again. A block
+is registered once every token in it is confirmed (a prefix of the sequence as the target
+committed it; drafted tokens never are); should a later call roll back into a registered
+block (a re-tokenized tail), the sequence lets go of that whole block and recomputes it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class DraftOutput:
 class _Seq:
     cached_ids: list[int] = field(default_factory=list)  # tokens whose KV the cache holds
     block_ids: list[int] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)  # of its leading registered blocks
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:
@@ -68,6 +76,7 @@ class DraftModel:
         kv_cache_gib: float,
         block_size: int = 16,
         kv_cache_dtype: str = "auto",
+        prefix_caching: bool = True,
     ) -> None:
         """``kv_cache_dtype``: ``auto`` (the model's dtype) or a torch dtype name."""
         kv_dtype = model.dtype if kv_cache_dtype == "auto" else getattr(torch, kv_cache_dtype)
@@ -75,7 +84,7 @@ class DraftModel:
         num_blocks = max(1, int(kv_cache_gib * 2**30) // (per_token * block_size))
         self.model = model
         self.runner = ModelRunner(model, num_blocks, block_size, kv_dtype=kv_dtype)
-        self.blocks = BlockManager(num_blocks, block_size)
+        self.blocks = BlockManager(num_blocks, block_size, prefix_caching, str(kv_dtype))
         self.max_len = min(model.config.max_position_embeddings, num_blocks * block_size)
         self._seqs: dict[str, _Seq] = {}
 
@@ -94,6 +103,7 @@ class DraftModel:
         active = [i for i, job in enumerate(jobs) if self._can_draft(job)]
         feeds = {i: self._sync(jobs[i]) for i in active}
         in_batch = {job.seq_id for job in jobs}
+        first_round = True
         while active:
             chunks = [self._chunk(jobs[i], feeds[i], in_batch) for i in active]
             active = [i for i, c in zip(active, chunks, strict=True) if c is not None]
@@ -104,7 +114,10 @@ class DraftModel:
             for row, i in enumerate(active):
                 token = self._choose(jobs[i], logits[row], argmax[row], outputs[i])
                 self._seqs[jobs[i].seq_id].cached_ids.extend(feeds[i])
+                if first_round:
+                    self._register(jobs[i])
                 feeds[i] = [token]
+            first_round = False
             active = [i for i in active if self._wants_more(jobs[i], outputs[i])]
         return outputs
 
@@ -114,11 +127,41 @@ class DraftModel:
     def _sync(self, job: DraftJob) -> list[int]:
         """Roll the cache back to the longest prefix shared with ``job.token_ids``; return the
         tokens still to feed (at least the last one, whose logits start the draft)."""
-        seq = self._seqs.setdefault(job.seq_id, _Seq())
+        seq = self._seqs.get(job.seq_id)
+        if seq is None:
+            seq = self._seqs[job.seq_id] = self._start(job.token_ids)
         keep = min(common_prefix_length(seq.cached_ids, job.token_ids), len(job.token_ids) - 1)
+        bs = self.blocks.block_size
+        if keep < len(seq.hashes) * bs:  # never write into a registered block
+            keep = keep // bs * bs
+            del seq.hashes[keep // bs :]
         del seq.cached_ids[keep:]
         self.blocks.shrink(seq.block_ids, keep)
         return list(job.token_ids[keep:])
+
+    def _register(self, job: DraftJob) -> None:
+        """Offer the full blocks of ``job.token_ids`` (the committed sequence, now all in the
+        cache) to the prefix cache; drafted tokens past it are never registered."""
+        seq = self._seqs[job.seq_id]
+        num_full = len(job.token_ids) // self.blocks.block_size
+        start = len(seq.hashes)
+        if self.blocks.prefix_caching and num_full > start:
+            self.blocks.hashes(job.token_ids, seq.hashes, num_full)
+            self.blocks.register(seq.block_ids, seq.hashes, start)
+
+    def _start(self, token_ids: Sequence[int]) -> _Seq:
+        """A new sequence, holding the cached blocks of its longest cached prefix."""
+        seq = _Seq()
+        if not self.blocks.prefix_caching:
+            return seq
+        bs = self.blocks.block_size
+        hashes = self.blocks.hashes(token_ids, [], (len(token_ids) - 1) // bs)
+        hits = self.blocks.cached_prefix(hashes)
+        if self.blocks.num_unheld(hits) <= self.blocks.num_free_blocks:
+            self.blocks.acquire(seq.block_ids, hits)
+            seq.hashes = hashes[: len(hits)]
+            seq.cached_ids = list(token_ids[: len(hits) * bs])
+        return seq
 
     def _chunk(self, job: DraftJob, feed: list[int], in_batch: set[str]) -> SeqChunk | None:
         """The next round's chunk of ``job``, or None when it no longer fits."""

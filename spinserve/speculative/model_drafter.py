@@ -83,10 +83,16 @@ class ModelDrafter:
         target_vocab_size: int,
         kv_cache_gib: float,
         kv_cache_dtype: str = "float16",
+        prefix_caching: bool = True,
     ) -> None:
         check_same_vocabulary(target_tokenizer, drafter.tokenizer, name)
         self.name = name
-        self._model = DraftModel(drafter.model, kv_cache_gib, kv_cache_dtype=kv_cache_dtype)
+        self._model = DraftModel(
+            drafter.model,
+            kv_cache_gib,
+            kv_cache_dtype=kv_cache_dtype,
+            prefix_caching=prefix_caching,
+        )
         self._target_vocab = target_vocab_size
         self._generators = RequestGenerators(salt=1)
 

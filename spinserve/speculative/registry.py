@@ -42,13 +42,15 @@ def build_drafter(
     config: SpeculativeConfig,
     runtime: RuntimeConfig | None = None,
     cache_dir: Path | None = None,
+    prefix_caching: bool = True,
 ) -> Drafter:
-    """Load and wrap drafter ``name`` for ``target``; raises ModelLoadError for bad models."""
+    """Load and wrap drafter ``name`` for ``target``; raises ModelLoadError for bad models.
+    ``prefix_caching``: a model drafter's own pool reuses cached prefixes as the target's."""
     if name in MODEL_FREE:
         return MODEL_FREE[name]()
     runtime = runtime or RuntimeConfig()
     drafter = load(name, dataclasses.replace(runtime, weights=runtime.drafter_weights), cache_dir)
-    kv = (config.drafter_kv_cache_gib, config.drafter_kv_cache_dtype)
+    kv = (config.drafter_kv_cache_gib, config.drafter_kv_cache_dtype, prefix_caching)
     if drafter_kind(name, target, drafter) == "same-tokenizer":
         return ModelDrafter(name, drafter, target.tokenizer, target.config.vocab_size, *kv)
     return CrossTokenizerDrafter(name, drafter, target.tokenizer, *kv)
@@ -59,7 +61,9 @@ def build_drafters(
     target: LoadedModel,
     runtime: RuntimeConfig | None = None,
     cache_dir: Path | None = None,
+    prefix_caching: bool = True,
 ) -> dict[str, Drafter]:
     return {
-        name: build_drafter(name, target, config, runtime, cache_dir) for name in config.drafters
+        name: build_drafter(name, target, config, runtime, cache_dir, prefix_caching)
+        for name in config.drafters
     }

@@ -202,10 +202,13 @@ class _RecordingBackend:
 def test_engine_uses_its_model_only_through_the_backend_contract(tiny_loaded, expected):
     """The torch runner satisfies `ModelBackend`; the engine releases every finished or
     aborted request, and a preempted request comes back at position 0 (the truncation the
-    contract implies), with outputs unchanged."""
+    contract implies; without prefix caching, which would resume it from its cached blocks),
+    with outputs unchanged."""
     loaded = tiny_loaded["llama"]
     per_token = loaded.config.kv_bytes_per_token(4)
-    cache = CacheConfig(block_size=4, kv_cache_gib=12 * 4 * per_token / 2**30)  # preempts
+    cache = CacheConfig(  # preempts
+        block_size=4, kv_cache_gib=12 * 4 * per_token / 2**30, prefix_caching=False
+    )
     engine = build_engine(loaded, EngineConfig(cache=cache))
     assert isinstance(engine.runner, ModelBackend)
     backend = engine.runner = _RecordingBackend(engine.runner)
