@@ -83,15 +83,23 @@ class Scheduler:
             budget -= num_new + len(draft_ids)
             i += 1
         # A step that had to preempt admits nobody: the blocks it freed are for the running.
-        preempted = len(self.waiting) != num_waiting
-        while (
-            not preempted
-            and self.waiting
-            and budget > 0
-            and len(self.running) < self.config.max_num_seqs
-        ):
+        if len(self.waiting) == num_waiting:
+            self._admit(budget, chunks)
+        return StepBatch(chunks)
+
+    def _admit(self, budget: int, chunks: list[SeqChunk]) -> None:
+        """Admit waiting requests in arrival order while the budget, the pool and
+        ``max_num_seqs`` allow. A request whose next uncached block a running prefill is
+        computing right now waits a step rather than compute it a second time (the second
+        question on a document arriving with the first takes the document from the cache)."""
+        computing = self._blocks_in_flight()
+        deferred: list[Request] = []
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             hits = self._cached_prefix(request)
+            if self._would_duplicate(request, hits, computing):
+                deferred.append(self.waiting.popleft())
+                continue
             num_cached = request.num_computed_tokens or len(hits) * self.blocks.block_size
             num_new = min(request.num_tokens - num_cached, budget)
             needed = self.blocks.num_missing(hits, num_cached + num_new)
@@ -107,7 +115,35 @@ class Scheduler:
             self.running.append(request)
             chunks.append(self._chunk(request, num_new))
             budget -= num_new
-        return StepBatch(chunks)
+            if self.blocks.prefix_caching:
+                computing |= self._uncomputed_blocks(request)
+        self.waiting.extendleft(reversed(deferred))
+
+    def _blocks_in_flight(self) -> set[bytes]:
+        """Hashes of the full prompt blocks running requests have yet to compute."""
+        if not self.blocks.prefix_caching:
+            return set()
+        found: set[bytes] = set()
+        for request in self.running:
+            found |= self._uncomputed_blocks(request)
+        return found
+
+    def _uncomputed_blocks(self, request: Request) -> set[bytes]:
+        bs = self.blocks.block_size
+        num_full = request.num_prompt_tokens // bs
+        first = request.num_computed_tokens // bs
+        if first >= num_full:
+            return set()
+        hashes = self.blocks.hashes(request.prompt_ids, request.block_hashes, num_full)
+        return set(hashes[first:num_full])
+
+    def _would_duplicate(self, request: Request, hits: list[int], computing: set[bytes]) -> bool:
+        """Whether ``request``'s first block to compute is one a running request computes."""
+        if not computing or request.num_computed_tokens:
+            return False
+        usable = (request.num_tokens - 1) // self.blocks.block_size  # see `_cached_prefix`
+        nxt = len(hits)
+        return nxt < usable and request.block_hashes[nxt] in computing
 
     def _cached_prefix(self, request: Request) -> list[int]:
         """Cached blocks ``request`` can start from (not yet taken): none unless nothing of it

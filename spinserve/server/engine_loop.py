@@ -89,8 +89,13 @@ class EngineLoop:
             self._step()
         self._flush()
         engine = self._engine
+        prefix = engine.prefix_cache_stats
         self._metrics.observe_engine(
-            engine.num_running, engine.num_waiting, engine.blocks.usage, engine.drafter_stats
+            engine.num_running,
+            engine.num_waiting,
+            engine.blocks.usage,
+            engine.drafter_stats,
+            (prefix.queries, prefix.hits),
         )
         return True
 
@@ -273,6 +278,7 @@ def _update(out: RequestOutput, index: int) -> Update:
         new_text=out.new_text,
         num_output_tokens=len(out.token_ids),
         num_prompt_tokens=out.num_prompt_tokens,
+        num_cached_tokens=out.num_cached_tokens,
         finished=finished,
         finish_reason=out.finish_reason,
         text=out.text if finished else "",

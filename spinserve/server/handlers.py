@@ -21,7 +21,15 @@ from spinserve.server.errors import model_not_found
 from spinserve.server.messages import Prompt
 from spinserve.server.params import ModelBounds, subrequests
 from spinserve.server.protocol import SamplingFields
-from spinserve.server.responses import DONE, Collected, Envelope, prompt_tokens, sse, usage
+from spinserve.server.responses import (
+    DONE,
+    Collected,
+    Envelope,
+    cached_tokens,
+    prompt_tokens,
+    sse,
+    usage,
+)
 from spinserve.server.streaming import EventStreamResponse, until_disconnect
 
 logger = logging.getLogger("spinserve.server")
@@ -120,6 +128,7 @@ async def stream_events(
         for index in range(len(stream.request_ids)):
             yield sse(env.chunk([env.role_choice(index)], include_usage))
     completion_tokens = 0
+    cached: dict[int, int] = {}
     async for update in stream.updates():
         if update.error is not None:
             yield sse(update.error.body())
@@ -128,9 +137,11 @@ async def stream_events(
             yield sse(env.chunk([env.text_choice(update.index, update.new_text)], include_usage))
         if update.finished:
             completion_tokens += update.num_output_tokens
+            cached[update.index] = update.num_cached_tokens
             yield sse(env.chunk([env.final_choice(update)], include_usage))
     else:
         if include_usage:
             num_prompt = prompt_tokens(stream.num_prompt_tokens, n)
-            yield sse(env.usage_chunk(usage(num_prompt, completion_tokens)))
+            num_cached = cached_tokens(cached, len(stream.num_prompt_tokens), n)
+            yield sse(env.usage_chunk(usage(num_prompt, completion_tokens, num_cached)))
     yield DONE

@@ -101,6 +101,7 @@ class Update:
     new_text: str = ""
     num_output_tokens: int = 0
     num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     finished: bool = False
     finish_reason: str | None = None
     text: str = ""

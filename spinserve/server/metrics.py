@@ -103,6 +103,7 @@ class ServerMetrics:
         self.registry = registry
         self._model = model_name
         self._seen: dict[str, _Seen] = {}
+        self._prefix_seen = (0, 0)  # prefix cache (queries, hits) at the last observation
 
         def make(kind, name, doc, labels=(), **kw):
             return kind(PREFIX + name, doc, ["model_name", *labels], registry=registry, **kw)
@@ -111,6 +112,12 @@ class ServerMetrics:
         self._waiting = make(Gauge, "num_requests_waiting", "Requests waiting to run")
         self._kv = make(Gauge, "kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)")
         self._prompt = make(Counter, "prompt_tokens", "Prompt tokens of admitted requests")
+        self._prefix_queries = make(
+            Counter, "prefix_cache_queries", "Prompt tokens looked up in the prefix cache"
+        )
+        self._prefix_hits = make(
+            Counter, "prefix_cache_hits", "Prompt tokens found in the prefix cache"
+        )
         self._generation = make(Counter, "generation_tokens", "Generated tokens")
         self._success = make(Counter, "request_success", "Finished requests", ["finished_reason"])
         self._rejected = make(Counter, "request_rejected", "Requests refused", ["reason"])
@@ -161,6 +168,8 @@ class ServerMetrics:
         m = self._model
         for metric in (self._running, self._waiting, self._kv, self._prompt, self._generation):
             metric.labels(m)
+        self._prefix_queries.labels(m)
+        self._prefix_hits.labels(m)
         for metric in (self._ttft, self._itl, self._e2e):
             metric.labels(m)
         for metric in (self._drafts, self._draft_tokens, self._accepted):
@@ -208,12 +217,19 @@ class ServerMetrics:
         num_waiting: int,
         kv_usage: float,
         drafter_stats: Mapping[str, SpecStats],
+        prefix_cache: tuple[int, int] = (0, 0),
     ) -> None:
+        """``prefix_cache``: (queries, hits) in prompt tokens since start."""
         self._running.labels(self._model).set(num_running)
         self._waiting.labels(self._model).set(num_waiting)
         self._kv.labels(self._model).set(kv_usage)
         for name, stats in drafter_stats.items():
             self._observe_drafter(name, stats)
+        (queries, hits), (seen_queries, seen_hits) = prefix_cache, self._prefix_seen
+        if queries != seen_queries:
+            self._prefix_queries.labels(self._model).inc(queries - seen_queries)
+            self._prefix_hits.labels(self._model).inc(hits - seen_hits)
+            self._prefix_seen = prefix_cache
 
     def _observe_drafter(self, name: str, stats: SpecStats) -> None:
         """Add what changed since the last look to the counters (statistics are cumulative)."""

@@ -21,11 +21,13 @@ def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; ``cached_tokens``: prompt tokens served from the prefix cache."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -46,7 +48,7 @@ class Envelope:
     model: str
     chat: bool
 
-    def body(self, choices: list[dict[str, Any]], usage: dict[str, int]) -> dict[str, Any]:
+    def body(self, choices: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
         obj = "chat.completion" if self.chat else "text_completion"
         return self._head(obj) | {"choices": choices, "usage": usage}
 
@@ -54,7 +56,7 @@ class Envelope:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         return self._head(obj) | {"choices": choices} | ({"usage": None} if with_usage else {})
 
-    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+    def usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         return self._head(obj) | {"choices": [], "usage": usage}
 
@@ -102,8 +104,13 @@ class Collected:
         choices = [self._choice(self.finals[i]) for i in sorted(self.finals)]
         return self.envelope.body(choices, self.usage())
 
-    def usage(self) -> dict[str, int]:
-        return usage(prompt_tokens(self.num_prompt_tokens, self.n), self.completion_tokens())
+    def usage(self) -> dict[str, Any]:
+        cached = {i: u.num_cached_tokens for i, u in self.finals.items()}
+        return usage(
+            prompt_tokens(self.num_prompt_tokens, self.n),
+            self.completion_tokens(),
+            cached_tokens(cached, len(self.num_prompt_tokens), self.n),
+        )
 
     def completion_tokens(self) -> int:
         return sum(u.num_output_tokens for u in self.finals.values())
@@ -123,3 +130,9 @@ class Collected:
 def prompt_tokens(per_choice: list[int], n: int) -> int:
     """Usage counts each prompt once, however many choices it has (as OpenAI does)."""
     return sum(per_choice[::n])
+
+
+def cached_tokens(per_choice: dict[int, int], num_choices: int, n: int) -> int:
+    """Cached prompt tokens, each prompt counted once (by its first choice) as in
+    `prompt_tokens`. ``per_choice``: choice index -> its cached tokens."""
+    return sum(per_choice.get(i, 0) for i in range(0, num_choices, n))

@@ -249,3 +249,33 @@ def test_a_cached_prefix_gives_bit_identical_logits(exact):
     assert on.prefix_cache_stats.hits == len(DOC) // 4 * 4
     fresh = first_logits(make_engine(exact, "none", caching=False, block_size=4), prompt)
     assert torch.equal(cached, fresh)
+
+
+def test_a_request_waits_a_step_rather_than_compute_a_block_in_flight():
+    """Two questions on one document arrive together: the second is admitted once the first
+    has computed the document, and takes it from the cache; an unrelated one is not held."""
+    from spinserve.engine.request import Request
+    from spinserve.engine.scheduler import Scheduler
+    from spinserve.runtime.block_manager import BlockManager
+
+    blocks = BlockManager(64, 4, prefix_caching=True)
+    scheduler = Scheduler(SchedulerConfig(max_num_batched_tokens=256), blocks)
+    first, second, other = (
+        Request(name, prompt, GREEDY)
+        for name, prompt in (
+            ("first", DOC + QUESTIONS[0]),
+            ("second", DOC + QUESTIONS[1]),
+            ("other", QUESTIONS[2] * 4),
+        )
+    )
+    for request in (first, second, other):
+        scheduler.add(request)
+    batch = scheduler.schedule()
+    assert [c.request_id for c in batch.chunks] == ["first", "other"]
+    scheduler.update(batch)
+    for request in (first, other):
+        request.append_output(1)
+    batch = scheduler.schedule()
+    assert [c.request_id for c in batch.chunks] == ["first", "other", "second"]
+    assert second.num_cached_tokens == len(DOC) // 4 * 4
+    assert batch.chunks[-1].start_pos == len(DOC) // 4 * 4

@@ -120,8 +120,16 @@ def test_chat_streamed_equals_not_streamed(live, drafter, tokenizer):
     assert content == whole.choices[0].message.content
     assert whole.choices[0].message.role == "assistant"
     assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason == "length"
-    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    streamed = chunks[-1].usage
+    assert chunks[-1].choices == []
+    assert (streamed.prompt_tokens, streamed.completion_tokens, streamed.total_tokens) == (
+        whole.usage.prompt_tokens,
+        whole.usage.completion_tokens,
+        whole.usage.total_tokens,
+    )
     num_prompt = len(tokenizer.apply_chat_template(messages))
+    # the same prompt again: its full blocks (16 tokens each) came from the prefix cache
+    assert streamed.prompt_tokens_details.cached_tokens == (num_prompt - 1) // 16 * 16 > 0
     assert whole.usage.prompt_tokens == num_prompt
     assert whole.usage.completion_tokens == 9
     assert whole.usage.total_tokens == num_prompt + 9

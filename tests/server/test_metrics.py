@@ -14,6 +14,8 @@ TYPES = {
     "spinserve:num_requests_waiting": "gauge",
     "spinserve:kv_cache_usage_perc": "gauge",
     "spinserve:prompt_tokens": "counter",
+    "spinserve:prefix_cache_queries": "counter",
+    "spinserve:prefix_cache_hits": "counter",
     "spinserve:generation_tokens": "counter",
     "spinserve:request_success": "counter",
     "spinserve:time_to_first_token_seconds": "histogram",
@@ -84,3 +86,28 @@ def test_two_apps_in_one_process_have_their_own_registries(tiny_loaded):
     engine = tiny_engine(tiny_loaded["llama"])
     first, second = build_app(engine, MODEL), build_app(engine, MODEL)
     assert first.state.metrics.registry is not second.state.metrics.registry
+
+
+def test_prefix_cache_counters_and_cached_tokens_agree(live):
+    """A conversation's second turn finds its first turn cached: the response says how many
+    prompt tokens came from the cache, and the counters move by the same amounts."""
+    client = live.client()
+    turn = [{"role": "user", "content": "Tell me about the sea and the wind, please."}]
+    first = client.chat.completions.create(
+        model=MODEL, messages=turn, max_tokens=6, temperature=0, extra_body={"drafter": "none"}
+    )
+    turn += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "And the mountains?"},
+    ]
+    before = live.wait_idle()
+    second = client.chat.completions.create(
+        model=MODEL, messages=turn, max_tokens=6, temperature=0, extra_body={"drafter": "none"}
+    )
+    after = live.wait_idle()
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens // 16 * 16 > 0
+    assert cached % 16 == 0 and cached < second.usage.prompt_tokens
+    d = lambda key: delta(after, before, key)  # noqa: E731
+    assert d("spinserve:prefix_cache_queries_total") == second.usage.prompt_tokens
+    assert d("spinserve:prefix_cache_hits_total") == cached
