@@ -2,7 +2,13 @@
 
 ``collect`` runs the target alone (greedy) on the selection benchmark's prompts and, at every
 position of each output, asks every drafter for ``--max-draft`` tokens on the true prefix and
-records how many it proposed and how many match the output; it also measures the costs the
+records how many it proposed and how many match the output, with what a per-step predictor
+may read before verification: the proposed ids, the drafter's per-token scores
+(`Draft.scores`), what a lookup draft rests on (`SuffixDrafter.match_support`,
+`ngram_support`), and, from one teacher-forced forward over prompt + output after the greedy
+run, the target's and each same-tokenizer model drafter's top-1 probability, entropy and
+argmax hit at every output position (`research.selection.step_features`; older recordings
+without them still replay). It also measures the costs the
 replay needs on this machine: the target's forward of 1..``--max-draft``+1 tokens of one
 sequence at a few context lengths, and each drafter's call (per round, per context token, per
 token caught up); ``costs`` measures those again into an existing recording (``--out``).
@@ -21,7 +27,10 @@ Reproduce (from the repository root; collect ~12 minutes for 28 prompts, replay 
         --configs fixed:ngram@4 fixed:suffix@2 spin "spin[exploration=0.25]" oracle \\
         hindsight:ngram+suffix hindsight
 
-(``benchmarks/traces/selection_trace.json`` is the recording of 2026-11-28, docs/benchmarks.md.)
+(``benchmarks/traces/selection_trace.json`` is the recording of 2026-11-28, docs/benchmarks.md;
+``benchmarks/traces/step_trace.json`` the same prompts with the per-step evidence, 2026-12-07,
+its costs those of 2026-11-28: its own were measured while other work loaded the machine and
+are kept as ``cost_contended``.)
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from selection_ab import spin_params
 from selection_bench import Bench, log
 from selection_bench import parse_args as bench_args
@@ -43,6 +53,8 @@ from spinserve.selection.baselines import FixedPolicy
 from spinserve.selection.policy import NO_SPECULATION, Choice, SelectionPolicy
 from spinserve.speculative.draft_model import common_prefix_length
 from spinserve.speculative.drafter import DraftRequest
+from spinserve.speculative.model_drafter import ModelDrafter
+from spinserve.speculative.ngram import ngram_support
 from spinserve.speculative.registry import MODEL_FREE
 from spinserve.types.batch import SeqChunk, StepBatch
 
@@ -62,21 +74,73 @@ from research.selection.variants import VariantPolicy
 CONTEXTS = (64, 512, 1536)
 
 
-def trace_request(bench: Bench, engine, drafters: dict, rid: str, max_draft: int) -> TracedRequest:
+def trace_request(
+    bench: Bench, engine, drafters: dict, rid: str, max_draft: int, confidence: dict
+) -> dict:
+    """A `TracedRequest`'s JSON and, per output position, what a per-step predictor may read
+    before verification (`step_evidence`)."""
     prompt = bench.prompt_ids[rid]
     greedy = SamplingParams(max_tokens=bench.args.max_tokens)
     [result] = engine.generate([prompt], greedy)
     output = list(result.token_ids)
     drafts: dict[str, list[tuple[int, int]]] = {name: [] for name in drafters}
+    proposals: dict[str, list[list[int]]] = {name: [] for name in drafters}
+    scores: dict[str, list[list[float] | None]] = {name: [] for name in drafters}
+    support: dict[str, list] = {"suffix": [], "ngram": []}
     for t in range(len(output)):
         ids = prompt + output[:t]
         for name, drafter in drafters.items():
             [draft] = drafter.propose([DraftRequest(rid, ids, max_draft, greedy)])
             proposed = draft.token_ids[:max_draft]
             drafts[name].append((len(proposed), common_prefix_length(proposed, output[t:])))
+            proposals[name].append(proposed)
+            scores[name].append(draft.scores and [round(x, 4) for x in draft.scores[:max_draft]])
+            if name == "suffix":
+                support[name].append(drafter.match_support(rid))
+            elif name == "ngram":
+                n = round(draft.scores[0] * drafter.max_n) if proposed else 0
+                support[name].append((n, *(ngram_support(ids, n, proposed[0]) if n else (0, 0))))
     for drafter in drafters.values():
         drafter.finish(rid, prompt + output)
-    return TracedRequest(rid, bench.prompts[rid].category, len(prompt), len(output), drafts)
+    traced = TracedRequest(rid, bench.prompts[rid].category, len(prompt), len(output), drafts)
+    evidence = {
+        "output_ids": output,
+        "proposals": proposals,
+        "scores": scores,
+        "support": {name: rows for name, rows in support.items() if name in drafters},
+        "confidence": {
+            name: teacher_forced(runner, prompt, output) for name, runner in confidence.items()
+        },
+    }
+    return {**traced.to_json(), **evidence}
+
+
+def teacher_forced(runner, prompt: list[int], output: list[int]) -> list[list[float]]:
+    """Per output position t, ``[top-1 probability, entropy in nats, argmax == output[t]]`` of
+    the model's next-token distribution after ``prompt + output[:t]`` (one forward over all
+    of it, on block ids from 0: call it when the runner's pool holds no live sequence)."""
+    ids = prompt + output[:-1]
+    blocks = list(range(blocks_for(len(ids), runner.block_size)))
+    logits = runner.execute(StepBatch([SeqChunk("teacher", ids, 0, blocks, len(output))]))
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [len(output), vocab]
+    top, argmax = logp.max(dim=-1)
+    entropy = -(logp.exp() * logp).sum(dim=-1)
+    runner.release("teacher")
+    hits = (argmax == torch.tensor(output)).tolist()
+    return [
+        [round(p, 4), round(h, 4), int(hit)]
+        for p, h, hit in zip(top.exp().tolist(), entropy.tolist(), hits, strict=True)
+    ]
+
+
+def confidence_runners(engine, drafters: dict) -> dict:
+    """The target's runner and each same-tokenizer model drafter's (its model, its KV pool);
+    a cross-tokenizer drafter's distributions are over another vocabulary: left out."""
+    runners = {"target": engine.runner}
+    for name, drafter in drafters.items():
+        if isinstance(drafter, ModelDrafter):
+            runners[name] = drafter._model.runner  # the drafter's own pool, idle between calls
+    return runners
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -167,17 +231,17 @@ def collect(argv: list[str], trace: bool = True) -> None:
     drafters = {
         d: MODEL_FREE[d]() if d in MODEL_FREE else bench.model_drafters[d] for d in args.drafters
     }
-    requests = []
+    requests, confidence = [], confidence_runners(engine, drafters)
     for i, rid in enumerate(bench.order if trace else (), 1):
-        requests.append(trace_request(bench, engine, drafters, rid, mine.max_draft))
-        log(f"traced {i}/{len(bench.order)} {rid}: {requests[-1].num_output_tokens} tokens")
+        requests.append(trace_request(bench, engine, drafters, rid, mine.max_draft, confidence))
+        log(f"traced {i}/{len(bench.order)} {rid}: {requests[-1]['num_output_tokens']} tokens")
     text = [t for rid in bench.order for t in bench.prompt_ids[rid]]
     text = (text * (2 * CONTEXTS[-1] // len(text) + 1))[: 2 * CONTEXTS[-1]]
     forward = forward_costs(bench, engine, mine.max_draft + 1, mine.repeats)
     costs = {name: drafter_cost(name, d, text, mine.repeats) for name, d in drafters.items()}
     cost = CostModel(CONTEXTS, tuple(map(tuple, forward)), costs)
     settings = json.loads(json.dumps({**vars(args), "max_draft": mine.max_draft}, default=str))
-    report = old or {"settings": settings, "requests": [r.to_json() for r in requests]}
+    report = old or {"settings": settings, "requests": requests}
     report["cost"] = cost.to_json()
     report["cost_measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.out.write_text(json.dumps(report))

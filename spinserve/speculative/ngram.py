@@ -56,6 +56,29 @@ def ngram_match(
     return [], 0
 
 
+def ngram_support(token_ids: Sequence[int], n: int, token: int) -> tuple[int, int]:
+    """How often the last ``n`` tokens occurred earlier with a token after them, and how many
+    of those occurrences ``token`` followed: the evidence behind a draft that `ngram_match`
+    bases on the most recent one alone.
+
+    >>> ngram_support([1, 2, 3, 1, 2, 4, 1, 2], 2, 4)
+    (2, 1)
+    """
+    num_tokens = len(token_ids)
+    if not 1 <= n < num_tokens:
+        return 0, 0
+    data = struct.pack(f"<{num_tokens}i", *token_ids)
+    pattern, end = data[-n * _WORD :], (num_tokens - 1) * _WORD
+    occurrences = agreeing = 0
+    pos = data.find(pattern, 0, end)
+    while pos >= 0:
+        if pos % _WORD == 0:
+            occurrences += 1
+            agreeing += token_ids[pos // _WORD + n] == token
+        pos = data.find(pattern, pos + 1, end)
+    return occurrences, agreeing
+
+
 def _rfind_aligned(data: bytes, pattern: bytes, end: int) -> int:
     """Token index of the last word-aligned occurrence of ``pattern`` in ``data[:end]``, or -1.
 

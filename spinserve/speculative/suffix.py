@@ -167,6 +167,17 @@ class SuffixDrafter:
         token_ids, path_probs = own if sum(own[1]) >= sum(seen[1]) else seen
         return Draft(token_ids, scores=tuple(path_probs))
 
+    def match_support(self, request_id: str) -> tuple[tuple[int, int], tuple[int, int]]:
+        """What the last draft for ``request_id`` rests on, per index (the request's own, then
+        the global one): the length of the context suffix matched and how often it was
+        continued ((0, 0): no match). A path probability of 1/1 and one of 50/50 score the
+        same; this tells them apart for whoever predicts which drafts pass."""
+        index = self._requests.get(request_id)
+        if index is None:
+            return (0, 0), (0, 0)
+        context = index.token_ids[-self.config.max_match_len :]
+        return _support(index.trie, context), _support(self.global_trie, context)
+
     def _sync(self, request_id: str, token_ids: Sequence[int]) -> RequestIndex:
         """The request's index, caught up with ``token_ids`` (rebuilt if they diverged)."""
         index = self._requests.get(request_id)
@@ -193,6 +204,11 @@ class SuffixDrafter:
             or self.global_trie.num_nodes > self.config.max_nodes
         ):
             self.global_trie.remove(self._sequences.popleft())
+
+
+def _support(trie: SuffixTrie, context: Sequence[int]) -> tuple[int, int]:
+    match_len, node = longest_match(trie, context)
+    return (match_len, trie.num_continued(node)) if node != NO_NODE else (0, 0)
 
 
 def _checked(token_ids: Sequence[int]) -> list[int]:
