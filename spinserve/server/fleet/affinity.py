@@ -15,6 +15,7 @@ drafter has seen the conversation. Prompts sharing only a system prompt share it
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
@@ -68,10 +69,13 @@ class AffinityTable:
             self._replica_of.popitem(last=False)
 
 
-def rank_replicas(affine: str | None, loads: Mapping[str, int], slack: int) -> list[list[str]]:
+def rank_replicas(
+    affine: str | None, loads: Mapping[str, int], slack: int, rng: random.Random | None = None
+) -> list[list[str]]:
     """Replicas in the order to try: the conversation's own while it has at most ``slack``
     more ongoing requests than the least loaded, then everyone (the router takes the least
-    loaded of a rank that is not full).
+    loaded of a rank that is not full). Ties are broken by ``rng`` (none: by name), so new
+    conversations spread over idle replicas.
 
     >>> rank_replicas("a", {"a": 3, "b": 1}, slack=2)
     [['a'], ['b']]
@@ -80,7 +84,8 @@ def rank_replicas(affine: str | None, loads: Mapping[str, int], slack: int) -> l
     >>> rank_replicas(None, {"a": 0, "b": 1}, slack=2)
     [['a', 'b']]
     """
-    everyone = sorted(loads, key=lambda r: (loads[r], r))
+    order = {r: rng.random() for r in loads} if rng is not None else {r: r for r in loads}
+    everyone = sorted(loads, key=lambda r: (loads[r], order[r]))
     if affine is None or affine not in loads or loads[affine] > min(loads.values()) + slack:
         return [everyone]
     return [[affine], [r for r in everyone if r != affine]]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from spinserve.selection.prior import ArmPrior, Learned, SharedPrior
 
 REPORT_S = 0.5
-STALE_S = 5 * REPORT_S  # a replica silent this long is not counted as up
+STALE_S = 10 * REPORT_S  # a replica silent this long is not counted as up (a busy
+# machine delays reports by seconds; a replica that stops cleanly leaves at once)
 
 
 @dataclass(frozen=True)

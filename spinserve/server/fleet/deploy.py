@@ -31,6 +31,7 @@ from spinserve.server.fleet.router import AffinityRouter
 logger = logging.getLogger("spinserve.fleet")
 APP_NAME = "spinserve"
 NAMESPACE = "spinserve"
+REPLICAS = "EngineReplica"  # the replicas' deployment
 OBJECT_STORE_BYTES = 200 * 1024 * 1024  # requests and updates are small
 
 
@@ -58,7 +59,7 @@ def fleet_application(
         else {"num_replicas": fleet.replicas}
     )
     cpus = fleet.replica_cpus if fleet.replica_cpus is not None else num_threads
-    replicas = serve.deployment(EngineReplica, name="EngineReplica").options(
+    replicas = serve.deployment(EngineReplica, name=REPLICAS).options(
         **scaling,
         max_ongoing_requests=server.max_queue,
         ray_actor_options={"num_cpus": cpus},
@@ -74,7 +75,7 @@ def fleet_application(
         max_ongoing_requests=max(1000, 4 * server.max_queue * fleet.most_replicas),
         ray_actor_options={"num_cpus": 0},
     )
-    app = replicas.bind(make_engine, model_name, server, fleet, num_threads, board)
+    app = replicas.bind(make_engine, model_name, server, fleet.prior_sync_s, num_threads, board)
     return ingress.bind(app, board, server)
 
 
@@ -88,15 +89,28 @@ def start_fleet(
 ) -> str:
     """Deploy and return the URL; Ray is started (or joined) if it is not running."""
     if not ray.is_initialized():
-        local = {} if fleet.ray_address else _local_ray()
+        local = {} if fleet.ray_address else local_ray_options()
         ray.init(address=fleet.ray_address, namespace=NAMESPACE, **local)
     serve.start(http_options={"host": server.host, "port": server.port})
     app = fleet_application(make_engine, model_name, server, fleet, num_threads, app_name)
-    serve.run(app, name=app_name, route_prefix="/")
+    serve.run(app, name=app_name, route_prefix="/", external_scaler_enabled=not fleet.autoscaling)
     return f"http://{server.host}:{server.port}"
 
 
-def _local_ray() -> dict:
+def scale_fleet(num_replicas: int, app_name: str = APP_NAME) -> None:
+    """Set the replica count of a running fleet that does not autoscale: Ray Serve adds or
+    removes replicas and keeps the others. This is what Ray's dashboard does for its
+    external scaling API (``POST /api/v1/applications/APP/deployments/DEP/scale``), without
+    needing the dashboard; the controller's method is not a public Python API of Ray."""
+    from ray.serve._private.common import DeploymentID
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    replicas = DeploymentID(name=REPLICAS, app_name=app_name)
+    ray.get(controller.update_deployment_replicas.remote(replicas, num_replicas))
+
+
+def local_ray_options() -> dict:
     return {
         "num_cpus": os.cpu_count(),
         "include_dashboard": False,

@@ -13,6 +13,7 @@ sent nothing yet is sent again too; a stream that had sent text ends with an err
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -27,6 +28,9 @@ from spinserve.server.messages import SubRequest, Update
 
 logger = logging.getLogger("spinserve.fleet")
 MAX_RETRIES = 2
+# The replicas that admitted the HTTP request being served in this context, for its
+# X-Spinserve-Replica header (`ingress.ReplicaHeader` sets a fresh list per request).
+SERVED_BY: contextvars.ContextVar[list[str]] = contextvars.ContextVar("served_by")
 REPLICA_LOST = (RayActorError, ActorUnavailableError)
 
 
@@ -121,7 +125,10 @@ class FleetStream:
             if isinstance(first, WireError):
                 self.unfinished.clear()
                 raise first.to_error()
-            self.num_prompt_tokens = first
+            self.num_prompt_tokens = first.num_prompt_tokens
+            served = SERVED_BY.get(None)
+            if served is not None:
+                served.append(first.replica)
             return
 
     async def updates(self) -> AsyncIterator[Update]:

@@ -19,15 +19,18 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from ray import serve
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spinserve.server.app import serving_app
 from spinserve.server.config import ServerConfig
 from spinserve.server.errors import ApiError, shutting_down
 from spinserve.server.fleet.board import REPORT_S
-from spinserve.server.fleet.engine import FleetEngine
+from spinserve.server.fleet.engine import SERVED_BY, FleetEngine
 from spinserve.server.fleet.metrics import FleetMetrics
 from spinserve.server.fleet.wire import ModelFacts
 from spinserve.server.handlers import ServerContext
+
+REPLICA_HEADER = b"x-spinserve-replica"
 
 
 @serve.ingress()
@@ -51,9 +54,11 @@ class FleetIngress:
         self._watch = asyncio.create_task(self._watch_replicas())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return serving_app(
+        app = serving_app(
             self._server, _no_lifespan, self._context, None, fleet_routes(self._board, self)
         )
+        app.add_middleware(ReplicaHeader)
+        return app
 
     async def reports(self) -> list[Any]:
         return await self._board.reports.remote()
@@ -68,6 +73,29 @@ class FleetIngress:
     async def __del__(self) -> None:
         self.engine.draining = True
         self._watch.cancel()
+
+
+class ReplicaHeader:
+    """Adds ``X-Spinserve-Replica``: the replica that served the request (the last one, if
+    it was sent again after a replica died), for following the routing from outside."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        served: list[str] = []
+        SERVED_BY.set(served)
+
+        async def send_with_replica(message: Message) -> None:
+            if message["type"] == "http.response.start" and served:
+                headers = [*message.get("headers", []), (REPLICA_HEADER, served[-1].encode())]
+                message = message | {"headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_replica)
 
 
 @asynccontextmanager

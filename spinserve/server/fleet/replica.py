@@ -30,8 +30,7 @@ from spinserve.server.async_engine import AsyncEngine
 from spinserve.server.config import ServerConfig
 from spinserve.server.errors import ApiError
 from spinserve.server.fleet.board import REPORT_S, ReplicaReport
-from spinserve.server.fleet.config import FleetConfig
-from spinserve.server.fleet.wire import ModelFacts, WireError, WireUpdate
+from spinserve.server.fleet.wire import Admitted, ModelFacts, WireError, WireUpdate
 from spinserve.server.messages import SubRequest
 from spinserve.server.metrics import ServerMetrics
 from spinserve.server.params import ModelBounds
@@ -46,10 +45,12 @@ class EngineReplica:
         make_engine: Callable[[], LLMEngine],
         model_name: str,
         server: ServerConfig,
-        fleet: FleetConfig,
+        prior_sync_s: float,
         num_threads: int,
         board: Any,  # the FleetBoard actor
     ) -> None:
+        """Everything here is the same for every replica (a change would make Ray Serve
+        replace them all, where a new count only adds or removes replicas)."""
         torch.set_num_threads(num_threads)
         engine = make_engine()
         drafters = tuple(engine.drafters)
@@ -64,7 +65,7 @@ class EngineReplica:
             ModelBounds(engine.max_model_len, engine.runner.vocab_size),
             engine.policy.name,
         )
-        self._server, self._fleet, self._board = server, fleet, board
+        self._server, self._board, self._sync_s = server, board, prior_sync_s
         self._id = serve.get_replica_context().replica_id.unique_id
         self._actor_name = ray.get_runtime_context().get_actor_name() or ""
         self._prior = _spin_prior(engine)
@@ -90,7 +91,7 @@ class EngineReplica:
             yield WireError.of(exc)
             return
         try:
-            yield stream.num_prompt_tokens
+            yield Admitted(self._id, stream.num_prompt_tokens)
             streaming = any(sub.stream for sub in subrequests)
             async for update in stream.updates():
                 if streaming or update.finished:
@@ -110,6 +111,8 @@ class EngineReplica:
             raise RuntimeError("the engine thread is not running")
 
     async def __del__(self) -> None:
+        if not hasattr(self, "_tasks"):
+            return  # stopped before it finished starting
         for task in self._tasks:
             task.cancel()
         with contextlib.suppress(Exception):
@@ -142,7 +145,7 @@ class EngineReplica:
     async def _sync_prior_forever(self, prior: SharedPrior) -> None:
         pending: list[Learned] = []  # kept until the board has it
         while True:
-            await asyncio.sleep(self._fleet.prior_sync_s)
+            await asyncio.sleep(self._sync_s)
             pending += prior.take_journal()
             try:
                 state = await self._board.sync_prior.remote(pending, prior.memory, prior.max_weight)

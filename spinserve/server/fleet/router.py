@@ -10,6 +10,8 @@ keeps its own.
 
 from __future__ import annotations
 
+import random
+
 from ray.serve.request_router import (
     FIFOMixin,
     PendingRequest,
@@ -22,9 +24,16 @@ from spinserve.server.fleet.affinity import AffinityTable, rank_replicas
 
 
 class AffinityRouter(FIFOMixin, RequestRouter):
+    # How long Ray Serve waits for a replica to say how busy it is. A replica's event loop
+    # shares the GIL with its engine thread, so on a busy CPU its answer can take longer
+    # than Ray's default 0.1 s, and a missed answer sends a conversation elsewhere.
+    queue_len_response_deadline_s = 1.0
+    max_queue_len_response_deadline_s = 2.0
+
     def initialize_state(self, slack: int = 4) -> None:
         self._table = AffinityTable()
         self._slack = slack
+        self._rng = random.Random()
 
     async def choose_replicas(
         self,
@@ -37,7 +46,8 @@ class AffinityRouter(FIFOMixin, RequestRouter):
         }
         keys = _keys(pending_request)
         affine = self._table.lookup(keys, by_id) if keys else None
-        return [[by_id[key] for key in rank] for rank in rank_replicas(affine, loads, self._slack)]
+        ranks = rank_replicas(affine, loads, self._slack, self._rng)
+        return [[by_id[key] for key in rank] for rank in ranks]
 
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: object

@@ -1,7 +1,7 @@
 """What crosses from a replica to the ingress: plain, picklable data. No Ray import.
 
-A replica's answer to a request is a stream: first the prompt lengths (the request was
-admitted) or a `WireError` (it was refused: 400, 429...), then `WireUpdate`s. Errors are
+A replica's answer to a request is a stream: first `Admitted` (the replica and the prompt
+lengths) or a `WireError` (it was refused: 400, 429...), then `WireUpdate`s. Errors are
 sent as their fields, not as exceptions, so the ingress raises the very `ApiError` a single
 server would have and the app's handlers give it the same shape.
 """
@@ -26,6 +26,12 @@ class ModelFacts:
     num_draft_tokens: int
     bounds: ModelBounds
     policy: str
+
+
+@dataclass(frozen=True)
+class Admitted:
+    replica: str
+    num_prompt_tokens: list[int]
 
 
 @dataclass(frozen=True)
