@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import prefix_report
 import selection_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,14 @@ SECTIONS = (
         "per configuration on the real Qwen pair, at batch 1 (prompts one at a time) and 8 "
         "concurrent. Every output is compared with the target alone's.",
         selection_report.markdown,
+    ),
+    Section(
+        "prefix_cache.json",
+        "Prefix caching: later turns and shared documents",
+        "The default server (Qwen2.5-Coder-1.5B and its drafters, `spin`) twice, with prefix "
+        "caching and with `--no-prefix-caching`, both up at once and used in turn, item by "
+        "item (which goes first alternates), so only one computes at a time.",
+        prefix_report.markdown,
     ),
 )
 

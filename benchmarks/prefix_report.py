@@ -1,0 +1,63 @@
+"""docs/benchmarks.md's prefix caching section, from ``benchmarks/prefix_bench.py``'s results.
+No torch."""
+
+from __future__ import annotations
+
+
+def markdown(report: dict) -> str:
+    s = report["summary"]
+    settings = report["settings"]
+    mt, doc, mix = s["multi_turn"], s["shared_doc"], s["no_sharing"]
+    rows = [
+        (
+            "multi-turn: turn-2 time to first token, median",
+            _s(mt["turn2_ttft_p50_s"]["off"]),
+            _s(mt["turn2_ttft_p50_s"]["on"]),
+            mt["turn2_ttft_ratio"],
+            "<= 0.25",
+        ),
+        (
+            "multi-turn: output tokens/s over the whole run",
+            f"{mt['tokens_per_s']['off']:.2f}",
+            f"{mt['tokens_per_s']['on']:.2f}",
+            mt["throughput_ratio"],
+            ">= 1.0",
+        ),
+    ]
+    for load, d in doc.items():
+        at_once = load.replace("concurrency=", "") + " at once"
+        label = "one at a time" if load == "sequential" else at_once
+        rows.append(
+            (
+                f"shared document, {settings['questions']} questions {label}: total",
+                _s(d["seconds"]["off"]),
+                _s(d["seconds"]["on"]),
+                d["ratio"],
+                "<= 0.4",
+            )
+        )
+    rows.append(
+        (
+            f"no shared document ({settings['mix']} prompts): total",
+            _s(mix["seconds"]["off"]),
+            _s(mix["seconds"]["on"]),
+            mix["ratio"],
+            "<= 1.03",
+        )
+    )
+    lines = [
+        "| workload | caching off | caching on | on / off | goal |",
+        "|---|---:|---:|---:|---:|",
+        *(f"| {w} | {off} | {on} | {r:.2f} | {g} |" for w, off, on, r, g in rows),
+    ]
+    return "\n".join(lines) + (
+        f"\n\nSample: {settings['conversations']} MT-Bench two-turn conversations (Spec-Bench "
+        f"dev split, across its categories), documents of about {settings['doc_tokens']} "
+        f"tokens (Spec-Bench RAG passages), up to {settings['max_tokens']} output tokens a "
+        f"request, greedy, streamed. Outputs identical with caching on and off: "
+        f"{s['outputs_identical']}."
+    )
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.2f} s"
