@@ -41,6 +41,7 @@ from spinserve.selection.policy import (
     RequestView,
     StepTiming,
 )
+from spinserve.selection.step_gate import Lookup, RequestMemory, StepPredictor, best_draft
 
 LOOKUPS = ("ngram", "suffix")
 
@@ -246,3 +247,56 @@ def _inverse_phi(q: float) -> float:
         else:
             high = mid
     return (low + high) / 2
+
+
+class ShippedGatePolicy(StepPolicy):
+    """The step gate as shipped (`spinserve.selection.step_gate`: its features, its
+    `StepPredictor`, its `best_draft` on this step's seconds), over the lookups only: the
+    same replay tells what the served gate's form is worth against `StepPolicy`."""
+
+    def __init__(
+        self, steps: Mapping[str, StepRequest], cost: CostModel, learning_rate: float | None = None
+    ) -> None:
+        lookups = {d: cost.drafters[d] for d in cost.drafters if d in LOOKUPS}
+        super().__init__(steps, CostModel(cost.contexts, cost.forward, lookups))
+        self.name = "step-gate"
+        self.gate = StepPredictor() if learning_rate is None else StepPredictor(learning_rate)
+        self.memory: dict[str, RequestMemory] = defaultdict(RequestMemory)
+
+    def _lookups(self, step: StepRequest, t: int) -> list[Lookup]:
+        out = []
+        for name in self.lookups:
+            ids = step.proposal(name, t)[: self.max_draft]
+            scores = (step.evidence["scores"][name][t] or [])[: len(ids)]
+            if ids:
+                out.append(Lookup(name, tuple(ids), (*scores, *[0.0] * (len(ids) - len(scores)))))
+        return out
+
+    def _choose_one(self, view: RequestView) -> Choice:
+        rid, t = view.request_id, view.num_output_tokens
+        step, context = self.steps[rid], view.num_prompt_tokens + t
+        lookups, memory = self._lookups(step, t), self.memory[rid]
+        options = {
+            lk.drafter: self.gate.pass_probs(lk, [o for o in lookups if o is not lk], memory)
+            for lk in lookups
+        }
+        seconds = self.cost.forward_seconds
+        drafter, k, _ = best_draft(options, lambda n: seconds(context, n))
+        self.pending[rid] = (t, {})
+        return NO_SPECULATION if drafter is None else Choice(drafter, k)
+
+    def _learn(self, fb: Feedback) -> None:
+        rid = fb.request_id
+        t, _ = self.pending.pop(rid)
+        step, memory = self.steps[rid], self.memory[rid]
+        emitted = step.evidence["output_ids"][t : t + fb.num_accepted + 1]
+        lookups = self._lookups(step, t)
+        for lk in lookups:
+            self.gate.learn(lk, [o for o in lookups if o is not lk], memory, emitted)
+        memory.learned(lookups, emitted)
+        if fb.choice.drafter is not None:
+            memory.observed(fb.num_drafted, fb.num_accepted)
+
+    def finish(self, request_id: str) -> None:
+        self.memory.pop(request_id, None)
+        super().finish(request_id)

@@ -32,7 +32,7 @@ from research.selection.replay import (
     shuffled,
 )
 from research.selection.step_features import StepRequest, auc, load_steps, log_loss
-from research.selection.step_policy import StepPolicy, base_rates
+from research.selection.step_policy import ShippedGatePolicy, StepPolicy, base_rates
 from research.selection.variants import VariantParams, VariantPolicy
 from spinserve.selection.baselines import FixedPolicy
 from spinserve.selection.policy import NO_SPECULATION, Choice
@@ -79,6 +79,8 @@ def configurations(
         ),
         "step:profit": lambda seed: StepPolicy(steps, cost, "learned", seed, objective="profit"),
         "step:oracle": lambda seed: StepPolicy(steps, cost, "oracle", seed),
+        "step-gate": lambda seed: ShippedGatePolicy(steps, cost),
+        "step-gate[learning_rate=0.2]": lambda seed: ShippedGatePolicy(steps, cost, 0.2),
     }
     for target_auc in (0.8, 0.9, 0.95):
         configs[f"step:auc{target_auc}"] = lambda seed, a=target_auc: StepPolicy(

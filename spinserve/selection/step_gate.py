@@ -112,12 +112,14 @@ class StepPredictor:
 
     One weight vector per drafter, learned by stochastic gradient steps on every labelled
     depth of every draft, the step size falling from ``learning_rate`` with the drafter's
-    updates to a floor (``min_learning_rate``) that keeps it following a change of text;
+    updates to a floor (``min_learning_rate``) that keeps it following a change of text
+    (replayed on recorded drafts, a start of 0.2 chased single steps: its held-out log loss
+    was worse than a constant's);
     ``l2`` keeps the weights small. Starts from a prior that trusts the drafter's score and
     the last step, so its first steps are sensible before any data."""
 
     def __init__(
-        self, learning_rate: float = 0.2, min_learning_rate: float = 0.01, l2: float = 1e-4
+        self, learning_rate: float = 0.1, min_learning_rate: float = 0.01, l2: float = 1e-4
     ) -> None:
         self.learning_rate = learning_rate
         self.min_learning_rate = min_learning_rate
