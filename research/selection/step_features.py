@@ -92,13 +92,20 @@ class History:
 
 
 def common_features(
-    step: StepRequest, drafter: str, t: int, depth: int, history: History, lookups: Sequence[str]
+    step: StepRequest,
+    drafter: str,
+    t: int,
+    depth: int,
+    history: History,
+    lookups: Sequence[str],
+    target: bool = True,
 ) -> list[float]:
     """What is known before drafting: depth, the target's confidence in the last committed
-    token, the request's recent steps, whether the lookups agree, the context length."""
+    token (zeros without ``target``), the request's recent steps, whether the lookups agree,
+    the context length."""
     one_hot = [0.0] * DEPTHS
     one_hot[min(depth, DEPTHS) - 1] = 1.0
-    top1, entropy = step.confidence(TARGET, t - 1)
+    top1, entropy = step.confidence(TARGET, t - 1) if target else (0.5, 0.0)
     firsts = [step.proposal(name, t)[:1] for name in lookups]
     agree = len(firsts) > 1 and firsts[0] != [] and all(f == firsts[0] for f in firsts)
     return [
@@ -116,10 +123,16 @@ def common_features(
 
 
 def own_features(
-    step: StepRequest, drafter: str, t: int, depth: int, others: Sequence[str]
+    step: StepRequest,
+    drafter: str,
+    t: int,
+    depth: int,
+    others: Sequence[str],
+    support: bool = True,
 ) -> list[float]:
     """What the drafter's draft itself says about its depth-``depth`` token (known after
-    drafting): its score, what the score rests on, and whether other drafters agree."""
+    drafting): its score, what the score rests on (zeros without ``support``), and whether
+    other drafters agree."""
     token = step.proposal(drafter, t)[depth - 1]
     votes = [step.proposal(o, t)[depth - 1 : depth] for o in others]
     agreement = sum(v == [token] for v in votes) - sum(v not in ([], [token]) for v in votes)
@@ -127,7 +140,8 @@ def own_features(
     if drafter == "suffix":
         score = scores[depth - 1]
         before = scores[depth - 2] if depth > 1 else 1.0
-        (own_len, own_count), (seen_len, seen_count) = step.evidence["support"]["suffix"][t]
+        rests_on = step.evidence["support"]["suffix"][t] if support else [[0, 0], [0, 0]]
+        (own_len, own_count), (seen_len, seen_count) = rests_on
         own = [
             logit(score),
             logit(score / before),
@@ -138,6 +152,7 @@ def own_features(
         ]
     elif drafter == "ngram":
         n, occurrences, agreeing = step.evidence["support"]["ngram"][t]
+        occurrences, agreeing = (occurrences, agreeing) if support else (0, 0)
         own = [n, math.log1p(occurrences), agreeing / occurrences if occurrences else 0.0]
     elif drafter in step.evidence["confidence"]:
         top1, entropy = step.confidence(drafter, t + depth - 1)

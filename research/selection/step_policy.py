@@ -72,11 +72,15 @@ class StepPolicy:
         max_draft: int | None = None,
         base: Mapping[tuple[str, int], float] | None = None,
         objective: str = "rate",
+        without: frozenset[str] = frozenset(),
     ) -> None:
+        """``without``: feature groups left out (``target``: the target's confidence;
+        ``support``: what a lookup draft rests on), to measure what they are worth."""
         if objective not in ("rate", "profit"):
             raise ValueError(f"objective must be rate or profit, got {objective!r}")
         self.name = f"step[{predictor}]"
         self.objective = objective
+        self.without = without
         # the long-run tokens/s so far (ratio of moving sums), the price of a second
         self._tokens, self._seconds_sum = 1.0, cost.forward_seconds(cost.contexts[0], 1)
         self.steps, self.cost, self.predictor = steps, cost, predictor
@@ -113,10 +117,11 @@ class StepPolicy:
         return sigmoid(logit(self.base.get((drafter, min(d, 4)), 0.5), 1e-4) + 2 * a * s)
 
     def _features(self, step: StepRequest, drafter: str, t: int, d: int, stage: str) -> list:
-        x = common_features(step, drafter, t, d, self.history[step.request_id], self.lookups)
+        history, target = self.history[step.request_id], "target" not in self.without
+        x = common_features(step, drafter, t, d, history, self.lookups, target)
         if stage == "post":
             others = [o for o in self.lookups if o != drafter]
-            x += own_features(step, drafter, t, d, others)
+            x += own_features(step, drafter, t, d, others, "support" not in self.without)
         return x
 
     # ------------------------------------------------------------ choosing

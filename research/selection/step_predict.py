@@ -78,6 +78,9 @@ def configurations(
             steps, _only(cost, ("ngram", "suffix")), "learned", seed
         ),
         "step:profit": lambda seed: StepPolicy(steps, cost, "learned", seed, objective="profit"),
+        "step[without=target+support]": lambda seed: StepPolicy(
+            steps, cost, "learned", seed, without=frozenset({"target", "support"})
+        ),
         "step:oracle": lambda seed: StepPolicy(steps, cost, "oracle", seed),
         "step-gate": lambda seed: ShippedGatePolicy(steps, cost),
         "step-gate[learning_rate=0.2]": lambda seed: ShippedGatePolicy(steps, cost, 0.2),
