@@ -98,7 +98,9 @@ class StepPolicy:
         self.pending: dict[str, tuple[int, dict]] = {}
         self.base = base or {}
         self.rng = random.Random(seed)
-        self.log: list[tuple[str, str, str, int, float, float]] = []  # rid, drafter, stage, ...
+        # (request id, drafter, stage, depth, predicted, label, features): every labelled
+        # prediction, made before learning from it
+        self.log: list[tuple[str, str, str, int, float, float, list[float]]] = []
 
     def calibrate(self, steps: Sequence[StepTiming], drafts: Sequence) -> None:
         pass
@@ -226,7 +228,7 @@ class StepPolicy:
                 if d > min(matched + 1, fb.num_accepted + 1, limit):
                     continue
                 label = float(matched >= d)
-                self.log.append((rid, name, stage, d, p, label))
+                self.log.append((rid, name, stage, d, p, label, x))
                 if self.predictor == "learned":
                     self.models[(name, stage)].learn(x, label)
             if step.proposal(name, t):

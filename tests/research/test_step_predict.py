@@ -127,7 +127,7 @@ def test_learned_predictor_separates_passing_drafts_and_beats_fixed(trace_path):
     result = replay(policy, traced, COST).tokens_per_second()
     fixed = replay(FixedPolicy(Choice("suffix", 4)), traced, COST).tokens_per_second()
     assert result > fixed
-    late = [(p, y) for rid, d, stage, _, p, y in policy.log if d == "suffix" and rid.endswith("3")]
+    late = [(r[4], r[5]) for r in policy.log if r[1] == "suffix" and r[0].endswith("3")]
     assert auc(*zip(*late, strict=True)) > 0.95
 
 
