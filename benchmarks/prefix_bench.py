@@ -17,8 +17,13 @@ which goes first item by item so that only one server computes at a time:
 - ``no-sharing``: single-turn Spec-Bench prompts of other categories, nothing shared but the
   chat template's first tokens: what caching costs where it cannot help.
 
-Every request is greedy and streamed; the outputs of the two servers are compared text for
-text. Results: per workload and server, times, and the ratios (on / off).
+Every request is greedy and streamed and names its drafter (``--drafter``, the suffix lookup by
+default): the servers' `spin` policies learn from what they see, and caching changes what
+they see (a cached prefix makes a model drafter's catch-up cheap), so with ``spin`` choosing
+the two servers drift apart in drafter choices and the comparison measures the drift, not the
+cache. ``no-sharing`` also runs with the server's own policy (``default``), first, while both
+servers are fresh. The outputs of the two servers are compared text for text. Results: per
+workload and server, times, and the ratios (on / off).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--mix", type=int, default=8, help="no-sharing prompts")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--drafter", default="suffix", help="every request's drafter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
     return p.parse_args(argv)
@@ -105,7 +111,12 @@ class Bench:
     def __init__(self, args: argparse.Namespace, models: dict[str, str]) -> None:
         self.args = args
         self.endpoints = {
-            name: Endpoint(name, f"http://127.0.0.1:{port}/v1", models[name])
+            name: Endpoint(
+                name,
+                f"http://127.0.0.1:{port}/v1",
+                models[name],
+                extra_body={"drafter": args.drafter},
+            )
             for name, port in zip(SERVERS, args.ports, strict=True)
         }
         self.clients = {n: make_client(e, 600.0) for n, e in self.endpoints.items()}
@@ -117,12 +128,16 @@ class Bench:
         self.flip = not self.flip
         return ["on", "off"] if self.flip else ["off", "on"]
 
-    async def one(self, server: str, messages: list[dict], label: str) -> RequestRecord:
+    async def one(
+        self, server: str, messages: list[dict], label: str, policy: bool = False
+    ) -> RequestRecord:
+        """One streamed request; ``policy``: let the server's policy choose the drafter."""
         prompt = BenchPrompt(label, label, "", tuple(messages))
         record = RequestRecord(server, 0, label, label, "1")
-        return await send(
-            self.clients[server], self.endpoints[server], prompt, self.sampling, record
-        )
+        endpoint = self.endpoints[server]
+        if policy:
+            endpoint = Endpoint(endpoint.name, endpoint.base_url, endpoint.model)
+        return await send(self.clients[server], endpoint, prompt, self.sampling, record)
 
     async def multi_turn(self, rows: list[dict]) -> dict[str, Any]:
         out: dict[str, list] = {"on": [], "off": []}
@@ -168,13 +183,14 @@ class Bench:
             _log(f"shared-doc x{concurrency} {server}: {out[server]['seconds']:.1f} s")
         return out
 
-    async def no_sharing(self, rows: list[dict]) -> dict[str, Any]:
+    async def no_sharing(self, rows: list[dict], policy: bool) -> dict[str, Any]:
         out: dict[str, list] = {"on": [], "off": []}
         for row in rows:
             for server in self.order():
                 messages = [{"role": "user", "content": row["turns"][0]}]
-                out[server].append(_record(await self.one(server, messages, row["category"])))
-        _log("no-sharing done")
+                record = await self.one(server, messages, row["category"], policy)
+                out[server].append(_record(record))
+        _log(f"no-sharing ({'default' if policy else 'pinned'}) done")
         return out
 
 
@@ -204,12 +220,14 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         for s in SERVERS
     }
     doc = {k: {s: v[s]["seconds"] for s in SERVERS} for k, v in results["shared_doc"].items()}
-    mix = results["no_sharing"]
-    mix_seconds = {s: sum(r["e2e"] for r in mix[s]) for s in SERVERS}
+    mixes = {
+        k: {s: sum(r["e2e"] for r in v[s]) for s in SERVERS}
+        for k, v in results["no_sharing"].items()
+    }
     texts = {
         s: [c[t]["text"] for c in mt[s] for t in ("turn1", "turn2")]
         + [r["text"] for v in results["shared_doc"].values() for r in v[s]["requests"]]
-        + [r["text"] for r in mix[s]]
+        + [r["text"] for v in results["no_sharing"].values() for r in v[s]]
         for s in SERVERS
     }
     same = sum(a == b for a, b in zip(texts["on"], texts["off"], strict=True))
@@ -223,7 +241,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             / (mt_tokens["off"] / mt_seconds["off"]),
         },
         "shared_doc": {k: {"seconds": v, "ratio": v["on"] / v["off"]} for k, v in doc.items()},
-        "no_sharing": {"seconds": mix_seconds, "ratio": mix_seconds["on"] / mix_seconds["off"]},
+        "no_sharing": {k: {"seconds": v, "ratio": v["on"] / v["off"]} for k, v in mixes.items()},
         "outputs_identical": f"{same}/{len(texts['on'])}",
     }
 
@@ -236,13 +254,18 @@ async def run(args: argparse.Namespace, models: dict[str, str]) -> dict[str, Any
     await bench.one("off", [{"role": "user", "content": "Hi"}], "warm-up")
     docs = documents(rows, args.doc_tokens, 2)
     others = [r for r in rows if len(r["turns"]) == 1 and r["category"] != "rag"]
+    mix = rng.sample(others, 2 * args.mix)  # two disjoint samples: nothing seen twice
+    no_sharing = {  # first, while neither server's policy has learned anything
+        "default": await bench.no_sharing(mix[: args.mix], policy=True),
+        args.drafter: await bench.no_sharing(mix[args.mix :], policy=False),
+    }
     results = {
+        "no_sharing": no_sharing,
         "multi_turn": await bench.multi_turn(conversations(rows, args.conversations, rng)),
         "shared_doc": {
             "sequential": await bench.shared_doc(docs[0], 1),
             f"concurrency={args.concurrency}": await bench.shared_doc(docs[1], args.concurrency),
         },
-        "no_sharing": await bench.no_sharing(rng.sample(others, args.mix)),
     }
     return results
 

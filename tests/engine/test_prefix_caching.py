@@ -279,3 +279,15 @@ def test_a_request_waits_a_step_rather_than_compute_a_block_in_flight():
     assert [c.request_id for c in batch.chunks] == ["first", "other", "second"]
     assert second.num_cached_tokens == len(DOC) // 4 * 4
     assert batch.chunks[-1].start_pos == len(DOC) // 4 * 4
+
+
+def test_the_suffix_drafter_drafts_from_a_conversations_earlier_turns():
+    """A second turn's prompt holds the first turn's answer; when the reply starts to repeat
+    it, the suffix drafter proposes the rest of it (the request indexes its own prompt)."""
+    from spinserve.speculative.drafter import DraftRequest
+    from spinserve.speculative.suffix import SuffixDrafter
+
+    answer = [_rng.randrange(10, 250) for _ in range(20)]
+    turn2 = DOC + QUESTIONS[0] + answer + [7, 8, 9] + answer[:6]
+    [draft] = SuffixDrafter().propose([DraftRequest("turn2", turn2, 5, GREEDY)])
+    assert draft.token_ids == answer[6:11]
