@@ -23,7 +23,6 @@ import openai
 import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
-from ray import serve
 
 from spinserve.cli.serve_cmd import _load
 from spinserve.config.engine import CacheConfig, EngineConfig, RuntimeConfig
@@ -39,6 +38,7 @@ from spinserve.server.fleet.deploy import (
     local_ray_options,
     scale_fleet,
     start_fleet,
+    stop_fleet,
 )
 from spinserve.server.http_server import make_server
 
@@ -186,8 +186,7 @@ def fleet() -> Iterator[Fleet]:
         url = start_fleet(make_engine, NAME, server, fleet, 1)
         yield Fleet(url, reference)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_fleet(own_ray=True)
 
 
 def test_outputs_match_a_single_server(fleet):

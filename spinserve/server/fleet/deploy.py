@@ -10,6 +10,7 @@ deploys the application; `serve_fleet` does that and waits for SIGINT/SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -48,9 +49,17 @@ def fleet_application(
     app_name: str = APP_NAME,
 ) -> serve.Application:
     """The Ray Serve application; Ray must be running."""
+    # Detached: the application outlives the process that deployed it (as Ray Serve's
+    # applications do); `serve_fleet` removes the board with the application.
     board = (
         ray.remote(FleetBoard)
-        .options(name=board_name(app_name), namespace=NAMESPACE, num_cpus=0, get_if_exists=True)
+        .options(
+            name=board_name(app_name),
+            namespace=NAMESPACE,
+            num_cpus=0,
+            lifetime="detached",
+            get_if_exists=True,
+        )
         .remote()
     )
     scaling: dict = (
@@ -126,13 +135,23 @@ def serve_fleet(
     fleet: FleetConfig,
     num_threads: int,
 ) -> None:
-    """Serve until SIGINT or SIGTERM, then shut Ray Serve down (replicas drain first)."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    """Serve until SIGINT or SIGTERM, then take the application down (its replicas drain
+    first): on a cluster it joined, only the application; on its own Ray, Ray Serve and Ray."""
     url = start_fleet(make_engine, model_name, server, fleet, num_threads)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
+        signal.signal(sig, lambda *_: stop.set())
     logger.info("serving %s on %s with Ray Serve", model_name, url)
     stop.wait()
     logger.info("shutting down the fleet")
-    serve.shutdown()
+    stop_fleet(own_ray=not fleet.ray_address)
+
+
+def stop_fleet(own_ray: bool, app_name: str = APP_NAME) -> None:
+    """Take the application and its board down; Ray Serve and Ray too when ``own_ray``."""
+    serve.delete(app_name)
+    with contextlib.suppress(ValueError):  # no board: nothing to remove
+        ray.kill(ray.get_actor(board_name(app_name), namespace=NAMESPACE))
+    if own_ray:
+        serve.shutdown()
     ray.shutdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from ray import serve
+from ray.exceptions import RayActorError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spinserve.server.app import serving_app
@@ -31,6 +33,7 @@ from spinserve.server.fleet.wire import ModelFacts
 from spinserve.server.handlers import ServerContext
 
 REPLICA_HEADER = b"x-spinserve-replica"
+logger = logging.getLogger("spinserve.fleet")
 
 
 @serve.ingress()
@@ -61,7 +64,12 @@ class FleetIngress:
         return app
 
     async def reports(self) -> list[Any]:
-        return await self._board.reports.remote()
+        """The replicas' last reports; none while the board cannot be reached."""
+        try:
+            return await self._board.reports.remote()
+        except RayActorError:
+            logger.exception("the fleet board cannot be reached")
+            return []
 
     async def _watch_replicas(self) -> None:
         """Keep the count of replicas reporting, which sets the admission limit."""
@@ -118,7 +126,7 @@ def fleet_routes(board: Any, ingress: FleetIngress) -> APIRouter:
     @router.get("/metrics")
     async def prometheus() -> Response:
         reports = await ingress.reports()
-        weight = await board.prior_weight.remote()
+        weight = await board.prior_weight.remote() if reports else 0.0
         text = ingress.metrics.exposition(reports, weight)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
