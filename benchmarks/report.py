@@ -103,6 +103,33 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def fleet_markdown(report: dict) -> str:
+    """ray_bench.py: one server against 1 and 2 replicas on Ray Serve, per concurrency."""
+    configs = report["configs"]
+    names = list(configs)
+    summary = report["summary"]
+    same = ", ".join(f"{name} {n}" for name, n in summary["outputs_identical"].items())
+    lines = [
+        f"Ingress overhead (fleet-1 against single): "
+        f"{summary['added_latency_per_request_s'] * 1000:+.0f} ms per request (one-token "
+        f"requests one at a time: {_ms(configs['single']['probe_latency_s'])} ms against "
+        f"{_ms(configs['fleet-1']['probe_latency_s'])} ms), "
+        f"{summary['added_latency_per_token_s'] * 1000:+.1f} ms per streamed token "
+        f"(inter-token p50 at concurrency 1). Greedy outputs identical to single's: {same}.",
+        "",
+        "| concurrency | config | output tok/s | TTFT p50 ms | ITL p50 ms | e2e p50 ms |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for i, lv in enumerate(configs[names[0]]["levels"]):
+        for name in names:
+            r = configs[name]["levels"][i]
+            lines.append(
+                f"| {lv['concurrency']} | {name} | {r['tokens_per_s']:.1f} | "
+                f"{_ms(r['ttft_p50_s'])} | {r['itl_p50_s'] * 1000:.1f} | {_ms(r['e2e_p50_s'])} |"
+            )
+    return "\n".join(lines)
+
+
 SECTIONS = (
     Section(
         "peers.json",
