@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from spinserve.selection.prior import ArmPrior, SharedPrior
+from spinserve.server.config import ServerConfig
 from spinserve.server.errors import ApiError, queue_full
 from spinserve.server.fleet.affinity import (
     CHUNK_CHARS,
@@ -98,8 +99,15 @@ def test_fleet_settings():
     assert FleetConfig(replicas=3).autoscaling_config() is None
     with pytest.raises(ValueError, match="replicas must be >= 1"):
         FleetConfig(replicas=0)
-    with pytest.raises(ValueError, match="must lie within"):
-        FleetConfig(replicas=5, max_replicas=4)
+    with pytest.raises(ValueError, match="must not exceed max_replicas"):
+        FleetConfig(min_replicas=5, max_replicas=4)
+    assert FleetConfig(replicas=9, max_replicas=4).autoscaling_config()["initial_replicas"] == 4
+    assert FleetConfig(min_replicas=3).autoscaling_config() == {
+        "min_replicas": 3,
+        "initial_replicas": 3,
+        "max_replicas": 3,
+        "target_ongoing_requests": 4.0,
+    }
     with pytest.raises(ValueError, match="target_ongoing_requests"):
         FleetConfig(target_ongoing_requests=0)
     assert threads_per_replica(0, 16, 4) == 4
@@ -244,3 +252,24 @@ def test_only_the_fleet_imports_ray():
         uses_ray = any(name.split(".")[0] == "ray" for name in imported(path))
         inside = path.parent == fleet and path not in no_ray
         assert uses_ray <= inside, f"{path.relative_to(ROOT)} imports ray"
+
+
+def test_autoscaling_settings_reach_ray_serve():
+    pytest.importorskip("ray.serve")
+    from ray import serve
+
+    from spinserve.server.fleet.deploy import replica_options
+    from spinserve.server.fleet.replica import EngineReplica
+
+    server = ServerConfig(max_queue=32)
+    scaled = FleetConfig(min_replicas=2, max_replicas=6, target_ongoing_requests=3)
+    options = replica_options(server, scaled, num_threads=2)
+    config = serve.deployment(EngineReplica).options(**options)._deployment_config
+    assert config.autoscaling_config.min_replicas == 2
+    assert config.autoscaling_config.max_replicas == 6
+    assert config.autoscaling_config.target_ongoing_requests == 3
+    assert config.max_ongoing_requests == 32
+    assert options["ray_actor_options"] == {"num_cpus": 2}
+    fixed = replica_options(server, FleetConfig(replicas=3, replica_cpus=0.5), num_threads=1)
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"] == {"num_cpus": 0.5}

@@ -21,6 +21,8 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+
+pytest.importorskip("ray.serve")  # spinserve[ray]; tests/ray alone would pass for a namespace
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 

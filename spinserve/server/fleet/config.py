@@ -11,8 +11,9 @@ class FleetConfig:
     """How many replicas, where, and how Ray Serve scales them.
 
     The server runs on Ray Serve when ``replicas`` > 1, ``ray_address`` is set, or
-    ``min_replicas``/``max_replicas`` ask for autoscaling (then ``replicas`` is the starting
-    count and ``target_ongoing_requests`` Ray Serve's target per replica). ``replica_cpus``
+    ``min_replicas``/``max_replicas`` ask for autoscaling (then ``replicas``, brought within
+    them, is the starting count and ``target_ongoing_requests`` Ray Serve's target per
+    replica). ``replica_cpus``
     is what each replica reserves from Ray (default: its engine threads), so Ray places no
     more replicas on a machine than its cores hold.
     """
@@ -60,11 +61,10 @@ class FleetConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        low, high = self.min_replicas or 1, self.max_replicas or self.replicas
-        if self.autoscaling and not low <= self.replicas <= high:
+        if self.autoscaling and (self.min_replicas or 1) > self.most_replicas:
             raise ValueError(
-                f"replicas ({self.replicas}) must lie within min_replicas ({low}) and "
-                f"max_replicas ({high})"
+                f"min_replicas ({self.min_replicas}) must not exceed max_replicas "
+                f"({self.most_replicas})"
             )
         if self.target_ongoing_requests <= 0:
             raise ValueError(
@@ -88,16 +88,19 @@ class FleetConfig:
 
     @property
     def most_replicas(self) -> int:
-        return (self.max_replicas or self.replicas) if self.autoscaling else self.replicas
+        if not self.autoscaling:
+            return self.replicas
+        return self.max_replicas or max(self.replicas, self.min_replicas or 1)
 
     def autoscaling_config(self) -> dict[str, Any] | None:
         """Ray Serve's ``autoscaling_config``, or None for a fixed count."""
         if not self.autoscaling:
             return None
+        low, high = self.min_replicas or 1, self.most_replicas
         return {
-            "min_replicas": self.min_replicas or 1,
-            "initial_replicas": self.replicas,
-            "max_replicas": self.most_replicas,
+            "min_replicas": low,
+            "initial_replicas": min(max(self.replicas, low), high),
+            "max_replicas": high,
             "target_ongoing_requests": self.target_ongoing_requests,
         }
 

@@ -62,22 +62,8 @@ def fleet_application(
         )
         .remote()
     )
-    scaling: dict = (
-        {"autoscaling_config": fleet.autoscaling_config()}
-        if fleet.autoscaling
-        else {"num_replicas": fleet.replicas}
-    )
-    cpus = fleet.replica_cpus if fleet.replica_cpus is not None else num_threads
     replicas = serve.deployment(EngineReplica, name=REPLICAS).options(
-        **scaling,
-        max_ongoing_requests=server.max_queue,
-        ray_actor_options={"num_cpus": cpus},
-        request_router_config=RequestRouterConfig(
-            request_router_class=AffinityRouter,
-            request_router_kwargs={"slack": fleet.affinity_slack},
-        ),
-        health_check_period_s=2.0,
-        graceful_shutdown_timeout_s=server.shutdown_timeout + 5,
+        **replica_options(server, fleet, num_threads)
     )
     ingress = serve.deployment(FleetIngress, name="Ingress").options(
         num_replicas=1,
@@ -86,6 +72,27 @@ def fleet_application(
     )
     app = replicas.bind(make_engine, model_name, server, fleet.prior_sync_s, num_threads, board)
     return ingress.bind(app, board, server)
+
+
+def replica_options(server: ServerConfig, fleet: FleetConfig, num_threads: int) -> dict:
+    """The replicas' Ray Serve deployment options: a count, or Ray Serve's autoscaling
+    settings as given; one replica takes at most ``max_queue`` requests at once."""
+    scaling: dict = (
+        {"autoscaling_config": fleet.autoscaling_config()}
+        if fleet.autoscaling
+        else {"num_replicas": fleet.replicas}
+    )
+    cpus = fleet.replica_cpus if fleet.replica_cpus is not None else num_threads
+    return scaling | {
+        "max_ongoing_requests": server.max_queue,
+        "ray_actor_options": {"num_cpus": cpus},
+        "request_router_config": RequestRouterConfig(
+            request_router_class=AffinityRouter,
+            request_router_kwargs={"slack": fleet.affinity_slack},
+        ),
+        "health_check_period_s": 2.0,
+        "graceful_shutdown_timeout_s": server.shutdown_timeout + 5,
+    }
 
 
 def start_fleet(
