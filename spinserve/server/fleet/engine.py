@@ -23,7 +23,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from spinserve.server.errors import ApiError, queue_full, shutting_down
 from spinserve.server.fleet.affinity import prefix_keys
 from spinserve.server.fleet.metrics import FleetMetrics
-from spinserve.server.fleet.wire import WireError, WireUpdate
+from spinserve.server.fleet.wire import WireError
 from spinserve.server.messages import SubRequest, Update
 
 logger = logging.getLogger("spinserve.fleet")
@@ -119,7 +119,7 @@ class FleetStream:
                     raise ApiError(
                         503, "No replica could take the request", "service_unavailable"
                     ) from exc
-                logger.warning("%s: replica lost before admission; retrying", self._subs[0])
+                logger.warning("%s: replica lost before admission; retrying", self.request_ids[0])
                 self._fleet.observe_retry()
                 continue
             if isinstance(first, WireError):
@@ -134,24 +134,41 @@ class FleetStream:
     async def updates(self) -> AsyncIterator[Update]:
         while self.unfinished:
             try:
-                async for item in self._answer:
-                    update = item.to_update() if isinstance(item, WireUpdate) else None
-                    if update is None or update.request_id not in self.unfinished:
-                        continue  # a choice already delivered before a retry
-                    if update.finished:
-                        self.unfinished.discard(update.request_id)
-                    self._sent_any = True
+                async for update in self._read():
                     yield update
-                    if not self.unfinished:
-                        return
-                raise RayActorError()  # the answer ended early: the replica went away
             except REPLICA_LOST:
-                if not self._may_retry():
-                    for update in self._lost():
-                        yield update
-                    return
-                self._fleet.observe_retry()
-                await self.open()
+                pass
+            if not self.unfinished:
+                return
+            # The replica went away: its answer failed, or ended before every choice did.
+            if self._may_retry() and await self._reopen():
+                continue
+            for update in self._lost():
+                yield update
+            return
+
+    async def _read(self) -> AsyncIterator[Update]:
+        """The current replica's updates of choices not yet delivered (a retry repeats the
+        ones an earlier replica finished)."""
+        async for item in self._answer:
+            update = item.to_update()
+            if update.request_id not in self.unfinished:
+                continue
+            if update.finished:
+                self.unfinished.discard(update.request_id)
+            self._sent_any = True
+            yield update
+            if not self.unfinished:
+                return
+
+    async def _reopen(self) -> bool:
+        self._fleet.observe_retry()
+        try:
+            await self.open()
+        except ApiError as exc:
+            logger.warning("%s: no replica took the retry: %s", self.request_ids[0], exc)
+            return False
+        return True
 
     def _may_retry(self) -> bool:
         return self._tries <= MAX_RETRIES and not (self._streaming and self._sent_any)
