@@ -4,7 +4,7 @@ Reproduce (from the repository root; ~5 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/ray_bench.py --out benchmarks/results/fleet.json
 
-Starts a Ray head on loopback (``ray start --head``, 2 CPUs), then, one at a time:
+Starts a Ray head on this machine (``ray start --head``, 2 CPUs), then, one at a time:
 ``spinserve serve`` alone with 2 engine threads (``single``), and ``spinserve serve
 --ray-address`` with 1 replica of 2 threads (``fleet-1``) and 2 replicas of 1 thread each
 (``fleet-2``), all on SmolLM2-135M-Instruct with its default drafters. Each gets the same
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ray = [str(REPO_ROOT / ".venv/bin/ray")]
     subprocess.run(
         [*ray, "start", "--head", "--port", str(RAY_PORT), "--num-cpus", "2",
-         "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
+         "--include-dashboard", "false",
          "--object-store-memory", str(200 * 1024 * 1024)],
         check=True, stdout=subprocess.DEVNULL, env=RAY_ENV,
     )  # fmt: skip

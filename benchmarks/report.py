@@ -160,6 +160,18 @@ SECTIONS = (
         "item (which goes first alternates), so only one computes at a time.",
         prefix_report.markdown,
     ),
+    Section(
+        "fleet.json",
+        "Scale-out on Ray Serve: one server against 1 and 2 replicas",
+        "SmolLM2-135M-Instruct with its default drafters (`spin` over n-gram and suffix): "
+        "`spinserve serve` alone with 2 engine threads (`single`), and on a Ray head of this "
+        "machine with 1 replica of 2 threads (`fleet-1`) and 2 replicas of 1 thread "
+        "(`fleet-2`); the same Spec-Bench first turns, greedy, streamed, 64 tokens each "
+        "(`ignore_eos`), at concurrency 1 to 8, one configuration at a time. On 2 cores the "
+        "replicas share the cores one server already uses, so this measures what the fleet "
+        "costs, not what it scales to: more replicas pay on more cores or machines.",
+        fleet_markdown,
+    ),
 )
 
 

@@ -1,4 +1,4 @@
-"""End to end on Ray Serve: a Ray instance of this machine bound to loopback, real
+"""End to end on Ray Serve: a Ray instance of this machine (the endpoint on loopback), real
 SmolLM2-135M on 2 replicas of one engine thread each, the official openai client.
 
 One fleet serves the whole module (starting one takes some 25 s on 2 cores); the tests run

@@ -4,7 +4,7 @@
                                          ->  FleetIngress (HTTP, the OpenAI API)
 
 `start_fleet` joins the Ray cluster at ``ray_address`` (or starts a Ray instance of this
-machine on loopback), starts Ray Serve's HTTP proxy on the server's host and port and
+machine), starts Ray Serve's HTTP proxy on the server's host and port and
 deploys the application; `serve_fleet` does that and waits for SIGINT/SIGTERM.
 """
 
@@ -127,11 +127,13 @@ def scale_fleet(num_replicas: int, app_name: str = APP_NAME) -> None:
 
 
 def local_ray_options() -> dict:
+    """A Ray of this machine for one fleet: no dashboard, a small object store. Ray's own
+    ports listen on every interface (it offers no loopback-only mode; its token
+    authentication, on by default, guards them); the HTTP endpoint binds ``--host``."""
     return {
         "num_cpus": os.cpu_count(),
         "include_dashboard": False,
         "object_store_memory": OBJECT_STORE_BYTES,
-        "_node_ip_address": "127.0.0.1",
     }
 
 
