@@ -162,6 +162,7 @@ def summary(results: dict[str, dict]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_at_start = os.getloadavg()[0]  # above ~1, something else shares the 2 cores
     log = args.out.with_suffix(".log")
     log.write_text("")
     ray = [str(REPO_ROOT / ".venv/bin/ray")]
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": " ".join([".venv/bin/python", "benchmarks/ray_bench.py", *sys.argv[1:]]),
         "machine": cpu(),
+        "load_average_at_start": round(load_at_start, 2),
         "model": MODEL,
         "max_tokens": args.max_tokens,
         "sample": "Spec-Bench dev split (shipped), first turns in file order, "

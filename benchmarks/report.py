@@ -115,7 +115,8 @@ def fleet_markdown(report: dict) -> str:
         f"requests one at a time: {_ms(configs['single']['probe_latency_s'])} ms against "
         f"{_ms(configs['fleet-1']['probe_latency_s'])} ms), "
         f"{summary['added_latency_per_token_s'] * 1000:+.1f} ms per streamed token "
-        f"(inter-token p50 at concurrency 1). Greedy outputs identical to single's: {same}.",
+        f"(inter-token p50 at concurrency 1). Greedy outputs identical to single's: {same}. "
+        f"Load average when it started: {report.get('load_average_at_start', '?')}.",
         "",
         "| concurrency | config | output tok/s | TTFT p50 ms | ITL p50 ms | e2e p50 ms |",
         "|---:|---|---:|---:|---:|---:|",
