@@ -211,10 +211,11 @@ class EngineLoop:
         reason = out.finish_reason or "stop"
         self._metrics.observe_finished(reason, now - live.arrival_time, out.drafter)
         logger.info(
-            "%s finished (%s): %d prompt + %d output tokens in %.3f s, drafter %s",
+            "%s finished (%s): %d prompt (%d cached) + %d output tokens in %.3f s, drafter %s",
             out.request_id,
             reason,
             out.num_prompt_tokens,
+            out.num_cached_tokens,
             len(out.token_ids),
             now - live.arrival_time,
             out.drafter or "none",
