@@ -29,8 +29,8 @@ Reproduce (from the repository root; collect ~12 minutes for 28 prompts, replay 
 
 (``benchmarks/traces/selection_trace.json`` is the recording of 2026-11-28, docs/benchmarks.md;
 ``benchmarks/traces/step_trace.json`` the same prompts with the per-step evidence, 2026-12-07,
-its costs those of 2026-11-28: its own were measured while other work loaded the machine and
-are kept as ``cost_contended``.)
+and ``step_trace_seed1.json`` 28 more (``--seed 1``), their costs those of 2026-11-28: their
+own were measured while other work loaded the machine and are kept as ``cost_contended``.)
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ learnt on the other fold, in the same order), then the folds swap. Ratios are to
 held-out requests over the target alone's on the same requests, per category and over all,
 averaged over ``--orders`` request orders (and seeds for the randomised policies).
 
-Reproduce (from the repository root; about a minute)::
+Reproduce (from the repository root; about a minute; a prompt in both recordings counts once,
+the first recording's costs are used)::
 
     .venv/bin/python -m research.selection.step_predict benchmarks/traces/step_trace.json \\
-        --out benchmarks/results/step_predict.json
+        benchmarks/traces/step_trace_seed1.json --out benchmarks/results/step_predict.json
 """
 
 from __future__ import annotations
@@ -224,16 +225,22 @@ def markdown(report: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="step_predict", description=__doc__.split("\n")[0])
-    p.add_argument("trace", type=Path)
-    p.add_argument("--orders", type=int, default=3, help="request orders per fold")
-    p.add_argument("--seeds", type=int, default=2, help="seeds of the randomised policies")
+    p.add_argument(
+        "traces", type=Path, nargs="+", help="step recordings; the first one's costs are used"
+    )
+    p.add_argument("--orders", type=int, default=4, help="request orders per fold")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the randomised policies")
     p.add_argument("--out", type=Path, default=None, help="JSON report")
     args = p.parse_args(argv)
-    steps = load_steps(args.trace)
-    data = json.loads(args.trace.read_text())
+    steps = {}
+    for path in args.traces:  # a prompt recorded twice counts once
+        steps |= {s.request_id: s for s in load_steps(path) if s.request_id not in steps}
+    steps = list(steps.values())
+    data = json.loads(args.traces[0].read_text())
     cost = CostModel.from_json(data["cost"])
     report = run(steps, cost, args.orders, args.seeds)
-    report["command"] = f"{COMMAND} {args.trace} --orders {args.orders} --seeds {args.seeds}"
+    traces = " ".join(map(str, args.traces))
+    report["command"] = f"{COMMAND} {traces} --orders {args.orders} --seeds {args.seeds}"
     report["requests"] = len(steps)
     report["output_tokens"] = sum(s.traced.num_output_tokens for s in steps)
     report["cost_measured"] = data.get("cost_measured")
