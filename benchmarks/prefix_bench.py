@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--mix", type=int, default=8, help="no-sharing prompts")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--turn-tokens", type=int, default=192, help="max_tokens of a multi-turn answer")
     p.add_argument("--drafter", default="suffix", help="every request's drafter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
@@ -120,7 +121,6 @@ class Bench:
             for name, port in zip(SERVERS, args.ports, strict=True)
         }
         self.clients = {n: make_client(e, 600.0) for n, e in self.endpoints.items()}
-        self.sampling = Sampling(max_tokens=args.max_tokens)
         self.flip = False
 
     def order(self) -> list[str]:
@@ -129,7 +129,12 @@ class Bench:
         return ["on", "off"] if self.flip else ["off", "on"]
 
     async def one(
-        self, server: str, messages: list[dict], label: str, policy: bool = False
+        self,
+        server: str,
+        messages: list[dict],
+        label: str,
+        policy: bool = False,
+        max_tokens: int | None = None,
     ) -> RequestRecord:
         """One streamed request; ``policy``: let the server's policy choose the drafter."""
         prompt = BenchPrompt(label, label, "", tuple(messages))
@@ -137,7 +142,8 @@ class Bench:
         endpoint = self.endpoints[server]
         if policy:
             endpoint = Endpoint(endpoint.name, endpoint.base_url, endpoint.model)
-        return await send(self.clients[server], endpoint, prompt, self.sampling, record)
+        sampling = Sampling(max_tokens=max_tokens or self.args.max_tokens)
+        return await send(self.clients[server], endpoint, prompt, sampling, record)
 
     async def multi_turn(self, rows: list[dict]) -> dict[str, Any]:
         out: dict[str, list] = {"on": [], "off": []}
@@ -145,12 +151,13 @@ class Bench:
             for server in self.order():
                 start = time.monotonic()
                 messages = [{"role": "user", "content": row["turns"][0]}]
-                first = await self.one(server, messages, "turn1")
+                n = self.args.turn_tokens
+                first = await self.one(server, messages, "turn1", max_tokens=n)
                 messages += [
                     {"role": "assistant", "content": first.text},
                     {"role": "user", "content": row["turns"][1]},
                 ]
-                second = await self.one(server, messages, "turn2")
+                second = await self.one(server, messages, "turn2", max_tokens=n)
                 out[server].append(
                     {
                         "id": row["question_id"],

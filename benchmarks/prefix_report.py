@@ -55,8 +55,9 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + (
         f"\n\nSample: {settings['conversations']} MT-Bench two-turn conversations (Spec-Bench "
         f"dev split, across its categories), documents of about {settings['doc_tokens']} "
-        f"tokens (Spec-Bench RAG passages), up to {settings['max_tokens']} output tokens a "
-        f"request, greedy, streamed; every request names the drafter "
+        f"tokens (Spec-Bench RAG passages), up to {settings['turn_tokens']} output tokens "
+        f"an answer in a conversation and {settings['max_tokens']} elsewhere, greedy, "
+        f"streamed; every request names the drafter "
         f"{settings['drafter']} but the first no-shared-document row's (see the script's "
         f"docstring). Outputs identical with caching on and off: "
         f"{s['outputs_identical']}."
