@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pipeline_report
 import prefix_report
 import selection_report
 
@@ -160,6 +161,22 @@ SECTIONS = (
         "caching and with `--no-prefix-caching`, both up at once and used in turn, item by "
         "item (which goes first alternates), so only one computes at a time.",
         prefix_report.markdown,
+    ),
+    Section(
+        "step_overhead.json",
+        "A served step: the forward and everything around it",
+        "The default target served in-process through the real HTTP server and the `openai` "
+        "client, greedy streamed requests of 48 tokens, with no drafter and with `spin` "
+        "choosing; every engine-thread iteration that ran a step timed by part.",
+        pipeline_report.overhead_markdown,
+    ),
+    Section(
+        "pipeline_probe.json",
+        "Can drafting overlap verification on this CPU?",
+        "The bound on pipelining speculation and verification: the target's verification "
+        "forward and the 0.5B drafter's rounds for the same batch, one after the other on all "
+        "cores, against both at once on two threads with the cores split between them.",
+        pipeline_report.probe_markdown,
     ),
     Section(
         "fleet.json",
