@@ -85,6 +85,16 @@ class SharedPrior:
         self._journal: list[Learned] | None = None
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles (benchmarks snapshot a policy) carry the sums, not the lock."""
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def learn(
         self, key: Hashable, count: int, total: float, total_sq: float, drafted: float
     ) -> None:

@@ -52,3 +52,14 @@ def test_old_requests_fade():
 def test_bad_parameters(kwargs):
     with pytest.raises(ValueError):
         SharedPrior(lambda key: DEFAULT, **kwargs)
+
+
+def test_a_shared_prior_copies_without_its_lock():
+    """Benchmarks snapshot a policy with deepcopy; the copy learns on its own."""
+    import copy
+
+    prior = SharedPrior(lambda key: ArmPrior(3.0, 1.0, 1.0, 4.0))
+    prior.learn("ngram@4", count=2, total=3.0, total_sq=5.0, drafted=4.0)
+    twin = copy.deepcopy(prior)
+    twin.learn("ngram@4", count=2, total=3.0, total_sq=5.0, drafted=4.0)
+    assert twin.prior("ngram@4").mean != prior.prior("ngram@4").mean
