@@ -219,8 +219,8 @@ def run_requests(
 
 def snapshot(engine: LLMEngine) -> Callable[[], None]:
     """A function that puts back what learns across requests (the policy, model-free
-    drafters, the choice counts) as it is now: a re-timed prompt must not meet its own
-    earlier try."""
+    drafters, the choice counts) as it is now, and forgets the prefix cache's unheld blocks:
+    a re-timed prompt must not meet its own earlier try."""
     policy = copy.deepcopy(engine.policy)
     learned = {n: copy.deepcopy(d) for n, d in engine.drafters.items() if n in MODEL_FREE}
     counts = dict(engine.speculator.choice_counts)
@@ -231,6 +231,7 @@ def snapshot(engine: LLMEngine) -> Callable[[], None]:
             engine.replace_drafter(name, drafter)
         engine.speculator.choice_counts.clear()
         engine.speculator.choice_counts.update(counts)
+        engine.blocks.clear_cache()
 
     return reset
 
