@@ -75,6 +75,19 @@ def conversation(engine: LLMEngine, params: SamplingParams, spec: SpecParams) ->
     return outputs
 
 
+def batch_sizes(runner) -> list[int]:
+    """From now on, the token count of every batch ``runner`` executes."""
+    sizes: list[int] = []
+    original = runner.execute
+
+    def counting(batch):
+        sizes.append(batch.num_tokens)
+        return original(batch)
+
+    runner.execute = counting
+    return sizes
+
+
 class KVWatch:
     """Checks after every step that a registered block's keys and values never change."""
 
@@ -137,14 +150,7 @@ def test_second_turn_computes_only_its_new_tokens(exact):
     [first] = engine.generate([DOC], GREEDY)
     assert first.num_cached_tokens == 0
     follow_up = DOC + first.token_ids + [1, 2, 3]
-    computed = []
-    original = engine.runner.execute
-
-    def counting(batch):
-        computed.append(batch.num_tokens)
-        return original(batch)
-
-    engine.runner.execute = counting
+    computed = batch_sizes(engine.runner)
     [second] = engine.generate([follow_up], GREEDY)
     # the first turn's prompt and its computed output blocks (all but the last token) reused
     reusable = (len(DOC) + len(first.token_ids) - 1) // 4 * 4
@@ -202,14 +208,7 @@ def test_a_drafters_pool_starts_a_new_sequence_from_its_cached_prefix(exact):
     assert on.draft([job])[0].token_ids == off.draft([job])[0].token_ids
     on.release("a")
     second = DraftJob("b", [*DOC, 5, 6, 7], 4, GREEDY)
-    fed = []
-    original = on.runner.execute
-
-    def counting(batch):
-        fed.append(batch.num_tokens)
-        return original(batch)
-
-    on.runner.execute = counting
+    fed = batch_sizes(on.runner)
     assert on.draft([second])[0].token_ids == off.draft([second])[0].token_ids
     # the first round fed only what the first sequence's confirmed blocks did not hold
     assert fed[0] == len(second.token_ids) - (len(DOC) - 1) // 4 * 4
