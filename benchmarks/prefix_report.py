@@ -66,3 +66,18 @@ def markdown(report: dict) -> str:
 
 def _s(seconds: float) -> str:
     return f"{seconds:.2f} s"
+
+
+def headline(report: dict) -> str:
+    """README's sentence on prefix caching."""
+    s, settings = report["summary"], report["settings"]
+    doc = s["shared_doc"]
+    load, at_once = next((k, v) for k, v in doc.items() if k != "sequential")
+    return (
+        f"Prefix caching (on by default) against `--no-prefix-caching`, same server: a "
+        f"conversation's second turn starts in {s['multi_turn']['turn2_ttft_ratio']:.2f}x the "
+        f"time, {settings['questions']} questions on a {settings['doc_tokens']:,}-token "
+        f"document take {doc['sequential']['ratio']:.2f}x the time one at a time and "
+        f"{at_once['ratio']:.2f}x {load.replace('concurrency=', '')} at once, outputs "
+        f"identical ({s['outputs_identical']})."
+    )

@@ -218,11 +218,14 @@ def render_doc(results: dict[str, dict]) -> str:
 
 
 def headline(results: dict[str, dict]) -> str:
-    """README's tables: served against llama.cpp's server (peers.json), and spin against the
-    target alone and the best fixed drafter (selection_bench.json)."""
+    """README's tables: served against llama.cpp's server (peers.json), spin against the
+    target alone and the best fixed drafter (selection_bench.json), and prefix caching's
+    effect (prefix_cache.json)."""
     parts = [peers_headline(results["peers.json"])] if "peers.json" in results else []
     if "selection_bench.json" in results:
         parts.append(selection_headline(results["selection_bench.json"]))
+    if "prefix_cache.json" in results:
+        parts.append(prefix_report.headline(results["prefix_cache.json"]))
     return "\n\n".join(parts) or "(no results yet: run the commands in docs/benchmarks.md)"
 
 
