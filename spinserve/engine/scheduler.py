@@ -92,6 +92,8 @@ class Scheduler:
         ``max_num_seqs`` allow. A request whose next uncached block a running prefill is
         computing right now waits a step rather than compute it a second time (the second
         question on a document arriving with the first takes the document from the cache)."""
+        if not self.waiting:
+            return
         computing = self._blocks_in_flight()
         deferred: list[Request] = []
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:

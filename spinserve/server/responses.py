@@ -133,6 +133,6 @@ def prompt_tokens(per_choice: list[int], n: int) -> int:
 
 
 def cached_tokens(per_choice: dict[int, int], num_choices: int, n: int) -> int:
-    """Cached prompt tokens, each prompt counted once (by its first choice) as in
-    `prompt_tokens`. ``per_choice``: choice index -> its cached tokens."""
-    return sum(per_choice.get(i, 0) for i in range(0, num_choices, n))
+    """Cached prompt tokens, each prompt counted once as in `prompt_tokens`.
+    ``per_choice``: choice index -> its cached tokens (a choice not finished: none)."""
+    return prompt_tokens([per_choice.get(i, 0) for i in range(num_choices)], n)
