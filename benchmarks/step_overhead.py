@@ -12,7 +12,7 @@ scheduling, the scheduler's and the policy's bookkeeping after the step, committ
 (detokenizing, stops), and the server's own part (updates to the event loop, metrics).
 Greedy streamed requests of ``--max-tokens`` tokens, one at a time and ``--concurrency`` at
 once, each with no drafter and with the server's policy (``spin``). The figure of merit
-(issue: at most 1.05) is a served decode step's time over its forward's.
+is a served decode step's time over its forward's (the aim: at most 1.05).
 """
 
 from __future__ import annotations
