@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from spinserve.config.engine import EngineConfig
+from spinserve.engine.compute_lane import ComputeLane
 from spinserve.engine.engine import LLMEngine
 from spinserve.engine.speculation import Speculator
 from spinserve.loading.loader import LoadedModel
@@ -59,12 +60,14 @@ def build_engine(
             config.speculative, loaded, config.runtime, cache_dir, config.cache.prefix_caching
         )
     policy = build_policy(config.selection, list(drafters), config.speculative.num_draft_tokens)
+    lane = ComputeLane()
     speculator = Speculator(
         drafters,
         policy,
         model_config.vocab_size,
         max_model_len,
         config.speculative.draft_timeout_s,
+        lane,
     )
     return LLMEngine(
         config,
@@ -79,6 +82,7 @@ def build_engine(
         speculator,
         max_model_len,
         frozenset(loaded.tokenizer.eos_token_ids),
+        lane,
     )
 
 

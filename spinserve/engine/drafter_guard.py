@@ -1,40 +1,42 @@
 """A drafter behind a fence: its failures cost the step its drafts, never a request.
 
-Each drafter runs on a worker thread of its own. A call that raises, runs past the deadline
-or returns drafts that verification could not use (not token ids, probabilities of the wrong
-shape, the wrong number of drafts) is dropped: its requests go on without speculation for
-that step. A draft is cut before its first token outside the target's vocabulary (a
-cross-tokenizer drafter can spell such a token; the prefix before it is still a draft).
+Each call runs on the engine's `ComputeLane` (the thread of all model work). A call that
+raises, runs past the deadline or returns drafts that verification could not use (not token
+ids, probabilities of the wrong shape, the wrong number of drafts) is dropped: its requests
+go on without speculation for that step. A draft is cut before its first token outside the
+target's vocabulary (a cross-tokenizer drafter can spell such a token; the prefix before it
+is still a draft).
 
-A stalled call keeps its worker until it returns; the drafter is skipped meanwhile, and every
-later call (``finish`` included) queues behind it on the same thread, so the drafter's state
-is never touched by two threads at once. After `MAX_CONSECUTIVE_FAILURES` failures in a row
-the drafter is disabled for good, with one log line. No lock is needed: only the engine's
-thread calls a guard.
+A stalled call keeps the lane's worker it runs on (`ComputeLane.detach`; the engine goes on
+on a fresh one); the drafter is skipped meanwhile, and every later call (``finish``
+included) queues behind it on that worker, so the drafter's state is never touched by two
+threads at once. Once they have all run, the worker ends and the drafter is back on the lane.
+After `MAX_CONSECUTIVE_FAILURES` failures in a row the drafter is disabled for good, with one
+log line. No lock is needed: only the engine's thread calls a guard.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from spinserve.engine.compute_lane import ComputeLane, LaneWorker
 from spinserve.speculative.drafter import Draft, Drafter, DraftRequest
 
 logger = logging.getLogger("spinserve.engine")
 
 MAX_CONSECUTIVE_FAILURES = 3
-_STOP = object()  # sentinel that ends a worker
 
 
 class DrafterGuard:
-    """Calls one drafter on its worker thread with a deadline; counts and contains failures."""
+    """Calls one drafter on the compute lane with a deadline; counts and contains failures."""
 
-    def __init__(self, drafter: Drafter, vocab_size: int, timeout_s: float) -> None:
+    def __init__(
+        self, drafter: Drafter, vocab_size: int, timeout_s: float, lane: ComputeLane
+    ) -> None:
         self.drafter = drafter
         self.name = drafter.name
         self.vocab_size = vocab_size
@@ -42,19 +44,18 @@ class DrafterGuard:
         self.num_failures = 0  # since start, for /metrics
         self.num_consecutive_failures = 0
         self.disabled = False
-        self._pending: Future[Any] | None = None  # a call that ran past its deadline
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._worker = threading.Thread(
-            target=_work, args=(self._jobs,), name=f"spinserve-drafter-{self.name}", daemon=True
-        )
-        self._worker.start()
+        self.lane = lane
+        self._stalled: LaneWorker | None = None  # the worker left to an overrunning call
+        self._last: Future[Any] | None = None  # the last call queued on that worker
 
     @property
     def available(self) -> bool:
-        """Not disabled, and not still busy with a call that ran past its deadline."""
-        if self._pending is not None and self._pending.done():
-            self._pending = None
-        return not self.disabled and self._pending is None
+        """Not disabled, and not still busy with a call that ran past its deadline (or the
+        calls queued behind it)."""
+        if self._stalled is not None and self._last is not None and self._last.done():
+            self._stalled.stop()
+            self._stalled = self._last = None
+        return not self.disabled and self._stalled is None
 
     def propose(self, requests: list[DraftRequest]) -> list[Draft] | None:
         """One `Draft` per request, or None when the drafter is unavailable or failed."""
@@ -64,7 +65,7 @@ class DrafterGuard:
         try:
             drafts = future.result(timeout=self.timeout_s)
         except FutureTimeout:
-            self._pending = future
+            self._stalled, self._last = self.lane.detach(), future
             return self.note_failure(f"no drafts within {self.timeout_s:g} s")
         except Exception as exc:
             return self.note_failure(f"raised {type(exc).__name__}: {exc}")
@@ -75,8 +76,10 @@ class DrafterGuard:
         return [_in_vocabulary(d, self.vocab_size) for d in drafts]
 
     def run(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on the worker and wait for it without a deadline (start-up measurements,
-        which must see the drafter alone)."""
+        """Run ``fn`` where the drafter's calls run and wait for it without a deadline
+        (start-up measurements, which must see the drafter alone)."""
+        if self._stalled is None:
+            return self.lane.run(fn)
         return self._submit(fn).result()
 
     def finish(self, request_id: str, token_ids: Sequence[int]) -> None:
@@ -86,7 +89,9 @@ class DrafterGuard:
             self._submit(self._finish_quietly, request_id, token_ids)
 
     def close(self) -> None:
-        self._jobs.put(_STOP)
+        """Nothing of the lane is the guard's to end but a stalled worker, once it is done."""
+        if self._stalled is not None:
+            self._stalled.stop()
 
     def _finish_quietly(self, request_id: str, token_ids: Sequence[int]) -> None:
         try:
@@ -95,9 +100,11 @@ class DrafterGuard:
             logger.exception("drafter %s: finish(%s) failed", self.name, request_id)
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._jobs.put((future, fn, args))
-        return future
+        """On the lane; behind the stalled call while there is one."""
+        if self._stalled is None:
+            return self.lane.submit(fn, *args)
+        self._last = self._stalled.submit(fn, *args)
+        return self._last
 
     def note_failure(self, why: str) -> None:
         """Count a failed call (log the first, disable after too many in a row)."""
@@ -116,17 +123,6 @@ class DrafterGuard:
                 why,
             )
         return None
-
-
-def _work(jobs: queue.SimpleQueue[Any]) -> None:
-    while (job := jobs.get()) is not _STOP:
-        future, fn, args = job
-        if not future.set_running_or_notify_cancel():
-            continue
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # handed to the caller, who decides
-            future.set_exception(exc)
 
 
 def _check(drafts: Any, requests: list[DraftRequest], vocab_size: int) -> str | None:

@@ -24,6 +24,7 @@ from spinserve.config.engine import EngineConfig
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import SpecParams
 from spinserve.engine.calibration import measure_costs
+from spinserve.engine.compute_lane import ComputeLane
 from spinserve.engine.messages import Proposal, Verified
 from spinserve.engine.output_processor import Tracked, advance, output
 from spinserve.engine.outputs import RequestOutput
@@ -65,7 +66,9 @@ class LLMEngine:
         speculator: Speculator,
         max_model_len: int,
         eos_token_ids: frozenset[int],
+        lane: ComputeLane,
     ) -> None:
+        """``lane``: the thread of all model work (the drafters' calls run there too)."""
         self.config = config
         self.tokenizer = tokenizer
         self.runner = runner
@@ -79,12 +82,14 @@ class LLMEngine:
         self._vocab_size = runner.vocab_size
         self._tracked: dict[str, Tracked] = {}
         self._ids = itertools.count()
+        self.lane = lane
         if speculator.guards and speculator.policy.wants_step_costs:
             speculator.policy.calibrate(*self.measure_costs())
 
     def measure_costs(self) -> tuple[list[StepTiming], list[DraftTiming]]:
         """Target forwards and drafter calls on scratch sequences, while no request runs."""
-        return measure_costs(self.runner, self.blocks, self.speculator.guards, self.tokenizer)
+        guards = self.speculator.guards
+        return self.lane.run(measure_costs, self.runner, self.blocks, guards, self.tokenizer)
 
     @property
     def drafters(self) -> dict[str, Drafter]:
@@ -188,10 +193,10 @@ class LLMEngine:
     def _execute_and_verify(
         self, batch: StepBatch, proposals: dict[str, Proposal], requests: dict[str, Request]
     ) -> tuple[list[Verified], StepTiming]:
-        """One forward of the target over ``batch``, then every request's verification."""
+        """One forward of the target over ``batch``, then every request's verification, on
+        the lane (their parallel loops in its OpenMP pool)."""
         start = time.perf_counter()
-        logits = self.runner.execute(batch)  # [batch.num_logits, vocab]
-        verified = verify_step(batch, proposals, logits, requests, self.generators)
+        verified = self.lane.run(self._forward_and_verify, batch, proposals, requests)
         seconds = time.perf_counter() - start
         for chunk in batch.chunks:
             share = seconds * chunk.num_tokens / batch.num_tokens
@@ -201,6 +206,12 @@ class LLMEngine:
         prefill = sum(c.num_tokens - c.num_logits for c in batch.chunks)
         timing = StepTiming(seconds, batch.num_tokens, len(batch.chunks), prefill)
         return verified, timing
+
+    def _forward_and_verify(
+        self, batch: StepBatch, proposals: dict[str, Proposal], requests: dict[str, Request]
+    ) -> list[Verified]:
+        logits = self.runner.execute(batch)  # [batch.num_logits, vocab]
+        return verify_step(batch, proposals, logits, requests, self.generators)
 
     def _commit(self, verified: Verified) -> RequestOutput:
         """Append the request's verified tokens; a request whose step failed ends here."""
@@ -260,5 +271,6 @@ class LLMEngine:
         return [final[rid] for rid in ids]
 
     def close(self) -> None:
-        """Stop the drafters' worker threads."""
+        """End the compute lane's thread (and a stalled drafter's)."""
         self.speculator.close()
+        self.lane.close()

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 from spinserve.config.sampling import SamplingParams
 from spinserve.config.speculative import NO_DRAFTER, SpecParams, unknown_drafter
+from spinserve.engine.compute_lane import ComputeLane
 from spinserve.engine.drafter_guard import DrafterGuard
 from spinserve.engine.lookup_gate import LookupGate
 from spinserve.engine.messages import Proposal, Verified
@@ -46,9 +47,11 @@ class Speculator:
         vocab_size: int,
         max_model_len: int,
         draft_timeout_s: float,
+        lane: ComputeLane,
     ) -> None:
+        """``lane``: where the drafters run (the engine's model work, all on one thread)."""
         self.guards = {
-            name: DrafterGuard(d, vocab_size, draft_timeout_s) for name, d in drafters.items()
+            name: DrafterGuard(d, vocab_size, draft_timeout_s, lane) for name, d in drafters.items()
         }
         self.policy = policy
         self.max_model_len = max_model_len
@@ -59,7 +62,7 @@ class Speculator:
     def replace_drafter(self, name: str, drafter: Drafter) -> None:
         old = self.guards[name]
         old.close()
-        self.guards[name] = DrafterGuard(drafter, old.vocab_size, old.timeout_s)
+        self.guards[name] = DrafterGuard(drafter, old.vocab_size, old.timeout_s, old.lane)
 
     @property
     def drafter_names(self) -> list[str]:
