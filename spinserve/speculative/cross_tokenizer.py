@@ -31,8 +31,10 @@ from spinserve.speculative.draft_model import DraftJob, DraftModel
 from spinserve.speculative.drafter import Draft, DraftRequest
 
 _GREEDY = SamplingParams(max_tokens=1)
-# The drafter decodes a little past k target tokens: tokenizers split text differently.
-_EXTRA_DRAFTER_TOKENS = 2
+# The drafter decodes one token past k: `retokenize` drops the last target token of text
+# that may end mid-word, and the extra token usually makes up for it. Each extra round
+# costs a whole drafter forward (two extra rounds: 0.80x the decode speed of one).
+_EXTRA_DRAFTER_TOKENS = 1
 
 
 def draft_text(tokenizer: Tokenizer, context_ids: list[int], drafted_ids: list[int]) -> str:
