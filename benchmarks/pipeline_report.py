@@ -38,3 +38,29 @@ def probe_markdown(report: dict) -> str:
         f"{cfg['reps']}. At once / one after the other: "
         f"{report['overlapped_over_sequential']:.2f}."
     )
+
+
+def engine_ab_markdown(report: dict) -> str:
+    """`engine_ab.py`: decode tokens/s per configuration on two trees (or settings), and
+    over the target alone in the same process."""
+    first, second = report["trees"]
+    lines = [
+        f"| configuration | tokens/s, {first} | tokens/s, {second} | second / first, per "
+        f"round | over the target alone, {first} | over the target alone, {second} |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for config, r in report["summary"].items():
+        ratios = ", ".join(f"{x:.3f}" for x in r["ratio_per_round"])
+        a, b = r[first], r[second]
+        alone = " | ".join(f"{x.get('over_target_alone', float('nan')):.3f}" for x in (a, b))
+        lines.append(
+            f"| {config} | {a['tokens_per_s']:.2f} | {b['tokens_per_s']:.2f} | {ratios} | {alone} |"
+        )
+    commits = ", ".join(f"{tree}: {commit}" for tree, commit in report["trees"].items())
+    return "\n".join(lines) + (
+        f"\n\nDecode tokens/s (first token to last), summed over the prompts of a round, mean "
+        f"of the rounds; over the target alone: the same process's `none`, mean of the rounds "
+        f"(processes differ by several percent, so a drafter's speedup is read within one). "
+        f"Trees: {commits}. Outputs differing from the first tree's target alone: "
+        f"{report['num_mismatched_outputs']}."
+    )

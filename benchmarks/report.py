@@ -155,6 +155,24 @@ SECTIONS = (
         selection_report.markdown,
     ),
     Section(
+        "engine_ab_lane.json",
+        "One thread for model work, side by side with the tree before it",
+        "The engine before the compute lane (its target forward on the calling thread, each "
+        "drafter on a thread of its own) and with it (all model work on one thread), in "
+        "processes alternating round by round: the Qwen 1.5B with every default drafter "
+        "loaded, one Spec-Bench prompt per category plus HumanEval, greedy, 64 tokens, each "
+        "configuration per prompt in turn; both trees with the cross-tokenizer drafter's one "
+        "extra round.",
+        pipeline_report.engine_ab_markdown,
+    ),
+    Section(
+        "engine_ab_rounds.json",
+        "The cross-tokenizer drafter's extra rounds",
+        "The same engine workload on one tree, with SmolLM2 drafting k + 2 of its tokens "
+        "(before) and k + 1 (now) for k target tokens, processes alternating round by round.",
+        pipeline_report.engine_ab_markdown,
+    ),
+    Section(
         "prefix_cache.json",
         "Prefix caching: later turns and shared documents",
         "The default server (Qwen2.5-Coder-1.5B and its drafters, `spin`) twice, with prefix "

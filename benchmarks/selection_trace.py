@@ -237,8 +237,12 @@ def collect(argv: list[str], trace: bool = True) -> None:
         log(f"traced {i}/{len(bench.order)} {rid}: {requests[-1]['num_output_tokens']} tokens")
     text = [t for rid in bench.order for t in bench.prompt_ids[rid]]
     text = (text * (2 * CONTEXTS[-1] // len(text) + 1))[: 2 * CONTEXTS[-1]]
-    forward = forward_costs(bench, engine, mine.max_draft + 1, mine.repeats)
-    costs = {name: drafter_cost(name, d, text, mine.repeats) for name, d in drafters.items()}
+    # On the engine's compute lane, as served: one thread for all model work
+    forward = engine.lane.run(forward_costs, bench, engine, mine.max_draft + 1, mine.repeats)
+    costs = {
+        name: engine.lane.run(drafter_cost, name, d, text, mine.repeats)
+        for name, d in drafters.items()
+    }
     cost = CostModel(CONTEXTS, tuple(map(tuple, forward)), costs)
     settings = json.loads(json.dumps({**vars(args), "max_draft": mine.max_draft}, default=str))
     report = old or {"settings": settings, "requests": requests}

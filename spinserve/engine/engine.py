@@ -93,7 +93,8 @@ class LLMEngine:
 
     @property
     def drafters(self) -> dict[str, Drafter]:
-        """Loaded drafters by name (a copy: `Speculator` holds them)."""
+        """Loaded drafters by name (a copy: `Speculator` holds them). Their calls run on
+        `lane`, `finish` queued without waiting: read their state there (`lane.run`)."""
         return {name: guard.drafter for name, guard in self.speculator.guards.items()}
 
     def replace_drafter(self, name: str, drafter: Drafter) -> None:
