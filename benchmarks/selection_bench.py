@@ -222,7 +222,11 @@ def snapshot(engine: LLMEngine) -> Callable[[], None]:
     drafters, the choice counts) as it is now, and forgets the prefix cache's unheld blocks:
     a re-timed prompt must not meet its own earlier try."""
     policy = copy.deepcopy(engine.policy)
-    learned = {n: copy.deepcopy(d) for n, d in engine.drafters.items() if n in MODEL_FREE}
+    drafters = engine.drafters
+    # On the compute lane, behind the drafters' queued `finish` calls that change them
+    learned = engine.lane.run(
+        lambda: {n: copy.deepcopy(d) for n, d in drafters.items() if n in MODEL_FREE}
+    )
     counts = dict(engine.speculator.choice_counts)
 
     def reset() -> None:
@@ -246,7 +250,7 @@ class Bench:
         self.args = args
         self.start = time.monotonic()
         self.runtime = RuntimeConfig(weights=args.weights, num_threads=args.threads)
-        self.levels = [BATCH1, f"c{args.concurrency}"]
+        self.levels = [BATCH1] + ([f"c{args.concurrency}"] if args.concurrency else [])
         self.configs = args.configs or [
             TARGET,
             *(f"fixed:{d}" for d in args.drafters),
@@ -308,7 +312,7 @@ class Bench:
         args = self.args
         oracle = str(self.oracle_path(level)) if name == ORACLE else None
         config = EngineConfig(
-            scheduler=SchedulerConfig(max_num_seqs=args.concurrency),
+            scheduler=SchedulerConfig(max_num_seqs=max(args.concurrency, 1)),
             cache=CacheConfig(kv_cache_gib=args.kv_cache_gib),
             runtime=self.runtime,
             speculative=self.speculative(),
@@ -507,7 +511,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt sample and order")
     p.add_argument("--policy-seed", type=int, default=0, help="seed of random and spin")
-    p.add_argument("--concurrency", type=int, default=8, help="max_num_seqs of the second level")
+    p.add_argument(
+        "--concurrency", type=int, default=8, help="max_num_seqs of the second level (0: none)"
+    )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--warmup-tokens", type=int, default=8, help="tokens of each warm-up request")
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="the target's KV pool")
@@ -524,8 +530,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if min(args.max_tokens, args.per_category, args.threads, args.warmup_tokens) < 1:
         p.error("--max-tokens, --per-category, --threads and --warmup-tokens must be >= 1")
-    if args.concurrency < 2 or args.retries < 0 or not 1 <= args.num_draft_tokens <= 16:
-        p.error("--concurrency must be >= 2, --retries >= 0, --num-draft-tokens in [1, 16]")
+    if args.concurrency == 1 or args.concurrency < 0 or args.retries < 0:
+        p.error("--concurrency must be 0 (batch 1 only) or >= 2, --retries >= 0")
+    if not 1 <= args.num_draft_tokens <= 16:
+        p.error("--num-draft-tokens must be in [1, 16]")
     if args.drafters is None:
         args.drafters = list(zoo.default_drafters(args.target))
     args.cache_dir = zoo.resolve_cache_dir(str(args.cache_dir) if args.cache_dir else None)
