@@ -54,7 +54,10 @@ llama_server() {  # $1: port, then extra flags
     PIDS+=($!)
 }
 
-"$PY" -m spinserve.cli.main serve --model "$TARGET" --port 8000 >"$OUT/spinserve.log" 2>&1 &
+# Without prefix caching: spinserve's two configurations share this server, and the second
+# would find each prompt cached by the first (prefix_cache.json measures caching on its own).
+"$PY" -m spinserve.cli.main serve --model "$TARGET" --port 8000 --no-prefix-caching \
+    >"$OUT/spinserve.log" 2>&1 &
 PIDS+=($!)
 llama_server 8001
 llama_server 8002 --draft_model prompt-lookup-decoding --draft_model_num_pred_tokens 3

@@ -137,7 +137,9 @@ SECTIONS = (
         "peers.json",
         "Served side by side with llama.cpp's server on the same GGUF",
         "spinserve (its default, `spin` over the 0.5B, SmolLM2, n-gram and suffix drafters; "
-        "and its target alone, drafter none) and llama.cpp's OpenAI server (llama-cpp-python, "
+        "and its target alone, drafter none, on one server without prefix caching, so the "
+        "second configuration does not find the first's prompts cached) and llama.cpp's "
+        "OpenAI server (llama-cpp-python, "
         "plain and with its prompt lookup of 3 tokens), the Qwen2.5-Coder-1.5B Q4_K_M GGUF, "
         "2 threads each, Spec-Bench prompts through `spinserve bench serve --compare` "
         "(configurations interleaved per round, never two servers at once); ratios against "
