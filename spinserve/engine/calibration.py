@@ -1,12 +1,11 @@
 """Start-up measurements for a selection policy that wants step costs.
 
 Before any request, time a few target forwards of one scratch sequence (a decode and
-verifications of 2, 4 and 8 drafts: `CALIBRATION_TOKENS`), each drafter's call for one
-draft token on unseen sequences of two lengths (`CALIBRATION_DRAFT_TOKENS`) and its call as
-a decoding step makes it for 1 and 4 draft tokens (`CALIBRATION_STEP_DRAFTS`), so the policy
-knows what a draft token, a drafter's call and its catch-up cost before its first choice
-instead of learning it by paying for it (or, for a drafter it prices too high, never). Each
-measurement follows an untimed call, which also pages in memory-mapped weights.
+verifications of 2, 4 and 8 drafts: `CALIBRATION_TOKENS`) and each drafter's call for one
+draft token on unseen sequences of two lengths (`CALIBRATION_DRAFT_TOKENS`), so the policy
+knows what a draft token and a drafter's catch-up cost before its first choice instead of
+learning it by paying for it. Each measurement follows an untimed call, which also pages in
+memory-mapped weights.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from spinserve.runtime.backend import ModelBackend
 from spinserve.runtime.block_manager import BlockManager, blocks_for
 from spinserve.selection.policy import (
     CALIBRATION_DRAFT_TOKENS,
-    CALIBRATION_STEP_DRAFTS,
     CALIBRATION_TOKENS,
     DraftTiming,
     StepTiming,
@@ -71,10 +69,8 @@ def measure_steps(runner: ModelBackend, blocks: BlockManager) -> list[StepTiming
 
 def measure_drafters(guards: dict[str, DrafterGuard], ids: list[int]) -> list[DraftTiming]:
     """Each drafter's call for one draft token on the first n of ``ids``, for each n in
-    `CALIBRATION_DRAFT_TOKENS`, then its calls as a decoding step makes them (one new token,
-    the rest held) for each k in `CALIBRATION_STEP_DRAFTS`. Each sequence is finished with no
-    tokens, so a drafter that learns from finished sequences (suffix) learns nothing from
-    the scratch text."""
+    `CALIBRATION_DRAFT_TOKENS`. Each is finished with no tokens, so a drafter that learns from
+    finished sequences (suffix) learns nothing from the scratch text."""
     greedy = SamplingParams(max_tokens=1)
     timings = []
     for name, guard in guards.items():
@@ -83,36 +79,17 @@ def measure_drafters(guards: dict[str, DrafterGuard], ids: list[int]) -> list[Dr
                 guard.run(partial(_timed_call, guard.drafter, ids[:n], greedy))
                 for n in (1, *CALIBRATION_DRAFT_TOKENS)
             ]
-            in_step = [
-                guard.run(partial(_timed_step, guard.drafter, ids, k, greedy))
-                for k in CALIBRATION_STEP_DRAFTS
-            ]
         except Exception as exc:  # the policy learns this drafter's cost by using it instead
             guard.note_failure(f"raised {type(exc).__name__}: {exc}")
             continue
         lengths = CALIBRATION_DRAFT_TOKENS
         timings += [DraftTiming(name, n, t) for n, t in zip(lengths, seconds[1:], strict=True)]
-        timings += [
-            DraftTiming(name, len(ids), t, num_draft_tokens=k, in_step=True)
-            for k, t in zip(CALIBRATION_STEP_DRAFTS, in_step, strict=True)
-        ]
     return timings
 
 
 def _timed_call(drafter: Drafter, ids: list[int], params: SamplingParams) -> float:
     start = time.perf_counter()
     drafter.propose([DraftRequest(CALIBRATION_ID, ids, 1, params)])
-    seconds = time.perf_counter() - start
-    drafter.finish(CALIBRATION_ID, [])
-    return seconds
-
-
-def _timed_step(drafter: Drafter, ids: list[int], k: int, params: SamplingParams) -> float:
-    """A call for ``k`` draft tokens on ``ids`` once the drafter holds all but the last
-    (an untimed call catches it up first)."""
-    drafter.propose([DraftRequest(CALIBRATION_ID, ids[:-1], 1, params)])
-    start = time.perf_counter()
-    drafter.propose([DraftRequest(CALIBRATION_ID, ids, k, params)])
     seconds = time.perf_counter() - start
     drafter.finish(CALIBRATION_ID, [])
     return seconds

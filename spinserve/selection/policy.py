@@ -72,11 +72,9 @@ NO_SPECULATION = Choice(None, 0)
 # (a decode and verifications of 2, 4 and 8 drafts), and each drafter's call for one draft
 # token after unseen sequences of these lengths, whose slope is its cost per token caught up
 # (a model drafter's prefill), which a cold request with a long prompt would otherwise pay
-# to learn; and each drafter's call as a decoding step makes it, for these numbers of draft
-# tokens, whose line splits the call's fixed cost from its cost per draft token.
+# to learn.
 CALIBRATION_TOKENS = (1, 3, 5, 9)
 CALIBRATION_DRAFT_TOKENS = (1, 64)
-CALIBRATION_STEP_DRAFTS = (1, 4)
 
 
 @dataclass(frozen=True)
@@ -162,24 +160,15 @@ class DraftTiming:
     """A drafter's call on a sequence it had not seen: ``num_tokens`` tokens to catch up on
     (for a model drafter, a prefill of them) and one draft token, in ``seconds``. Two lengths
     give the cost per token caught up, which a policy needs before a drafter's first use on a
-    long prompt, not after.
-
-    With ``in_step``, a call on a sequence the drafter already holds but its last token, for
-    ``num_draft_tokens`` draft tokens, as a decoding step makes it: two k give the call's
-    fixed part apart from its cost per draft token (a cross-tokenizer drafter's extra round
-    and re-tokenizing are fixed; priced per token, its k = 4 looked 1.6x its cost)."""
+    long prompt, not after."""
 
     drafter: str
     num_tokens: int
     seconds: float
-    num_draft_tokens: int = 1
-    in_step: bool = False
 
     def __post_init__(self) -> None:
         if self.num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {self.num_tokens}")
-        if self.num_draft_tokens < 1:
-            raise ValueError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
         if self.seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {self.seconds}")
 

@@ -134,13 +134,9 @@ class SpinPolicy:
             self.shared.forward.add_step(timing)
         points: dict[str, list[tuple[int, float]]] = {}
         for t in draft_timings:
-            if not t.in_step:
-                points.setdefault(t.drafter, []).append((t.num_tokens, t.seconds))
+            points.setdefault(t.drafter, []).append((t.num_tokens, t.seconds))
         for drafter, drafter_points in points.items():
             self.shared.draft.calibrate(drafter, drafter_points)
-        for t in draft_timings:  # after: the in-step calls give the line its fixed part
-            if t.in_step:
-                self.shared.draft.add(t.drafter, 0, t.num_draft_tokens, t.seconds)
 
     def observe(self, feedback: Sequence[Feedback], timing: StepTiming) -> None:
         self.shared.forward.add_step(timing)

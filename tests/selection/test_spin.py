@@ -90,27 +90,6 @@ def test_catchup_is_paid_only_where_the_rest_of_the_request_repays_it():
     assert warm.drafter == "model"
 
 
-def test_in_step_calls_split_a_drafters_fixed_cost_from_its_cost_per_draft_token():
-    """A drafter whose call has a fixed part (a cross-tokenizer drafter's extra round and
-    re-tokenizing): priced from k = 1 alone, all of it is per token and k = 4 looks 4x k = 1;
-    the calls at k = 1 and 4 as a step makes them give the line both parts."""
-    steps = [StepTiming(0.030 + 0.003 * n, n, 1) for n in (1, 3, 5, 9)]
-    unseen = [DraftTiming("model", n, 0.010 + 0.0005 * n) for n in (1, 64)]
-    in_step = [
-        DraftTiming("model", 64, 0.010 + 0.002 * k, num_draft_tokens=k, in_step=True)
-        for k in (1, 4)
-    ]
-    one_k = SpinPolicy(("model",), SpinParams(seed=0))
-    one_k.calibrate(steps, unseen)
-    two_k = SpinPolicy(("model",), SpinParams(seed=0))
-    two_k.calibrate(steps, unseen + in_step)
-    assert one_k.shared.draft.seconds("model", 0, 4) > 0.039
-    fixed, per_token = two_k.shared.draft.line("model", 0)
-    assert fixed > 0.005 and per_token < 0.004
-    assert two_k.shared.draft.seconds("model", 0, 4) < 0.02
-    assert two_k.shared.draft.catchup("model") == one_k.shared.draft.catchup("model")
-
-
 def drafted_under(policy: SpinPolicy, running: int, steps: int = 200) -> int:
     """Requests that drafted over ``steps`` choices for ``running`` fresh requests, on a
     forward of 20 ms plus 20 ms a token."""
