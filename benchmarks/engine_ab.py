@@ -12,9 +12,10 @@ Each round runs one process per tree (the order alternates between rounds), each
 spinserve from its tree (``PYTHONPATH``) and doing the same work: load the target with the
 zoo's default drafters (every model drafter loaded, as the server does), build an engine, one
 untimed warm-up, then for each prompt of the sample (one per category of `spec_prompts`, seed
-0, chat-templated) each configuration in turn (``none``: the target alone; ``NAME@K``: that
-drafter at k), greedy, ``--max-tokens``. A request's decode time runs from its first token to
-its last, so prefill (which no drafter shortens) stays out. ``--extra-rounds N [M]`` sets the
+0, chat-templated) each configuration in turn (``none``: the target alone; ``spin``: the
+default policy choosing; ``NAME@K``: that drafter at k), greedy, ``--max-tokens``. A
+request's decode time runs from its first token to its last, so prefill (which no drafter
+shortens) stays out. ``--extra-rounds N [M]`` sets the
 cross-tokenizer drafter's extra drafting rounds (N in both trees, or N in the first and M in
 the second; unset: each tree's own), so ``--trees . . --extra-rounds 2 1`` compares that
 setting on one tree.
@@ -71,7 +72,10 @@ def child(args: argparse.Namespace) -> None:
         ids = chat([{"role": "user", "content": prompt.text}])
         for config in args.configs:
             name, _, k = config.partition("@")
-            sp = SpecParams(drafter="none") if name == "none" else SpecParams(name, int(k))
+            if name in ("none", "spin"):  # the target alone; the server's policy choosing
+                sp = SpecParams(drafter="none") if name == "none" else SpecParams()
+            else:
+                sp = SpecParams(name, int(k))
             out = engine.generate([ids], params, sp)[0]
             seconds = time.monotonic() - out.first_token_time
             row = {
