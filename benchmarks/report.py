@@ -132,6 +132,25 @@ def fleet_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def calibration_markdown(report: dict) -> str:
+    """step_predict.py: the per-step predictor's held-out calibration, per drafter."""
+    lines = [
+        "| drafter, stage | predicted | mean predicted | passed | draft tokens |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for key, scores in report["predictor"].items():
+        for low, high, predicted, observed, count in scores.get("calibration", []):
+            name = key.removesuffix("/all")
+            lines.append(
+                f"| {name} | {low:.1f}-{high:.1f} | {predicted:.2f} | {observed:.2f} | {count} |"
+            )
+    return "\n".join(lines) + (
+        "\n\nStage `post`: a lookup's draft tokens, predicted from its scores before "
+        "verification; `pre`: a model drafter's, predicted before it runs. Every prediction "
+        "is made on a request held out of what the predictor had learnt."
+    )
+
+
 SECTIONS = (
     Section(
         "peers.json",
@@ -173,6 +192,15 @@ SECTIONS = (
         "The same engine workload on one tree, with SmolLM2 drafting k + 2 of its tokens "
         "(before) and k + 1 (now) for k target tokens, processes alternating round by round.",
         pipeline_report.engine_ab_markdown,
+    ),
+    Section(
+        "step_predict.json",
+        "Per-step pass prediction: calibration",
+        "The per-step predictor of the step recordings' replay (`research/selection/"
+        "step_predict.py`, 50 prompts over the Spec-Bench categories and HumanEval): the "
+        "chance it gave each draft token to pass, binned, against how often tokens in the bin "
+        "passed.",
+        calibration_markdown,
     ),
     Section(
         "prefix_cache.json",

@@ -180,7 +180,8 @@ def _newton(x: np.ndarray, y: np.ndarray, l2: float = 0.1) -> np.ndarray:
 
 def predictor_scores(logs: Sequence[tuple]) -> dict:
     """AUC, log loss, pass rate and examples per drafter, stage and depth (4 = 4 or more),
-    of the learned predictor's predictions on held-out requests, each made before learning."""
+    of the learned predictor's predictions on held-out requests, each made before learning;
+    over all depths also its calibration (`calibration`)."""
     groups = defaultdict(list)
     for _, drafter, stage, depth, p, label, _ in logs:
         groups[f"{drafter}/{stage}/all"].append((p, label))
@@ -195,7 +196,31 @@ def predictor_scores(logs: Sequence[tuple]) -> dict:
             "pass_rate": round(statistics.mean(labels), 3),
             "examples": len(labels),
         }
+        if key.endswith("/all"):
+            out[key]["calibration"] = calibration(probs, labels)
     return out
+
+
+def calibration(probs: Sequence[float], labels: Sequence[int], bins: int = 5) -> list[list]:
+    """Per bin of predicted pass chance (``bins`` equal widths of [0, 1]): its range, the
+    mean prediction, the pass rate observed and the count (empty bins left out).
+
+    >>> calibration([0.1, 0.15, 0.9, 0.95], [0, 1, 1, 1], bins=2)
+    [[0.0, 0.5, 0.125, 0.5, 2], [0.5, 1.0, 0.925, 1.0, 2]]
+    """
+    groups: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    for p, label in zip(probs, labels, strict=True):
+        groups[min(int(p * bins), bins - 1)].append((p, label))
+    return [
+        [
+            round(b / bins, 3),
+            round((b + 1) / bins, 3),
+            round(statistics.mean(p for p, _ in groups[b]), 3),
+            round(float(statistics.mean(label for _, label in groups[b])), 3),
+            len(groups[b]),
+        ]
+        for b in sorted(groups)
+    ]
 
 
 def markdown(report: dict) -> str:
