@@ -27,25 +27,12 @@ def markdown(report: dict) -> str:
     for load, d in doc.items():
         at_once = load.replace("concurrency=", "") + " at once"
         label = "one at a time" if load == "sequential" else at_once
-        rows.append(
-            (
-                f"shared document, {settings['questions']} questions {label}: total",
-                _s(d["seconds"]["off"]),
-                _s(d["seconds"]["on"]),
-                d["ratio"],
-                "<= 0.4",
-            )
-        )
+        what = f"shared document, {settings['questions']} questions {label}"
+        rows.append(_total_row(what, d, "<= 0.4"))
     for config, m in mix.items():
         who = "the server's policy" if config == "default" else f"drafter {config}"
         rows.append(
-            (
-                f"no shared document ({settings['mix']} prompts, {who}): total",
-                _s(m["seconds"]["off"]),
-                _s(m["seconds"]["on"]),
-                m["ratio"],
-                "<= 1.03",
-            )
+            _total_row(f"no shared document ({settings['mix']} prompts, {who})", m, "<= 1.03")
         )
     lines = [
         "| workload | caching off | caching on | on / off | goal |",
@@ -62,6 +49,12 @@ def markdown(report: dict) -> str:
         f"docstring). Outputs identical with caching on and off: "
         f"{s['outputs_identical']}."
     )
+
+
+def _total_row(workload: str, result: dict, goal: str) -> tuple:
+    """A row of a workload's total seconds, caching off and on, their ratio and the goal."""
+    seconds = result["seconds"]
+    return (f"{workload}: total", _s(seconds["off"]), _s(seconds["on"]), result["ratio"], goal)
 
 
 def _s(seconds: float) -> str:

@@ -26,6 +26,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from research.selection.step_features import load_recordings
+
 QWEN = "qwen2.5-coder-0.5b-instruct"
 COMMAND = ".venv/bin/python -m research.selection.early_stop"
 # The 0.5B's round against the target's decode, measured on one thread of model work (Zen 4)
@@ -36,15 +38,8 @@ CHEAPER_ROUND = 0.75
 def load(paths: Sequence[Path]) -> tuple[list[dict], list[float]]:
     """Requests (a prompt in several recordings once) and the first recording's forward
     seconds by rows at its shortest context."""
-    requests, seen, forward = [], set(), None
-    for path in paths:
-        trace = json.loads(path.read_text())
-        forward = forward or trace["cost"]["forward"][0]
-        for request in trace["requests"]:
-            if request["request_id"] not in seen:
-                seen.add(request["request_id"])
-                requests.append(request)
-    return requests, forward
+    forward = json.loads(paths[0].read_text())["cost"]["forward"][0]
+    return [s.evidence for s in load_recordings(paths)], forward
 
 
 def step(request: dict, t: int, k: int, p_min: float, pessimistic: bool) -> tuple[int, int, int]:

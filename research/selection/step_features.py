@@ -60,6 +60,15 @@ def load_steps(path: Path) -> list[StepRequest]:
     return [StepRequest(TracedRequest.from_json(r), r) for r in data["requests"]]
 
 
+def load_recordings(paths: Sequence[Path]) -> list[StepRequest]:
+    """The requests of several step recordings, in order; a prompt recorded twice counts
+    once, as its first recording has it."""
+    steps: dict[str, StepRequest] = {}
+    for path in paths:
+        steps |= {s.request_id: s for s in load_steps(path) if s.request_id not in steps}
+    return list(steps.values())
+
+
 def logit(p: float, bound: float = 0.02) -> float:
     p = min(max(p, bound), 1 - bound)
     return math.log(p / (1 - p))

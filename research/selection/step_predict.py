@@ -34,7 +34,7 @@ from research.selection.replay import (
     replay,
     shuffled,
 )
-from research.selection.step_features import StepRequest, auc, load_steps, log_loss
+from research.selection.step_features import StepRequest, auc, load_recordings, log_loss
 from research.selection.step_policy import ShippedGatePolicy, StepPolicy, base_rates
 from research.selection.variants import VariantParams, VariantPolicy
 from spinserve.selection.baselines import FixedPolicy
@@ -257,10 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds of the randomised policies")
     p.add_argument("--out", type=Path, default=None, help="JSON report")
     args = p.parse_args(argv)
-    steps = {}
-    for path in args.traces:  # a prompt recorded twice counts once
-        steps |= {s.request_id: s for s in load_steps(path) if s.request_id not in steps}
-    steps = list(steps.values())
+    steps = load_recordings(args.traces)
     data = json.loads(args.traces[0].read_text())
     cost = CostModel.from_json(data["cost"])
     report = run(steps, cost, args.orders, args.seeds)

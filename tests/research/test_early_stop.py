@@ -10,7 +10,10 @@ from research.selection.early_stop import QWEN, ROUND_OVER_DECODE, main, replay,
 REQUEST = {
     "request_id": "r",
     "category": "qa",
+    "num_prompt_tokens": 5,
+    "num_output_tokens": 4,
     "output_ids": [10, 11, 12, 13],
+    "drafts": {QWEN: [[4, 2], [4, 3], [2, 1], [1, 1]]},
     "proposals": {QWEN: [[10, 11, 99, 98], [11, 12, 13, 7], [12, 13, 7, 7], [13, 7, 7, 7]]},
     "confidence": {QWEN: [[0.9, 0, 1], [0.95, 0, 1], [0.6, 0, 0], [0.99, 0, 1]]},
 }
